@@ -1,0 +1,64 @@
+r"""Every config key hier_avg reads, with its default (the config is the schema).
+
+The other files in configs/ start from this one and override what they need.
+Launch any of them as
+
+  python launch.py --config=configs/cifar10.py --workdir=/tmp/run \
+      --config.hier.k1=8 --config.opt.lr=0.05
+"""
+
+import ml_collections
+
+
+def get_config(arg=None):
+  del arg
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.hier = ml_collections.ConfigDict()
+  c.hier.num_learners = 8   # P: model replicas.
+  c.hier.group_size = 4     # S: learners per node, averaged locally.
+  c.hier.k1 = 4             # Local steps between local averagings.
+  c.hier.k2 = 4             # Local averagings between global averagings.
+  # Which parts of each learner's state are averaged: 'params' always, and
+  # any of 'batch_stats' (BatchNorm statistics) and 'opt_state'.
+  c.hier.average = ('params', 'batch_stats')
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'resnet18'  # See hier_avg.models.MODELS.
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'cifar10'     # A tfds name, 'folder' or 'synthetic'.
+  c.data.path = ''            # Folder root, or the tfds data_dir.
+  c.data.batch_size = 128     # Per learner (B).
+  c.data.sampling = 'partition'  # 'partition' or 'iid'.
+  c.data.augment = True       # Pad-4 random crop + horizontal flip (32x32).
+  # Synthetic data: class-dependent patterns plus noise (learnable).
+  c.data.synthetic_train_examples = 4096
+  c.data.synthetic_test_examples = 1024
+  c.data.synthetic_image_size = 32
+  c.data.synthetic_num_classes = 10
+
+  c.opt = ml_collections.ConfigDict()
+  c.opt.lr = 0.1
+  c.opt.momentum = 0.9
+  c.opt.nesterov = False
+  # Coupled L2 (added to the gradient before momentum, as torch.optim.SGD).
+  c.opt.weight_decay = 5e-4
+  c.opt.schedule = 'cosine'   # 'constant', 'step' or 'cosine'.
+  c.opt.warmup_epochs = 0.0   # Linear warmup from 0, before the schedule.
+  c.opt.milestones = (50, 75)  # Epochs at which 'step' multiplies the lr...
+  c.opt.decay_factor = 0.1     # ...by this factor.
+
+  c.train = ml_collections.ConfigDict()
+  c.train.epochs = 100.0
+  c.train.steps = 0           # Local steps per learner; 0: use epochs.
+  c.train.eval_every = 0      # Steps between evaluations; 0: at the end only.
+  c.train.log_every = 50      # Steps between training-metric rows.
+  c.train.eval_batch_size = 1000
+  c.train.checkpoint_every = 0  # Reserved for checkpointing; 0: off.
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.node_devices = -1    # Devices along 'node'; -1: as many as fit.
+  c.mesh.local_devices = -1   # Devices along 'local'; -1: as many as fit.
+  return c

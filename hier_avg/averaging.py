@@ -1,0 +1,67 @@
+"""Averaging learners' state inside `shard_map`, one collective per dtype.
+
+Inside the mapped function every array carries the device's block of learners
+as its leading axes (one per grid axis). Averaging over a set of grid axes is
+a mean over those block axes followed by a `lax.pmean` over the mesh axes of
+the same names. The pytree is flattened into one vector per dtype first, so
+an averaging event costs one all-reduce per dtype, not one per leaf.
+"""
+
+import collections
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from hier_avg.topology import Topology
+
+
+def _is_averaged(x) -> bool:
+  # Integer leaves (optimizer step counts) agree across learners already.
+  return jnp.issubdtype(x.dtype, jnp.floating)
+
+
+def average_block(tree, axes: tuple[str, ...], topology: Topology):
+  """Replaces each learner's floating leaves by their mean over `axes`.
+
+  Args:
+    tree: a pytree whose leaves have the device's block shape as leading axes.
+    axes: grid axes to average over (a level's axes).
+    topology: the learner grid and mesh.
+  Returns:
+    The same tree with every floating leaf averaged across its group.
+  """
+  names = topology.axis_names
+  nblock = len(names)
+  block_dims = tuple(i for i, a in enumerate(names) if a in axes)
+  # Size-1 mesh axes need no collective at all.
+  mesh_axes = tuple(a for a in names
+                    if a in axes and topology.mesh.shape[a] > 1)
+  leaves, treedef = jax.tree.flatten(tree)
+  groups = collections.defaultdict(list)
+  for i, leaf in enumerate(leaves):
+    if _is_averaged(leaf):
+      groups[leaf.dtype].append(i)
+  out = list(leaves)
+  for indices in groups.values():
+    block = leaves[indices[0]].shape[:nblock]
+    sizes = [math.prod(leaves[i].shape[nblock:]) for i in indices]
+    flat = jnp.concatenate(
+        [leaves[i].reshape(block + (-1,)) for i in indices], axis=-1)
+    mean = flat.mean(axis=block_dims, keepdims=True)
+    if mesh_axes:
+      mean = lax.pmean(mean, mesh_axes)
+    mean = jnp.broadcast_to(mean, flat.shape)
+    offsets = [0]
+    for s in sizes:
+      offsets.append(offsets[-1] + s)
+    for i, start, stop in zip(indices, offsets, offsets[1:]):
+      out[i] = mean[..., start:stop].reshape(leaves[i].shape)
+  return jax.tree.unflatten(treedef, out)
+
+
+def bytes_per_learner(tree_one_learner) -> int:
+  """Bytes one learner contributes to an averaging of `tree` (float leaves)."""
+  return sum(x.size * x.dtype.itemsize
+             for x in jax.tree.leaves(tree_one_learner) if _is_averaged(x))

@@ -1,0 +1,163 @@
+"""Image classification data sets, loaded whole into host memory.
+
+Sources (`data.name`):
+  * a tfds name ('cifar10', 'cifar100', 'mnist', 'fashion_mnist'), with
+    `data.path` as the tfds data_dir; tfds and TensorFlow are imported only
+    here, so the other sources need neither;
+  * 'folder': `data.path/{train,test}/<class>/*.{jpg,jpeg,png}`, classes in
+    alphabetical order;
+  * 'synthetic': class-dependent patterns plus noise, for tests and smoke runs.
+
+Images stay uint8 on the host; normalization and augmentation run on device.
+"""
+
+import concurrent.futures
+import dataclasses
+import os
+
+import numpy as np
+
+from hier_avg.errors import UserError, require
+
+TFDS_NAMES = ('cifar10', 'cifar100', 'mnist', 'fashion_mnist')
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  train_images: np.ndarray  # uint8 [N, H, W, C]
+  train_labels: np.ndarray  # int32 [N]
+  test_images: np.ndarray
+  test_labels: np.ndarray
+  num_classes: int
+  mean: np.ndarray  # float32 [C], per channel, of train pixels in [0, 1].
+  std: np.ndarray
+
+  @property
+  def image_shape(self) -> tuple[int, ...]:
+    return self.train_images.shape[1:]
+
+
+def _finish(train_images, train_labels, test_images, test_labels,
+            num_classes) -> Dataset:
+  pixels = train_images.reshape(-1, train_images.shape[-1]) / 255.0
+  return Dataset(train_images, train_labels.astype(np.int32), test_images,
+                 test_labels.astype(np.int32), num_classes,
+                 pixels.mean(0).astype(np.float32),
+                 pixels.std(0).astype(np.float32))
+
+
+def synthetic(num_train: int, num_test: int, image_size: int,
+              num_classes: int, seed: int = 0) -> Dataset:
+  """Learnable random data: each class is a fixed pattern plus noise."""
+  require(num_train >= 1 and num_test >= 1,
+          'data.synthetic_train_examples and data.synthetic_test_examples '
+          'must be >= 1.')
+  require(image_size >= 1 and num_classes >= 2,
+          'data.synthetic_image_size must be >= 1 and '
+          'data.synthetic_num_classes >= 2.')
+  rng = np.random.default_rng(seed)
+  patterns = rng.uniform(0, 255, (num_classes, image_size, image_size, 3))
+
+  def split(n):
+    labels = rng.integers(0, num_classes, n)
+    noise = rng.normal(0, 60, (n, image_size, image_size, 3))
+    images = np.clip(0.5 * patterns[labels] + 64 + noise, 0, 255)
+    return images.astype(np.uint8), labels
+
+  return _finish(*split(num_train), *split(num_test), num_classes)
+
+
+def _decode(path: str) -> np.ndarray:
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(path) as image:
+      return np.asarray(image.convert('RGB'))
+  except Exception as e:  # Pillow raises several types for bad files.
+    raise UserError(f'cannot read image {path}: {e}; remove or replace the '
+                    'file.') from None
+
+
+def _read_split(root: str, split: str, classes: list[str] | None):
+  split_dir = os.path.join(root, split)
+  require(os.path.isdir(split_dir),
+          f'data folder {root} has no {split}/ subfolder; expected '
+          f'{root}/{{train,test}}/<class>/*.jpg|png.')
+  found = sorted(d for d in os.listdir(split_dir)
+                 if os.path.isdir(os.path.join(split_dir, d)))
+  if classes is None:
+    classes = found
+  require(classes, f'{split_dir} has no class subfolders; expected '
+          f'{split_dir}/<class>/*.jpg|png.')
+  unknown = sorted(set(found) - set(classes))
+  require(not unknown, f'{split_dir} has classes {unknown} that train/ does '
+          'not have; use the same class folders in train/ and test/.')
+  paths, labels = [], []
+  for label, name in enumerate(classes):
+    class_dir = os.path.join(split_dir, name)
+    if not os.path.isdir(class_dir):
+      continue
+    files = sorted(f for f in os.listdir(class_dir)
+                   if f.lower().endswith(IMAGE_SUFFIXES))
+    paths += [os.path.join(class_dir, f) for f in files]
+    labels += [label] * len(files)
+  require(paths, f'{split_dir} holds no .jpg/.jpeg/.png images; put images '
+          f'in {split_dir}/<class>/.')
+  with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+    images = list(pool.map(_decode, paths, chunksize=256))
+  shapes = {im.shape for im in images}
+  require(len(shapes) == 1,
+          f'images in {split_dir} have different sizes {sorted(shapes)[:3]}; '
+          'resize them all to one size.')
+  return np.stack(images), np.asarray(labels, np.int32), classes
+
+
+def folder(root: str) -> Dataset:
+  require(bool(root), "data.name='folder' needs data.path=<root of "
+          "train/ and test/>.")
+  require(os.path.isdir(root), f'data.path={root} does not exist or is not '
+          'a folder; point it at a folder holding train/ and test/.')
+  train_images, train_labels, classes = _read_split(root, 'train', None)
+  test_images, test_labels, _ = _read_split(root, 'test', classes)
+  require(train_images.shape[1:] == test_images.shape[1:],
+          f'train images are {train_images.shape[1:]} but test images are '
+          f'{test_images.shape[1:]}; use one image size for both.')
+  return _finish(train_images, train_labels, test_images, test_labels,
+                 len(classes))
+
+
+def from_tfds(name: str, data_dir: str) -> Dataset:
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise UserError(f'data.name={name!r} needs tensorflow-datasets: pip '
+                    'install tensorflow-cpu tensorflow-datasets, or use '
+                    "data.name='folder'.") from None
+  try:
+    builder = tfds.builder(name, data_dir=data_dir or None)
+    builder.download_and_prepare()
+    splits = {s: tfds.as_numpy(builder.as_dataset(
+        split=s, batch_size=-1, as_supervised=True)) for s in ('train', 'test')}
+  except Exception as e:  # tfds raises many types for missing/bad data.
+    raise UserError(f'could not load tfds data set {name!r} from '
+                    f'{data_dir or "the default data_dir"}: '
+                    f'{type(e).__name__}: {e}') from None
+  num_classes = builder.info.features['label'].num_classes
+  (train_x, train_y), (test_x, test_y) = splits['train'], splits['test']
+  return _finish(train_x, train_y, test_x, test_y, num_classes)
+
+
+def load(data_config, seed: int = 0) -> Dataset:
+  """The data set that `data_config` (the config's `data` block) names."""
+  name = data_config.name
+  if name == 'synthetic':
+    return synthetic(data_config.synthetic_train_examples,
+                     data_config.synthetic_test_examples,
+                     data_config.synthetic_image_size,
+                     data_config.synthetic_num_classes, seed)
+  if name == 'folder':
+    return folder(data_config.path)
+  if name in TFDS_NAMES:
+    return from_tfds(name, data_config.path)
+  raise UserError(f'unknown data.name={name!r}; choose one of '
+                  f"{', '.join(TFDS_NAMES)}, 'folder' or 'synthetic'.")

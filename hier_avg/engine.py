@@ -1,0 +1,179 @@
+"""The sharded Hier-AVG step: local SGD on every learner, then averaging.
+
+`Engine` owns the compiled functions. A train step runs one local step on
+every learner (vmapped over the device's block of learners) and then the
+averaging of one level, or none; it is compiled once per level, with the
+state donated. Learners never talk to each other except in averaging.
+"""
+
+import collections
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec
+
+from hier_avg import averaging
+from hier_avg.learner import Learner, step_key
+from hier_avg.schedule import Level, Schedule
+from hier_avg.state import AVERAGEABLE, TrainState, state_specs
+from hier_avg.topology import Topology
+from hier_avg.errors import require
+
+
+def _flatten_block(tree, nblock):
+  """[b1, b2, ..., x] leaves -> [b1*b2*..., x] for vmap over learners."""
+  return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[nblock:]), tree)
+
+
+def _unflatten_block(tree, block_shape):
+  return jax.tree.map(lambda x: x.reshape(block_shape + x.shape[1:]), tree)
+
+
+class Engine:
+  """Compiled state creation, train steps and global averaging."""
+
+  def __init__(self, learner: Learner, topology: Topology, schedule: Schedule,
+               average: tuple[str, ...]):
+    average = tuple(average)
+    require('params' in average, f'hier.average={average} must include '
+            "'params'.")
+    unknown = sorted(set(average) - set(AVERAGEABLE))
+    require(not unknown, f'hier.average names unknown parts {unknown}; '
+            f'choose from {AVERAGEABLE}.')
+    self.learner = learner
+    self.topology = topology
+    self.schedule = schedule
+    self.average = average
+    self._state_specs = state_specs(topology.learner_spec, PartitionSpec())
+    # Fixed output shardings keep every step's state exactly like the
+    # initial one, so no step ever recompiles for a different layout.
+    self._state_shardings = jax.tree.map(
+        lambda spec: jax.sharding.NamedSharding(topology.mesh, spec),
+        self._state_specs)
+    self._steps = {}
+    # Times each step was traced (== compiled); tests guard against retraces.
+    self.trace_counts = collections.Counter()
+
+  # ---- State ----------------------------------------------------------
+
+  def init_state(self, seed: int, image_shape) -> TrainState:
+    """All learners identical (one init key), each with its own data key."""
+    grid = self.topology.grid_shape
+    init_key, data_key = jax.random.split(jax.random.key(seed))
+
+    def init():
+      one = self.learner.init(init_key, image_shape)
+      params, batch_stats, opt_state = jax.tree.map(
+          lambda x: jnp.broadcast_to(x, grid + x.shape), one)
+      ids = jnp.arange(self.topology.num_learners)
+      rng = jax.vmap(jax.random.fold_in, (None, 0))(data_key, ids)
+      return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                        batch_stats=batch_stats, opt_state=opt_state,
+                        rng=rng.reshape(grid))
+
+    return jax.jit(init, out_shardings=self._state_shardings)()
+
+  def averaged_bytes_per_learner(self, state: TrainState) -> int:
+    """Bytes of one learner's state that an averaging event moves."""
+    one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+        x.shape[len(self.topology.grid_shape):], x.dtype),
+                       {p: getattr(state, p) for p in self.average})
+    return averaging.bytes_per_learner(one)
+
+  # ---- Data -----------------------------------------------------------
+
+  def put_train_data(self, images, labels):
+    """The whole training set, replicated on every device."""
+    sharding = self.topology.replicated_sharding()
+    return (jax.device_put(images, sharding), jax.device_put(labels, sharding))
+
+  def put_indices(self, indices_PxB: np.ndarray):
+    """Per-learner example indices, laid out like the learners."""
+    grid = self.topology.grid_shape
+    return jax.device_put(indices_PxB.reshape(grid + indices_PxB.shape[1:]),
+                          self.topology.learner_sharding())
+
+  # ---- Steps ----------------------------------------------------------
+
+  def train_step(self, level: Level | None):
+    """The compiled step `(state, images, labels, indices) -> (state, loss)`.
+
+    `loss` holds every learner's minibatch loss (grid shape, sharded); the
+    mean over learners is left to the host so plain steps need no collective.
+    """
+    key = None if level is None else level.name
+    if key not in self._steps:
+      self._steps[key] = self._build_step(level)
+    return self._steps[key]
+
+  def _build_step(self, level: Level | None):
+    topology, learner = self.topology, self.learner
+    nblock = len(topology.grid_shape)
+    learner_spec = topology.learner_spec
+
+    def block_step(state, images, labels, indices):
+      self.trace_counts[None if level is None else level.name] += 1
+      block_shape = state.rng.shape
+      flat = _flatten_block(
+          (state.params, state.batch_stats, state.opt_state, state.rng,
+           indices), nblock)
+
+      def one(params, batch_stats, opt_state, rng, idx_B):
+        return learner.step(params, batch_stats, opt_state,
+                            step_key(rng, state.step), images[idx_B],
+                            labels[idx_B])
+
+      params, batch_stats, opt_state, loss = jax.vmap(one)(*flat)
+      params, batch_stats, opt_state, loss = _unflatten_block(
+          (params, batch_stats, opt_state, loss), block_shape)
+      new = state.replace(step=state.step + 1, params=params,
+                          batch_stats=batch_stats, opt_state=opt_state)
+      if level is not None:
+        parts = {p: getattr(new, p) for p in self.average}
+        new = new.replace(**averaging.average_block(parts, level.axes,
+                                                    topology))
+      return new, loss
+
+    mapped = jax.shard_map(
+        block_step, mesh=topology.mesh,
+        in_specs=(self._state_specs, PartitionSpec(), PartitionSpec(),
+                  learner_spec),
+        out_specs=(self._state_specs, learner_spec))
+    return jax.jit(mapped, donate_argnums=0,
+                   out_shardings=(self._state_shardings,
+                                  topology.learner_sharding()))
+
+  @functools.cached_property
+  def global_average(self):
+    """`state -> (params, batch_stats)` of the mean over all learners.
+
+    A pure function of the state: no learner is changed.
+    """
+    topology = self.topology
+    first = (0,) * len(topology.grid_shape)
+
+    def block_mean(params, batch_stats):
+      mean = averaging.average_block((params, batch_stats),
+                                     topology.axis_names, topology)
+      return jax.tree.map(lambda x: x[first], mean)
+
+    mapped = jax.shard_map(
+        block_mean, mesh=topology.mesh,
+        in_specs=(topology.learner_spec, topology.learner_spec),
+        out_specs=PartitionSpec())
+    return jax.jit(lambda s: mapped(s.params, s.batch_stats))
+
+  @functools.cached_property
+  def predict(self):
+    """Compiled `(params, batch_stats, images) -> logits`, batch sharded."""
+    mesh = self.topology.mesh
+    batch = jax.sharding.NamedSharding(
+        mesh, PartitionSpec(self.topology.axis_names))
+    return jax.jit(self.learner.logits, out_shardings=batch)
+
+  @property
+  def num_devices(self) -> int:
+    return math.prod(self.topology.mesh_shape)

@@ -1,0 +1,101 @@
+"""Everything a run writes about itself: metrics.jsonl, TensorBoard, plots.
+
+Only process 0 writes (the multi-host launcher runs the same loop everywhere).
+"""
+
+import json
+import os
+import time
+
+import jax
+import numpy as np
+
+METRICS_FILE = 'metrics.jsonl'
+SUMMARY_FILE = 'summary.json'
+PLOT_FILE = 'curves.png'
+
+
+def _plain(value):
+  """JSON-safe Python scalars from numpy/jax values."""
+  if isinstance(value, (np.generic, np.ndarray, jax.Array)):
+    return np.asarray(value).item()
+  return value
+
+
+class MetricsWriter:
+  """Appends one JSON row per event, mirrors scalars to TensorBoard."""
+
+  def __init__(self, workdir: str):
+    self.workdir = workdir
+    self.enabled = jax.process_index() == 0
+    self.rows: list[dict] = []
+    self._tb = None
+    if self.enabled:
+      self._file = open(os.path.join(workdir, METRICS_FILE), 'a')
+      try:
+        from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+        self._tb = SummaryWriter(workdir)
+      except ImportError:  # TensorBoard events are optional.
+        self._tb = None
+
+  def write(self, **row) -> None:
+    row = {k: _plain(v) for k, v in row.items()}
+    self.rows.append(row)
+    if not self.enabled:
+      return
+    self._file.write(json.dumps(row) + '\n')
+    self._file.flush()
+    if self._tb is not None:
+      for key, value in row.items():
+        if key != 'step' and isinstance(value, (int, float)):
+          self._tb.add_scalar(key, value, row['step'])
+
+  def write_summary(self, summary: dict) -> None:
+    if not self.enabled:
+      return
+    with open(os.path.join(self.workdir, SUMMARY_FILE), 'w') as f:
+      json.dump({k: _plain(v) for k, v in summary.items()}, f, indent=2)
+    self.plot()
+
+  def plot(self) -> None:
+    """curves.png: training loss and test accuracy against the step."""
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+    train = [r for r in self.rows if 'train_loss' in r]
+    test = [r for r in self.rows if 'test_accuracy' in r]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot([r['step'] for r in train], [r['train_loss'] for r in train])
+    ax_loss.set(xlabel='local step', ylabel='train loss (mean of learners)',
+                yscale='log')
+    ax_acc.plot([r['step'] for r in test],
+                [r['test_accuracy'] for r in test], marker='o')
+    ax_acc.set(xlabel='local step', ylabel='test accuracy (averaged model)')
+    for ax in (ax_loss, ax_acc):
+      ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(self.workdir, PLOT_FILE), dpi=100)
+    plt.close(fig)
+
+  def close(self) -> None:
+    if self.enabled:
+      self._file.close()
+      if self._tb is not None:
+        self._tb.close()
+
+
+class Throughput:
+  """Images per second between successive `rate` calls."""
+
+  def __init__(self):
+    self._time = time.perf_counter()
+    self._images = 0
+
+  def add(self, images: int) -> None:
+    self._images += images
+
+  def rate(self) -> float:
+    now = time.perf_counter()
+    rate = self._images / max(now - self._time, 1e-9)
+    self._time, self._images = now, 0
+    return rate

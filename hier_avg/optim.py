@@ -1,0 +1,51 @@
+"""Learning-rate schedules and the per-learner optimizer, all through optax.
+
+Weight decay is *coupled* L2 regularization, as in `torch.optim.SGD`: the
+gradient gets `weight_decay * params` added before momentum. The update stays
+linear in the gradient, which is what makes averaging models after every step
+equal to averaging gradients (synchronous SGD).
+"""
+
+import optax
+
+from hier_avg.errors import UserError, require
+
+SCHEDULES = ('constant', 'step', 'cosine')
+
+
+def learning_rate_schedule(opt_config, steps_per_epoch: int,
+                           total_steps: int) -> optax.Schedule:
+  """The config's schedule, in local steps, after a linear warmup from 0."""
+  lr = opt_config.lr
+  warmup = int(round(opt_config.warmup_epochs * steps_per_epoch))
+  name = opt_config.schedule
+  if name == 'constant':
+    main = optax.constant_schedule(lr)
+  elif name == 'step':
+    boundaries = {int(round(m * steps_per_epoch)) - warmup:
+                  opt_config.decay_factor for m in opt_config.milestones}
+    main = optax.piecewise_constant_schedule(lr, boundaries)
+  elif name == 'cosine':
+    main = optax.cosine_decay_schedule(lr, max(total_steps - warmup, 1))
+  else:
+    raise UserError(f'unknown opt.schedule={name!r}; choose one of '
+                    f'{", ".join(SCHEDULES)}.')
+  if warmup <= 0:
+    return main
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+
+
+def make_optimizer(opt_config,
+                   schedule: optax.Schedule) -> optax.GradientTransformation:
+  """SGD with optional (Nesterov) momentum and coupled weight decay."""
+  require(opt_config.momentum >= 0, f'opt.momentum={opt_config.momentum} '
+          'must be >= 0.')
+  require(not opt_config.nesterov or opt_config.momentum > 0,
+          'opt.nesterov=True needs opt.momentum > 0.')
+  parts = []
+  if opt_config.weight_decay:
+    parts.append(optax.add_decayed_weights(opt_config.weight_decay))
+  parts.append(optax.sgd(schedule, momentum=opt_config.momentum or None,
+                         nesterov=opt_config.nesterov))
+  return optax.chain(*parts)

@@ -1,0 +1,62 @@
+"""Which examples each learner trains on: a pure function of the step.
+
+Indices depend only on `(seed, epoch, learner, step)`, so resuming needs no
+iterator state and every learner draws its own reproducible stream.
+
+  * 'partition': every epoch one global permutation of the training set is
+    split into P disjoint shards, one per learner; a learner walks its shard
+    in batches of B. Within an epoch no two learners see the same example.
+  * 'iid': every learner draws B indices uniformly with replacement.
+
+An epoch is `steps_per_epoch = (N // P) // B` local steps in both modes, so
+all learners together see (about) the training set once per epoch.
+"""
+
+import functools
+
+import numpy as np
+
+from hier_avg.errors import require
+
+SAMPLING_MODES = ('partition', 'iid')
+# Separate random streams for the two modes, independent of model init.
+_PARTITION_STREAM, _IID_STREAM = 101, 102
+
+
+class Sampler:
+  """Per-learner minibatch indices for any step, computed on the host."""
+
+  def __init__(self, num_examples: int, num_learners: int, batch_size: int,
+               mode: str, seed: int):
+    require(mode in SAMPLING_MODES, f'unknown data.sampling={mode!r}; choose '
+            "'partition' or 'iid'.")
+    require(batch_size >= 1, f'data.batch_size={batch_size} must be >= 1.')
+    shard = num_examples // num_learners
+    require(batch_size <= shard,
+            f'data.batch_size={batch_size} is larger than the '
+            f'{shard} examples each of the {num_learners} learners gets from '
+            f'{num_examples}; lower data.batch_size or hier.num_learners.')
+    self.num_examples = num_examples
+    self.num_learners = num_learners
+    self.batch_size = batch_size
+    self.mode = mode
+    self.seed = seed
+    self.shard_size = shard
+    self.steps_per_epoch = shard // batch_size
+
+  @functools.lru_cache(maxsize=2)
+  def _permutation(self, epoch: int) -> np.ndarray:
+    rng = np.random.default_rng([self.seed, _PARTITION_STREAM, epoch])
+    return rng.permutation(self.num_examples).astype(np.int32)
+
+  def indices(self, step: int) -> np.ndarray:
+    """int32 [P, B]: the examples of 0-based local step `step`, per learner."""
+    epoch, within = divmod(step, self.steps_per_epoch)
+    if self.mode == 'iid':
+      rng = np.random.default_rng([self.seed, _IID_STREAM, step])
+      return rng.integers(0, self.num_examples,
+                          (self.num_learners, self.batch_size), np.int32)
+    shards = self._permutation(epoch)[:self.num_learners * self.shard_size]
+    shards = shards.reshape(self.num_learners, self.shard_size)
+    start = within * self.batch_size
+    return shards[:, start:start + self.batch_size]

@@ -1,0 +1,127 @@
+"""The learner grid and the device mesh it is laid out on.
+
+Learners form a grid, one axis per level of the hierarchy: Hier-AVG's grid is
+`(P/S, S)` with axes `('node', 'local')`. The device mesh has the same axis
+names; each of its sizes divides the grid's, and every device holds a *block*
+of `grid // mesh` learners. So 16 learners run on 8 devices, on 1 GPU or on
+1 CPU with the same code: one learner per device is the block size 1 case.
+"""
+
+import dataclasses
+import itertools
+import math
+from typing import Sequence
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from hier_avg.errors import UserError, require
+
+NODE, LOCAL = 'node', 'local'
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+  """Where every learner lives: grid axes, device mesh and per-device blocks."""
+  axis_names: tuple[str, ...]
+  grid_shape: tuple[int, ...]
+  mesh: Mesh
+
+  @property
+  def mesh_shape(self) -> tuple[int, ...]:
+    return tuple(self.mesh.shape[a] for a in self.axis_names)
+
+  @property
+  def block_shape(self) -> tuple[int, ...]:
+    """Learners per device along each grid axis."""
+    return tuple(g // m for g, m in zip(self.grid_shape, self.mesh_shape))
+
+  @property
+  def num_learners(self) -> int:
+    return math.prod(self.grid_shape)
+
+  @property
+  def learners_per_device(self) -> int:
+    return math.prod(self.block_shape)
+
+  @property
+  def learner_spec(self) -> PartitionSpec:
+    """Leading learner axes sharded over the mesh axes of the same name."""
+    return PartitionSpec(*self.axis_names)
+
+  def learner_sharding(self) -> NamedSharding:
+    return NamedSharding(self.mesh, self.learner_spec)
+
+  def replicated_sharding(self) -> NamedSharding:
+    return NamedSharding(self.mesh, PartitionSpec())
+
+  def describe(self) -> str:
+    return (f'learner grid {dict(zip(self.axis_names, self.grid_shape))} on '
+            f'mesh {dict(zip(self.axis_names, self.mesh_shape))} '
+            f'({self.learners_per_device} learner(s) per device)')
+
+
+def _divisors(n: int) -> list[int]:
+  return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _fit_mesh_shape(grid_shape, requested, num_devices):
+  """The largest mesh that divides the grid and fits, honouring requests.
+
+  `requested[i] == -1` lets axis i take any divisor of its grid size. Among
+  meshes with the most devices, inner axes (the fast, intra-node ones) are
+  preferred large.
+  """
+  choices = [_divisors(g) if r == -1 else [r]
+             for g, r in zip(grid_shape, requested)]
+  best = None
+  for shape in itertools.product(*choices):
+    size = math.prod(shape)
+    if size > num_devices:
+      continue
+    key = (size, tuple(reversed(shape)))
+    if best is None or key > best[0]:
+      best = (key, shape)
+  return best[1] if best else None
+
+
+def make_topology(grid_shape: Sequence[int],
+                  axis_names: Sequence[str],
+                  mesh_shape: Sequence[int],
+                  devices: Sequence[jax.Device] | None = None) -> Topology:
+  """Lays a learner grid onto a device mesh (-1 entries: as many as fit)."""
+  grid_shape, axis_names = tuple(grid_shape), tuple(axis_names)
+  mesh_shape = tuple(mesh_shape)
+  devices = list(jax.devices() if devices is None else devices)
+  for name, g, m in zip(axis_names, grid_shape, mesh_shape):
+    require(m == -1 or m >= 1,
+            f'mesh.{name}_devices={m} must be -1 (as many as fit) or >= 1.')
+    require(m == -1 or g % m == 0,
+            f'mesh.{name}_devices={m} does not divide the {g} learner(s) along '
+            f"'{name}'; use a divisor of {g} or -1.")
+  fixed = math.prod(m for m in mesh_shape if m != -1)
+  require(fixed <= len(devices),
+          f'the mesh asks for {fixed} devices but only {len(devices)} exist; '
+          'lower mesh.node_devices/mesh.local_devices or use -1.')
+  shape = _fit_mesh_shape(grid_shape, mesh_shape, len(devices))
+  assert shape is not None  # All-ones always fits once `fixed` does.
+  mesh = jax.make_mesh(shape, axis_names,
+                       devices=devices[:math.prod(shape)])
+  return Topology(axis_names, grid_shape, mesh)
+
+
+def hier_topology(num_learners: int, group_size: int, node_devices: int = -1,
+                  local_devices: int = -1, devices=None) -> Topology:
+  """Hier-AVG's two-level topology: P/S nodes of S learners."""
+  require(num_learners >= 1,
+          f'hier.num_learners={num_learners} must be >= 1.')
+  require(group_size >= 1, f'hier.group_size={group_size} must be >= 1.')
+  require(num_learners % group_size == 0,
+          f'hier.num_learners={num_learners} is not divisible by '
+          f'hier.group_size={group_size}; choose S that divides P.')
+  return make_topology((num_learners // group_size, group_size),
+                       (NODE, LOCAL), (node_devices, local_devices), devices)
+
+
+__all__ = ['Topology', 'make_topology', 'hier_topology', 'NODE', 'LOCAL',
+           'UserError']

@@ -1,0 +1,177 @@
+"""`train_and_evaluate(config, workdir)`: the whole run, top to bottom.
+
+Stages: check the config -> lay out learners on devices -> load data ->
+build learner and engine -> create the sharded state -> step with the
+averaging schedule, logging and evaluating the globally averaged model ->
+write the summary and plots.
+"""
+
+import math
+import os
+import time
+
+from absl import logging
+import jax
+import numpy as np
+
+from hier_avg import config_validation, datasets, models, optim, sampling
+from hier_avg.engine import Engine
+from hier_avg.errors import UserError, require
+from hier_avg.evaluation import evaluate
+from hier_avg.learner import Learner
+from hier_avg.metrics import METRICS_FILE, MetricsWriter, Throughput
+from hier_avg.schedule import hier_schedule
+from hier_avg.topology import hier_topology
+
+
+class TrainingDiverged(UserError):
+  """The loss became NaN or infinite."""
+
+
+def prepare_workdir(workdir: str) -> None:
+  """Creates `workdir`; refuses one that is a file or holds a finished run."""
+  require(bool(workdir), 'set --workdir to the folder for this run\'s '
+          'outputs.')
+  require(not os.path.exists(workdir) or os.path.isdir(workdir),
+          f'--workdir={workdir} is a file; choose a folder.')
+  require(not os.path.exists(os.path.join(workdir, METRICS_FILE)),
+          f'--workdir={workdir} already holds a run ({METRICS_FILE}); choose '
+          'a new folder so nothing there is overwritten.')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, '.write_test')
+    with open(probe, 'w'):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    raise UserError(f'cannot write to --workdir={workdir}: {e.strerror}; '
+                    'choose a writable folder.') from None
+
+
+def total_steps(train_config, steps_per_epoch: int) -> int:
+  if train_config.steps:
+    return train_config.steps
+  return max(1, math.ceil(train_config.epochs * steps_per_epoch))
+
+
+def _check_finite(losses: list[tuple[int, np.ndarray]]) -> None:
+  for step, loss in losses:
+    bad = np.flatnonzero(~np.isfinite(loss))
+    if bad.size:
+      raise TrainingDiverged(
+          f'training diverged: non-finite loss at step {step} (learner '
+          f'{bad[0]}); lower opt.lr or add opt.warmup_epochs.')
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains with Hier-AVG as `config` says; returns the summary it writes."""
+  # ---- Check the config and lay out the learners -----------------------
+  config_validation.validate(config)
+  hier = config.hier
+  topology = hier_topology(hier.num_learners, hier.group_size,
+                           config.mesh.node_devices, config.mesh.local_devices)
+  schedule = hier_schedule(hier.k1, hier.k2)
+  if jax.process_index() == 0:
+    prepare_workdir(workdir)
+  logging.info('hier_avg: %s; %s', topology.describe(), schedule)
+
+  # ---- Data --------------------------------------------------------------
+  data = datasets.load(config.data, config.seed)
+  sampler = sampling.Sampler(len(data.train_images), topology.num_learners,
+                             config.data.batch_size, config.data.sampling,
+                             config.seed)
+  num_steps = total_steps(config.train, sampler.steps_per_epoch)
+
+  # ---- Learner, engine and state -----------------------------------------
+  lr_schedule = optim.learning_rate_schedule(
+      config.opt, sampler.steps_per_epoch, num_steps)
+  learner = Learner(models.get_model(config.model.name, data.num_classes),
+                    optim.make_optimizer(config.opt, lr_schedule),
+                    data.mean, data.std, config.data.augment)
+  engine = Engine(learner, topology, schedule, tuple(hier.average))
+  state = engine.init_state(config.seed, data.image_shape)
+  images, labels = engine.put_train_data(data.train_images,
+                                         data.train_labels)
+  bytes_per_event = engine.averaged_bytes_per_learner(state)
+  # XLA:CPU collectives across fake devices can deadlock when several steps
+  # with a pmean are in flight; waiting after each averaging step avoids it.
+  wait_after_averaging = topology.mesh.devices.flat[0].platform == 'cpu'
+
+  # ---- Train ---------------------------------------------------------------
+  writer = MetricsWriter(workdir)
+  images_per_step = topology.num_learners * config.data.batch_size
+  start = time.perf_counter()
+  train_time, train_images_seen = 0.0, 0
+  throughput = Throughput()
+  pending = []  # (step, per-learner loss) fetched at the next log row.
+  last_eval, last_loss = {}, float('nan')
+
+  def counters(step):
+    counts = schedule.counts(step)
+    return {'local_averagings': counts['local'],
+            'global_averagings': counts['global'],
+            'bytes_averaged_per_learner': bytes_per_event * sum(
+                counts.values())}
+
+  def epoch(step):
+    return step / sampler.steps_per_epoch
+
+  try:
+    segment_start = time.perf_counter()
+    for step in range(num_steps):
+      done = step + 1
+      level = schedule.level_after(done)
+      state, loss = engine.train_step(level)(
+          state, images, labels, engine.put_indices(sampler.indices(step)))
+      pending.append((done, loss))
+      throughput.add(images_per_step)
+      if level is not None and wait_after_averaging:
+        jax.block_until_ready(state)
+
+      log_now = done % config.train.log_every == 0 or done == num_steps
+      eval_now = done == num_steps or (
+          config.train.eval_every and done % config.train.eval_every == 0)
+      if not (log_now or eval_now):
+        continue
+      losses = [(s, np.asarray(l).reshape(-1)) for s, l in pending]
+      pending.clear()
+      _check_finite(losses)
+      now = time.perf_counter()
+      train_time += now - segment_start
+      train_images_seen += images_per_step * len(losses)
+      last_loss = float(np.mean([l.mean() for _, l in losses]))
+      rate = throughput.rate()
+      writer.write(step=done, epoch=epoch(done), train_loss=last_loss,
+                   learning_rate=float(lr_schedule(step)),
+                   images_per_s=rate, wall_s=now - start, **counters(done))
+      eta = (num_steps - done) * train_time / done
+      logging.info('step %d/%d  epoch %.2f  loss %.4f  %.0f images/s  '
+                   'ETA %.0fs', done, num_steps, epoch(done), last_loss, rate,
+                   eta)
+      if eval_now:
+        params, batch_stats = engine.global_average(state)
+        last_eval = evaluate(engine, params, batch_stats, data.test_images,
+                             data.test_labels, config.train.eval_batch_size)
+        writer.write(step=done, epoch=epoch(done),
+                     wall_s=time.perf_counter() - start, **last_eval,
+                     **counters(done))
+        logging.info('step %d  test accuracy %.4f  test loss %.4f', done,
+                     last_eval['test_accuracy'], last_eval['test_loss'])
+      throughput.rate()  # Evaluation and logging do not count as training.
+      segment_start = time.perf_counter()
+
+    summary = {
+        **last_eval,
+        'final_train_loss': last_loss,
+        'images_per_s': train_images_seen / max(train_time, 1e-9),
+        'steps': num_steps,
+        'epochs': epoch(num_steps),
+        'wall_s': time.perf_counter() - start,
+        **counters(num_steps),
+        'topology': topology.describe(),
+        'config': config.to_dict(),
+    }
+    writer.write_summary(summary)
+  finally:
+    writer.close()
+  return summary

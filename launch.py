@@ -1,0 +1,39 @@
+r"""Trains with hierarchical averaging SGD.
+
+  python launch.py --config=configs/cifar10.py --workdir=/tmp/cifar10 \
+      --config.hier.k1=8
+
+A problem with the input (a config value, the data, the devices, the workdir)
+ends the run with one line on stderr and exit code 2.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from hier_avg import train
+from hier_avg.errors import UserError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'A configs/*.py file, optionally with :preset.',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for all outputs.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except UserError as e:
+    logging.flush()
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,10 @@
+"""pytest setup: fake CPU devices before jax is imported, repo on sys.path."""
+
+import os
+import sys
+
+NUM_CPU_DEVICES = 8
+os.environ['XLA_FLAGS'] = (
+    os.environ.get('XLA_FLAGS', '') +
+    f' --xla_force_host_platform_device_count={NUM_CPU_DEVICES}')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -1,0 +1,155 @@
+"""The mesh engine against the plain-loop reference, and its special cases."""
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import jax
+import numpy as np
+
+from tests import helpers
+from tests import reference
+
+STEPS = 24
+
+# (name, P, S, K1, K2, mesh (node, local) devices, model, averaged parts)
+ORACLE_CASES = (
+    ('one_per_device', 8, 4, 2, 3, (2, 4), 'mlp', ('params', 'batch_stats')),
+    ('all_on_one_device', 8, 4, 2, 3, (1, 1), 'mlp', ('params',)),
+    ('blocks_2x2', 16, 4, 3, 2, (2, 2), 'mlp', ('params', 'batch_stats')),
+    ('node_axis_only', 8, 2, 1, 4, (4, 1), 'mlp', ('params', 'opt_state')),
+    ('odd_sizes', 6, 3, 2, 2, (2, 3), 'mlp', ('params',)),
+    ('wide_blocks_k2_1', 12, 6, 4, 1, (1, 2), 'mlp', ('params',)),
+    ('bn_stats_averaged', 8, 4, 2, 2, (2, 2), 'bn',
+     ('params', 'batch_stats')),
+    ('bn_stats_local', 8, 4, 3, 2, (1, 4), 'bn', ('params',)),
+    ('bn_everything', 8, 2, 2, 3, (2, 1), 'bn',
+     ('params', 'batch_stats', 'opt_state')),
+)
+
+
+def setUpModule():
+  helpers.set_up_devices()
+
+
+class OracleTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(*ORACLE_CASES)
+  def test_matches_reference(self, p, s, k1, k2, mesh, model, average):
+    data = helpers.tiny_data()
+    learner = helpers.make_learner(model, data, nesterov=True)
+    engine = helpers.make_engine(learner, p, s, k1, k2, mesh, average)
+    self.assertEqual(engine.topology.mesh_shape, mesh)
+    sampler = helpers.make_sampler(data, p)
+    init = engine.init_state(0, data.image_shape)
+    ref_learners = helpers.learner_states(init)
+    final = helpers.run_engine(engine, data, sampler, STEPS, state=init)
+
+    reference.run(learner, ref_learners, reference.hier_levels(p, s, k1, k2),
+                  average, data.train_images, data.train_labels, sampler,
+                  STEPS)
+    got = helpers.learner_states(final)
+    for i in range(p):
+      for part in ('params', 'batch_stats', 'opt_state'):
+        helpers.assert_trees_close(self, got[i][part], ref_learners[i][part])
+    # Recompile guard: one compilation per averaging kind, whatever the step.
+    self.assertEqual(set(engine.trace_counts.values()), {1})
+
+  def test_learners_diverge_between_averagings(self):
+    # Guards the oracle itself: without averaging, learners must differ, so
+    # matching the reference is not trivially "everyone is identical".
+    data = helpers.tiny_data()
+    engine = helpers.make_engine(helpers.make_learner('mlp', data), 4, 2,
+                                 5, 2, (1, 1))
+    state = helpers.run_engine(engine, data, helpers.make_sampler(data, 4), 3)
+    w = helpers.learner_states(state)
+    self.assertGreater(
+        np.abs(w[0]['params']['Dense_0']['kernel'] -
+               w[1]['params']['Dense_0']['kernel']).max(), 1e-4)
+
+  def test_init_learners_identical_with_own_keys(self):
+    data = helpers.tiny_data()
+    engine = helpers.make_engine(helpers.make_learner('bn', data), 8, 4, 1, 1)
+    learners = helpers.learner_states(engine.init_state(0, data.image_shape))
+    keys = {tuple(np.asarray(jax.random.key_data(l['rng'])).ravel())
+            for l in learners}
+    self.assertLen(keys, 8)
+    for l in learners[1:]:
+      helpers.assert_trees_close(self, l['params'], learners[0]['params'],
+                                 atol=0, rtol=0)
+
+
+class SpecialCasesTest(parameterized.TestCase):
+  """Hier-AVG's special cases hold exactly (up to float rounding)."""
+
+  def _hier(self, p, s, k1, k2, model='mlp', mesh=(-1, -1), **opt):
+    data = helpers.tiny_data()
+    learner = helpers.make_learner(model, data, **opt)
+    engine = helpers.make_engine(learner, p, s, k1, k2, mesh)
+    sampler = helpers.make_sampler(data, p)
+    init = engine.init_state(0, data.image_shape)
+    start = helpers.learner_states(init)
+    final = helpers.run_engine(engine, data, sampler, STEPS, state=init)
+    return data, learner, sampler, start, helpers.learner_states(final)
+
+  def _kavg_reference(self, data, learner, sampler, start, k):
+    reference.run(learner, start, reference.kavg_levels(len(start), k),
+                  ('params', 'batch_stats'), data.train_images,
+                  data.train_labels, sampler, STEPS)
+    return start
+
+  @parameterized.named_parameters(
+      ('momentum', dict(momentum=0.9)),
+      ('nesterov', dict(momentum=0.9, nesterov=True)),
+      ('weight_decay', dict(momentum=0.9, weight_decay=5e-3)),
+      ('plain_sgd_bn', dict(momentum=0.0, weight_decay=0.0), 'bn'),
+  )
+  def test_k1_k2_1_is_synchronous_sgd(self, opt, model='mlp'):
+    p = 8
+    data, learner, sampler, start, got = self._hier(p, 4, 1, 1, model, **opt)
+    l0 = start[0]
+    params, batch_stats = reference.run_sync_sgd(
+        learner, l0['params'], l0['batch_stats'], l0['opt_state'],
+        [l['rng'] for l in start], data.train_images, data.train_labels,
+        sampler, STEPS)
+    for l in got:
+      helpers.assert_trees_close(self, l['params'], params)
+      helpers.assert_trees_close(self, l['batch_stats'], batch_stats)
+
+  def test_s_equals_p_is_kavg_with_k1(self):
+    data, learner, sampler, start, got = self._hier(8, 8, 3, 2)
+    want = self._kavg_reference(data, learner, sampler, start, 3)
+    for g, w in zip(got, want):
+      helpers.assert_trees_close(self, g['params'], w['params'])
+
+  def test_k2_1_is_kavg_with_k1(self):
+    data, learner, sampler, start, got = self._hier(8, 4, 3, 1)
+    want = self._kavg_reference(data, learner, sampler, start, 3)
+    for g, w in zip(got, want):
+      helpers.assert_trees_close(self, g['params'], w['params'])
+
+  def test_s_1_is_kavg_with_k1_times_k2(self):
+    data, learner, sampler, start, got = self._hier(8, 1, 2, 3)
+    want = self._kavg_reference(data, learner, sampler, start, 6)
+    for g, w in zip(got, want):
+      helpers.assert_trees_close(self, g['params'], w['params'])
+
+
+class LayoutInvarianceTest(absltest.TestCase):
+
+  def test_same_parameters_on_1_2_4_8_devices(self):
+    data = helpers.tiny_data()
+    learner = helpers.make_learner('bn', data)
+    sampler = helpers.make_sampler(data, 16)
+    results = {}
+    for mesh in ((1, 1), (1, 2), (2, 2), (2, 4)):
+      engine = helpers.make_engine(learner, 16, 4, 2, 2, mesh)
+      self.assertEqual(engine.topology.mesh_shape, mesh)
+      state = helpers.run_engine(engine, data, sampler, 20)
+      results[mesh] = jax.tree.map(np.asarray, (state.params,
+                                                state.batch_stats))
+    for mesh, tree in results.items():
+      with self.subTest(mesh=mesh):
+        helpers.assert_trees_close(self, tree, results[(1, 1)], atol=1e-6)
+
+
+if __name__ == '__main__':
+  absltest.main()

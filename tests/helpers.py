@@ -1,0 +1,99 @@
+"""Small shared builders for the tests: tiny models, data and engines."""
+
+import chex
+import flax.linen as nn
+import jax
+import numpy as np
+from ml_collections import ConfigDict
+
+from hier_avg import datasets, optim, sampling
+from hier_avg.engine import Engine
+from hier_avg.learner import Learner
+from hier_avg.models import MLP
+from hier_avg.schedule import hier_schedule
+from hier_avg.topology import hier_topology
+
+from tests import conftest
+
+IMAGE_SIZE = 8
+
+
+def set_up_devices():
+  """Fails loudly if jax was imported before conftest set the device count."""
+  chex.set_n_cpu_devices(conftest.NUM_CPU_DEVICES)
+  assert jax.device_count() == conftest.NUM_CPU_DEVICES, jax.devices()
+
+
+class TinyBNNet(nn.Module):
+  """conv + BatchNorm + dense: exercises averaged BatchNorm statistics."""
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.Conv(4, (3, 3))(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+    x = nn.relu(x).mean(axis=(1, 2))
+    return nn.Dense(self.num_classes)(x)
+
+
+MODELS = {'mlp': lambda: MLP(num_classes=10, hidden=32), 'bn': TinyBNNet}
+
+
+def opt_config(**overrides):
+  c = ConfigDict(dict(lr=0.05, momentum=0.9, nesterov=False,
+                      weight_decay=1e-3, schedule='constant',
+                      warmup_epochs=0.0, milestones=(), decay_factor=0.1))
+  c.update(overrides)
+  return c
+
+
+def tiny_data(num_train=512, seed=0):
+  return datasets.synthetic(num_train, 64, IMAGE_SIZE, 10, seed)
+
+
+def make_learner(model='mlp', data=None, augment=True, **opt_overrides):
+  data = data or tiny_data()
+  opt = opt_config(**opt_overrides)
+  tx = optim.make_optimizer(opt, optim.learning_rate_schedule(opt, 10, 100))
+  return Learner(MODELS[model](), tx, data.mean, data.std, augment)
+
+
+def make_engine(learner, num_learners, group_size, k1, k2, mesh=(-1, -1),
+                average=('params', 'batch_stats')):
+  topology = hier_topology(num_learners, group_size, *mesh)
+  return Engine(learner, topology, hier_schedule(k1, k2), average)
+
+
+def run_engine(engine, data, sampler, steps, seed=0, state=None):
+  """Trains with the engine's schedule; returns the final state."""
+  if state is None:
+    state = engine.init_state(seed, data.image_shape)
+  images, labels = engine.put_train_data(data.train_images, data.train_labels)
+  for t in range(steps):
+    level = engine.schedule.level_after(t + 1)
+    state, _ = engine.train_step(level)(
+        state, images, labels, engine.put_indices(sampler.indices(t)))
+    jax.block_until_ready(state)
+  return state
+
+
+def make_sampler(data, num_learners, batch_size=4, mode='partition', seed=0):
+  return sampling.Sampler(len(data.train_images), num_learners, batch_size,
+                          mode, seed)
+
+
+def learner_states(state, grid_ndim=2):
+  """Engine state -> list of per-learner dicts of numpy trees."""
+  from tests import reference  # pylint: disable=g-import-not-at-top
+  n = state.rng.size
+  parts = {p: reference.per_learner(getattr(state, p), grid_ndim, n)
+           for p in ('params', 'batch_stats', 'opt_state', 'rng')}
+  return [{p: parts[p][i] for p in parts} for i in range(n)]
+
+
+def assert_trees_close(test, a, b, atol=1e-5, rtol=1e-5):
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  test.assertEqual(len(leaves_a), len(leaves_b))
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol,
+                               rtol=rtol)

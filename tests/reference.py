@@ -1,0 +1,106 @@
+"""The oracle: Hier-AVG as a plain Python loop over learners.
+
+No mesh, no blocks, no shard_map, no fused buffers: every learner steps on its
+own with the same per-learner math (`Learner.step`), and averaging is an
+explicit float64 mean over each group's list of learners. The engine must
+match it.
+"""
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from hier_avg.learner import Learner, step_key
+
+
+@dataclasses.dataclass(frozen=True)
+class RefLevel:
+  groups: tuple[tuple[int, ...], ...]  # Learner indices averaged together.
+  period: int
+
+
+def hier_levels(num_learners, group_size, k1, k2):
+  """Hier-AVG's local and global levels, learners numbered node-major."""
+  local = tuple(tuple(range(g, g + group_size))
+                for g in range(0, num_learners, group_size))
+  return [RefLevel(local, k1),
+          RefLevel((tuple(range(num_learners)),), k1 * k2)]
+
+
+def kavg_levels(num_learners, k):
+  return [RefLevel((tuple(range(num_learners)),), k)]
+
+
+def per_learner(state_tree, grid_ndim, num_learners):
+  """Engine arrays [grid..., x] -> list over learners of numpy trees."""
+  def flatten(x):
+    x = x.reshape((-1,) + x.shape[grid_ndim:])
+    # Typed PRNG keys have no numpy form; they stay (host-side) jax arrays.
+    is_key = jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+    return jax.device_put(x, jax.devices('cpu')[0]) if is_key else np.asarray(x)
+  flat = jax.tree.map(flatten, state_tree)
+  return [jax.tree.map(lambda x, i=i: x[i], flat) for i in range(num_learners)]
+
+
+def _group_mean(trees, group):
+  def mean(*leaves):
+    if not np.issubdtype(np.asarray(leaves[0]).dtype, np.floating):
+      return leaves[0]
+    stacked = np.stack([np.asarray(x, np.float64) for x in leaves])
+    return stacked.mean(0).astype(np.asarray(leaves[0]).dtype)
+  return jax.tree.map(mean, *[trees[i] for i in group])
+
+
+def run(learner: Learner, learners: list[dict], levels, average, images,
+        labels, sampler, steps: int, first_step: int = 0):
+  """Trains `learners` (dicts of params/batch_stats/opt_state/rng) in place.
+
+  Returns the list of per-learner, per-step losses.
+  """
+  step_fn = jax.jit(learner.step)
+  losses = []
+  for t in range(first_step, first_step + steps):
+    indices = sampler.indices(t)
+    row = []
+    for p, l in enumerate(learners):
+      key = step_key(l['rng'], t)
+      l['params'], l['batch_stats'], l['opt_state'], loss = step_fn(
+          l['params'], l['batch_stats'], l['opt_state'], key,
+          images[indices[p]], labels[indices[p]])
+      row.append(float(loss))
+    losses.append(row)
+    done = t + 1
+    due = [lvl for lvl in levels if done % lvl.period == 0]
+    if due:
+      level = due[-1]  # Levels go narrow to wide: the widest wins.
+      for part in average:
+        for group in level.groups:
+          mean = _group_mean([l[part] for l in learners], group)
+          for i in group:
+            learners[i][part] = mean
+  return losses
+
+
+def run_sync_sgd(learner: Learner, params, batch_stats, opt_state, rngs,
+                 images, labels, sampler, steps: int):
+  """Synchronous SGD: one model, gradients all-reduced over P learners.
+
+  Learner p computes its gradient on its own minibatch with its own
+  augmentation key; the mean gradient updates the single model. BatchNorm
+  statistics are the mean of the learners' updated statistics.
+  """
+  grad_fn = jax.jit(learner.loss_and_grads)
+  apply_fn = jax.jit(learner.apply_gradients)
+  for t in range(steps):
+    indices = sampler.indices(t)
+    grads, stats = [], []
+    for p, rng in enumerate(rngs):
+      _, new_stats, g = grad_fn(params, batch_stats, step_key(rng, t),
+                                images[indices[p]], labels[indices[p]])
+      grads.append(g)
+      stats.append(new_stats)
+    mean_grads = _group_mean(grads, range(len(rngs)))
+    batch_stats = _group_mean(stats, range(len(rngs)))
+    params, opt_state = apply_fn(params, opt_state, mean_grads)
+  return params, batch_stats
