@@ -5,7 +5,6 @@ Only process 0 writes (the multi-host launcher runs the same loop everywhere).
 
 import json
 import os
-import time
 
 import jax
 import numpy as np
@@ -82,20 +81,3 @@ class MetricsWriter:
       self._file.close()
       if self._tb is not None:
         self._tb.close()
-
-
-class Throughput:
-  """Images per second between successive `rate` calls."""
-
-  def __init__(self):
-    self._time = time.perf_counter()
-    self._images = 0
-
-  def add(self, images: int) -> None:
-    self._images += images
-
-  def rate(self) -> float:
-    now = time.perf_counter()
-    rate = self._images / max(now - self._time, 1e-9)
-    self._time, self._images = now, 0
-    return rate

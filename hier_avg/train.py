@@ -19,7 +19,7 @@ from hier_avg.engine import Engine
 from hier_avg.errors import UserError, require
 from hier_avg.evaluation import evaluate
 from hier_avg.learner import Learner
-from hier_avg.metrics import METRICS_FILE, MetricsWriter, Throughput
+from hier_avg.metrics import METRICS_FILE, MetricsWriter
 from hier_avg.schedule import hier_schedule
 from hier_avg.topology import hier_topology
 
@@ -102,7 +102,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   images_per_step = topology.num_learners * config.data.batch_size
   start = time.perf_counter()
   train_time, train_images_seen = 0.0, 0
-  throughput = Throughput()
   pending = []  # (step, per-learner loss) fetched at the next log row.
   last_eval, last_loss = {}, float('nan')
 
@@ -124,7 +123,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
       state, loss = engine.train_step(level)(
           state, images, labels, engine.put_indices(sampler.indices(step)))
       pending.append((done, loss))
-      throughput.add(images_per_step)
       if level is not None and wait_after_averaging:
         jax.block_until_ready(state)
 
@@ -136,14 +134,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
       losses = [(s, np.asarray(l).reshape(-1)) for s, l in pending]
       pending.clear()
       _check_finite(losses)
-      now = time.perf_counter()
-      train_time += now - segment_start
+      segment_time = time.perf_counter() - segment_start
+      train_time += segment_time
       train_images_seen += images_per_step * len(losses)
+      rate = images_per_step * len(losses) / max(segment_time, 1e-9)
       last_loss = float(np.mean([l.mean() for _, l in losses]))
-      rate = throughput.rate()
-      writer.write(step=done, epoch=epoch(done), train_loss=last_loss,
-                   learning_rate=float(lr_schedule(step)),
-                   images_per_s=rate, wall_s=now - start, **counters(done))
+      row = dict(step=done, epoch=epoch(done), train_loss=last_loss,
+                 learning_rate=float(lr_schedule(step)), images_per_s=rate,
+                 **counters(done))
       eta = (num_steps - done) * train_time / done
       logging.info('step %d/%d  epoch %.2f  loss %.4f  %.0f images/s  '
                    'ETA %.0fs', done, num_steps, epoch(done), last_loss, rate,
@@ -152,12 +150,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
         params, batch_stats = engine.global_average(state)
         last_eval = evaluate(engine, params, batch_stats, data.test_images,
                              data.test_labels, config.train.eval_batch_size)
-        writer.write(step=done, epoch=epoch(done),
-                     wall_s=time.perf_counter() - start, **last_eval,
-                     **counters(done))
+        row.update(last_eval)
         logging.info('step %d  test accuracy %.4f  test loss %.4f', done,
                      last_eval['test_accuracy'], last_eval['test_loss'])
-      throughput.rate()  # Evaluation and logging do not count as training.
+      writer.write(**row, wall_s=time.perf_counter() - start)
+      # Evaluation and logging do not count as training time.
       segment_start = time.perf_counter()
 
     summary = {

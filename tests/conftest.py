@@ -8,3 +8,8 @@ os.environ['XLA_FLAGS'] = (
     os.environ.get('XLA_FLAGS', '') +
     f' --xla_force_host_platform_device_count={NUM_CPU_DEVICES}')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# absltest helpers (create_tempdir) read flags that pytest never parses.
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+if not flags.FLAGS.is_parsed():
+  flags.FLAGS.mark_as_parsed()

@@ -1,0 +1,105 @@
+"""Fused averaging inside shard_map: group means, identity, one collective."""
+
+import re
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hier_avg import averaging
+from hier_avg.topology import make_topology
+from tests import helpers
+
+
+def setUpModule():
+  helpers.set_up_devices()
+
+
+def _average(tree, axes, topology):
+  mapped = jax.shard_map(
+      lambda t: averaging.average_block(t, axes, topology),
+      mesh=topology.mesh, in_specs=topology.learner_spec,
+      out_specs=topology.learner_spec)
+  tree = jax.device_put(tree, topology.learner_sharding())
+  return jax.jit(mapped)(tree)
+
+
+def _tree(grid, seed=0):
+  rng = np.random.default_rng(seed)
+  return {'w': rng.normal(size=grid + (3, 2)).astype(np.float32),
+          'b': rng.normal(size=grid + (5,)).astype(np.float32),
+          'h': rng.normal(size=grid + (4,)).astype(np.float16),
+          'count': np.full(grid, 7, np.int32)}
+
+
+# (grid, axis names, mesh, averaged axes)
+CASES = (
+    ((2, 4), ('node', 'local'), (2, 4), ('local',)),
+    ((2, 4), ('node', 'local'), (2, 4), ('node', 'local')),
+    ((4, 4), ('node', 'local'), (2, 2), ('local',)),
+    ((4, 4), ('node', 'local'), (1, 1), ('node', 'local')),
+    ((2, 2, 2), ('pod', 'node', 'local'), (2, 2, 2), ('node', 'local')),
+    ((2, 2, 4), ('pod', 'node', 'local'), (1, 2, 2), ('node', 'local')),
+)
+
+
+class AveragingTest(parameterized.TestCase):
+
+  @parameterized.parameters(*CASES)
+  def test_group_means(self, grid, names, mesh, axes):
+    topology = make_topology(grid, names, mesh)
+    tree = _tree(grid)
+    got = jax.tree.map(np.asarray, _average(tree, axes, topology))
+    reduce = tuple(i for i, a in enumerate(names) if a in axes)
+    for key in ('w', 'b', 'h'):
+      x = tree[key].astype(np.float64)
+      want = np.broadcast_to(x.mean(axis=reduce, keepdims=True), x.shape)
+      tol = 1e-3 if tree[key].dtype == np.float16 else 1e-6
+      np.testing.assert_allclose(got[key], want, rtol=tol, atol=tol)
+      self.assertEqual(got[key].dtype, tree[key].dtype)
+    np.testing.assert_array_equal(got['count'], tree['count'])
+
+  def test_identical_replicas_unchanged(self):
+    topology = make_topology((2, 4), ('node', 'local'), (2, 4))
+    one = _tree((1, 1))
+    tree = jax.tree.map(lambda x: np.broadcast_to(x, (2, 4) + x.shape[2:]),
+                        one)
+    got = _average(tree, ('node', 'local'), topology)
+    for key in tree:
+      # The sum of 8 equal values over 8 is the value, up to one rounding.
+      np.testing.assert_array_max_ulp(np.asarray(got[key]), tree[key],
+                                      maxulp=1)
+
+  def test_bytes_per_learner(self):
+    one = jax.tree.map(lambda x: x[0, 0], _tree((1, 1)))
+    # float32 6 + 5 values, float16 4 values; the int counter is not moved.
+    self.assertEqual(averaging.bytes_per_learner(one), 11 * 4 + 4 * 2)
+
+
+def _all_reduces(step_fn, *args) -> int:
+  hlo = step_fn.lower(*args).compile().as_text()
+  return len(re.findall(r'= \S+ all-reduce(?:-start)?\(', hlo))
+
+
+class CollectivesTest(absltest.TestCase):
+
+  def test_one_all_reduce_per_dtype_per_averaging(self):
+    data = helpers.tiny_data()
+    engine = helpers.make_engine(helpers.make_learner('bn', data), 8, 4, 2, 2,
+                                 (2, 4))
+    state = engine.init_state(0, data.image_shape)
+    images, labels = engine.put_train_data(data.train_images,
+                                           data.train_labels)
+    indices = engine.put_indices(helpers.make_sampler(data, 8).indices(0))
+    args = (state, images, labels, indices)
+    local, global_ = engine.schedule.levels
+    self.assertEqual(_all_reduces(engine.train_step(None), *args), 0)
+    # params and batch_stats are all float32: one fused buffer, one op.
+    self.assertEqual(_all_reduces(engine.train_step(local), *args), 1)
+    self.assertEqual(_all_reduces(engine.train_step(global_), *args), 1)
+
+
+if __name__ == '__main__':
+  absltest.main()

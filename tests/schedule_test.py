@@ -1,0 +1,62 @@
+"""When each averaging happens and how many happened."""
+
+from absl.testing import absltest
+from absl.testing import parameterized
+
+from hier_avg.errors import UserError
+from hier_avg.schedule import Level, make_schedule, hier_schedule
+
+# (k1, k2, steps, local averagings, global averagings)
+COUNT_CASES = (
+    (4, 4, 0, 0, 0),
+    (4, 4, 3, 0, 0),
+    (4, 4, 4, 1, 0),
+    (4, 4, 16, 3, 1),
+    (4, 4, 33, 6, 2),
+    (1, 1, 10, 0, 10),   # Sync SGD: every step is a global averaging.
+    (3, 1, 10, 0, 3),    # K2 = 1: K-AVG with K = K1.
+    (1, 5, 12, 10, 2),
+)
+
+
+class ScheduleTest(parameterized.TestCase):
+
+  @parameterized.parameters(*COUNT_CASES)
+  def test_counts_match_brute_force(self, k1, k2, steps, local, global_):
+    schedule = hier_schedule(k1, k2)
+    self.assertEqual(schedule.counts(steps),
+                     {'local': local, 'global': global_})
+    seen = [schedule.level_after(t) for t in range(1, steps + 1)]
+    self.assertEqual(sum(l is not None and l.name == 'local' for l in seen),
+                     local)
+    self.assertEqual(sum(l is not None and l.name == 'global' for l in seen),
+                     global_)
+
+  def test_level_after(self):
+    schedule = hier_schedule(2, 3)
+    names = [getattr(schedule.level_after(t), 'name', None)
+             for t in range(1, 13)]
+    self.assertEqual(names, [None, 'local', None, 'local', None, 'global',
+                             None, 'local', None, 'local', None, 'global'])
+
+  def test_global_averages_every_axis(self):
+    local, global_ = hier_schedule(2, 2).levels
+    self.assertEqual(local.axes, ('local',))
+    self.assertEqual(global_.axes, ('node', 'local'))
+
+  def test_three_levels(self):
+    schedule = make_schedule([Level('local', ('local',), 2),
+                              Level('pod', ('node', 'local'), 4),
+                              Level('global', ('pod', 'node', 'local'), 8)])
+    self.assertEqual(schedule.counts(16),
+                     {'local': 4, 'pod': 2, 'global': 2})
+    self.assertEqual(schedule.level_after(12).name, 'pod')
+
+  @parameterized.parameters((0, 1), (1, 0), (-2, 3), (2.5, 1))
+  def test_bad_periods(self, k1, k2):
+    with self.assertRaisesRegex(UserError, 'must be an integer >= 1'):
+      hier_schedule(k1, k2)
+
+
+if __name__ == '__main__':
+  absltest.main()
