@@ -17,7 +17,8 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            f' --xla_force_host_platform_device_count={_DEVICES}')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import platform  # pylint: disable=g-import-not-at-top,wrong-import-position
+import itertools  # pylint: disable=g-import-not-at-top,wrong-import-position
+import platform
 import tarfile
 import tempfile
 
@@ -36,6 +37,7 @@ _DATA_DIR = flags.DEFINE_string(
     'data_dir', os.path.join(tempfile.gettempdir(), 'hier_avg_cifar10'),
     'Where the archive is unpacked (once).')
 _STEPS = flags.DEFINE_integer('steps', 400, 'Local steps per run.')
+_SEEDS = flags.DEFINE_list('seeds', ['0'], 'Seeds to run for each layout.')
 _LAYOUTS = flags.DEFINE_list(
     'layouts', ['2x4', '1x1'],
     'Meshes to run, as node_devices x local_devices (2x4: one learner per '
@@ -57,9 +59,10 @@ def main(argv):
   del argv
   data_dir = unpack(_ARCHIVE.value, _DATA_DIR.value)
   rows = []
-  for layout in _LAYOUTS.value:
+  for layout, seed in itertools.product(_LAYOUTS.value, _SEEDS.value):
     node, local = (int(x) for x in layout.split('x'))
     config = cifar10.get_config('cpu')
+    config.seed = int(seed)
     config.data.name = 'folder'
     config.data.path = data_dir
     config.train.steps = _STEPS.value
@@ -68,18 +71,19 @@ def main(argv):
     workdir = tempfile.mkdtemp(prefix=f'cpu_cifar10_{layout}_')
     logging.info('layout %s -> %s', layout, workdir)
     summary = train.train_and_evaluate(config, workdir)
-    rows.append((layout, summary))
+    rows.append((layout, seed, summary))
 
   print(f'\ncnn_small on CIFAR-10, P=8 (2x4), K1=K2=4, B=32, {_STEPS.value} '
         f'steps; {platform.processor() or platform.machine()}, '
         f'{os.cpu_count()} cores, jax {jax.__version__}\n')
-  print('| mesh (node x local) | learners/device | test accuracy | '
+  print('| mesh (node x local) | learners/device | seed | test accuracy | '
         'train images/s | wall s |')
-  print('|---|---|---|---|---|')
-  for layout, s in rows:
+  print('|---|---|---|---|---|---|')
+  for layout, seed, s in rows:
     node, local = (int(x) for x in layout.split('x'))
-    print(f'| {layout} | {8 // (node * local)} | {s["test_accuracy"]:.4f} | '
-          f'{s["images_per_s"]:.0f} | {s["wall_s"]:.0f} |')
+    print(f'| {layout} | {8 // (node * local)} | {seed} | '
+          f'{s["test_accuracy"]:.4f} | {s["images_per_s"]:.0f} | '
+          f'{s["wall_s"]:.0f} |')
 
 
 if __name__ == '__main__':

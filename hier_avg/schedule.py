@@ -38,6 +38,10 @@ class Schedule:
         return level
     return None
 
+  def describe(self) -> str:
+    return ', '.join(f'{l.name} averaging over {"+".join(l.axes)} every '
+                     f'{l.period} step(s)' for l in self.levels)
+
   def counts(self, steps: int) -> dict[str, int]:
     """Averagings of each level done in the first `steps` steps.
 

@@ -73,7 +73,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   schedule = hier_schedule(hier.k1, hier.k2)
   if jax.process_index() == 0:
     prepare_workdir(workdir)
-  logging.info('hier_avg: %s; %s', topology.describe(), schedule)
+  logging.info('hier_avg: %s; %s', topology.describe(),
+               schedule.describe())
 
   # ---- Data --------------------------------------------------------------
   data = datasets.load(config.data, config.seed)

@@ -77,6 +77,26 @@ class OracleTest(parameterized.TestCase):
                                  atol=0, rtol=0)
 
 
+class GlobalAverageTest(parameterized.TestCase):
+
+  @parameterized.parameters(((1, 1),), ((2, 2),), ((2, 4),))
+  def test_mean_of_all_learners_and_state_untouched(self, mesh):
+    data = helpers.tiny_data()
+    engine = helpers.make_engine(helpers.make_learner('bn', data), 8, 4, 5,
+                                 5, mesh)
+    state = helpers.run_engine(engine, data, helpers.make_sampler(data, 8), 3)
+    before = helpers.learner_states(state)
+    params, batch_stats = engine.global_average(state)
+    after = helpers.learner_states(state)
+    for part in ('params', 'batch_stats'):
+      want = jax.tree.map(lambda *x: np.mean(np.stack(x), 0),
+                          *[l[part] for l in before])
+      got = params if part == 'params' else batch_stats
+      helpers.assert_trees_close(self, got, want, atol=1e-6)
+      for b, a in zip(before, after):
+        helpers.assert_trees_close(self, a[part], b[part], atol=0, rtol=0)
+
+
 class SpecialCasesTest(parameterized.TestCase):
   """Hier-AVG's special cases hold exactly (up to float rounding)."""
 
