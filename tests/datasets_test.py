@@ -1,6 +1,8 @@
 """Data sources: image folders, synthetic data, and their errors."""
 
 import os
+import sys
+from unittest import mock
 
 from absl.testing import absltest
 import numpy as np
@@ -86,3 +88,50 @@ class LoadTest(absltest.TestCase):
 
 if __name__ == '__main__':
   absltest.main()
+
+
+class _FakeTfds:
+  """Stands in for tensorflow_datasets: the glue code is what is tested."""
+
+  def __init__(self, splits, num_classes):
+    self.splits, self.num_classes, self.calls = splits, num_classes, []
+
+  def builder(self, name, data_dir=None):
+    self.calls.append((name, data_dir))
+    fake = self
+
+    class Builder:
+      info = type('Info', (), {'features': {'label': type(
+          'Label', (), {'num_classes': fake.num_classes})()}})()
+
+      def download_and_prepare(self):
+        pass
+
+      def as_dataset(self, split, batch_size, as_supervised):
+        assert batch_size == -1 and as_supervised
+        return fake.splits[split]
+
+    return Builder()
+
+  def as_numpy(self, dataset):
+    return dataset
+
+
+class TfdsTest(absltest.TestCase):
+
+  def test_reads_both_splits(self):
+    images = np.zeros((6, 28, 28, 1), np.uint8)
+    fake = _FakeTfds({'train': (images, np.arange(6) % 3),
+                      'test': (images[:2], np.array([0, 2]))}, 3)
+    with mock.patch.dict(sys.modules, {'tensorflow_datasets': fake}):
+      data = datasets.from_tfds('mnist', '/data/tfds')
+    self.assertEqual(fake.calls, [('mnist', '/data/tfds')])
+    self.assertEqual(data.train_images.shape, (6, 28, 28, 1))
+    self.assertEqual(data.num_classes, 3)
+    self.assertEqual(data.mean.shape, (1,))
+    self.assertEqual(data.test_labels.dtype, np.int32)
+
+  def test_missing_tfds_is_a_one_line_error(self):
+    with mock.patch.dict(sys.modules, {'tensorflow_datasets': None}):
+      with self.assertRaisesRegex(UserError, 'needs tensorflow-datasets'):
+        datasets.from_tfds('cifar10', '')
