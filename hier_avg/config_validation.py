@@ -44,10 +44,7 @@ def validate(config) -> None:
   _integer(config, 'seed', 0)
   for key in ('hier.num_learners', 'hier.group_size'):
     _integer(config, key, 1)
-  average = tuple(config.hier.average)
-  require('params' in average and set(average) <= set(state.AVERAGEABLE),
-          f'hier.average={average} must include \'params\' and may add '
-          f"'batch_stats' and 'opt_state'.")
+  state.check_average(config.hier.average)
   _choice(config, 'model.name', sorted(models.MODELS))
   _choice(config, 'data.name',
           datasets.TFDS_NAMES + ('folder', 'synthetic'))

@@ -13,14 +13,13 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
 from hier_avg import averaging
 from hier_avg.learner import Learner, step_key
 from hier_avg.schedule import Level, Schedule
-from hier_avg.state import AVERAGEABLE, TrainState, state_specs
+from hier_avg.state import TrainState, check_average, state_specs
 from hier_avg.topology import Topology
-from hier_avg.errors import require
 
 
 def _flatten_block(tree, nblock):
@@ -37,21 +36,15 @@ class Engine:
 
   def __init__(self, learner: Learner, topology: Topology, schedule: Schedule,
                average: tuple[str, ...]):
-    average = tuple(average)
-    require('params' in average, f'hier.average={average} must include '
-            "'params'.")
-    unknown = sorted(set(average) - set(AVERAGEABLE))
-    require(not unknown, f'hier.average names unknown parts {unknown}; '
-            f'choose from {AVERAGEABLE}.')
     self.learner = learner
     self.topology = topology
     self.schedule = schedule
-    self.average = average
+    self.average = check_average(average)
     self._state_specs = state_specs(topology.learner_spec, PartitionSpec())
     # Fixed output shardings keep every step's state exactly like the
     # initial one, so no step ever recompiles for a different layout.
     self._state_shardings = jax.tree.map(
-        lambda spec: jax.sharding.NamedSharding(topology.mesh, spec),
+        lambda spec: NamedSharding(topology.mesh, spec),
         self._state_specs)
     self._steps = {}
     # Times each step was traced (== compiled); tests guard against retraces.
@@ -172,7 +165,7 @@ class Engine:
   def predict(self):
     """Compiled `(params, batch_stats, images) -> logits`, batch sharded."""
     mesh = self.topology.mesh
-    batch = jax.sharding.NamedSharding(
+    batch = NamedSharding(
         mesh, PartitionSpec(self.topology.axis_names))
     return jax.jit(self.learner.logits, out_shardings=batch)
 

@@ -5,8 +5,19 @@ from typing import Any
 import flax.struct
 import jax
 
+from hier_avg.errors import require
+
 # Parts of a learner's state that `hier.average` can name.
 AVERAGEABLE = ('params', 'batch_stats', 'opt_state')
+
+
+def check_average(average) -> tuple[str, ...]:
+  """`hier.average` as a tuple, or a UserError saying what it may hold."""
+  average = tuple(average)
+  require('params' in average and set(average) <= set(AVERAGEABLE),
+          f"hier.average={average} must include 'params' and may add "
+          "'batch_stats' and 'opt_state'.")
+  return average
 
 
 class TrainState(flax.struct.PyTreeNode):
