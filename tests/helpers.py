@@ -14,6 +14,7 @@ from hier_avg.schedule import hier_schedule
 from hier_avg.topology import hier_topology
 
 from tests import conftest
+from tests import reference
 
 IMAGE_SIZE = 8
 
@@ -84,7 +85,6 @@ def make_sampler(data, num_learners, batch_size=4, mode='partition', seed=0):
 
 def learner_states(state, grid_ndim=2):
   """Engine state -> list of per-learner dicts of numpy trees."""
-  from tests import reference  # pylint: disable=g-import-not-at-top
   n = state.rng.size
   parts = {p: reference.per_learner(getattr(state, p), grid_ndim, n)
            for p in ('params', 'batch_stats', 'opt_state', 'rng')}

@@ -38,7 +38,9 @@ def per_learner(state_tree, grid_ndim, num_learners):
     x = x.reshape((-1,) + x.shape[grid_ndim:])
     # Typed PRNG keys have no numpy form; they stay (host-side) jax arrays.
     is_key = jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
-    return jax.device_put(x, jax.devices('cpu')[0]) if is_key else np.asarray(x)
+    if is_key:
+      return jax.device_put(x, jax.devices('cpu')[0])
+    return np.asarray(x)
   flat = jax.tree.map(flatten, state_tree)
   return [jax.tree.map(lambda x, i=i: x[i], flat) for i in range(num_learners)]
 
