@@ -4,7 +4,8 @@ r"""Train-step throughput of the engine for several device layouts.
 
 cnn_small, P = 8 learners in 2 groups of 4, K1 = K2 = 4, B = 32, synthetic
 32x32 data resident on the devices; 16 warm-up steps (compilation), then
-`--steps` timed steps. Sets 8 fake CPU devices itself.
+`--steps` timed steps, dispatched once per step and once per round (K1
+steps in one `lax.scan`). Sets 8 fake CPU devices itself.
 """
 
 import os
@@ -34,7 +35,7 @@ _STEPS = flags.DEFINE_integer('steps', 80, 'Timed steps per layout.')
 _WARMUP = 16
 
 
-def images_per_second(config, data, layout: str) -> float:
+def images_per_second(config, data, layout: str, per_step: bool) -> float:
   node, local = (int(x) for x in layout.split('x'))
   hier = config.hier
   topology = hier_topology(hier.num_learners, hier.group_size, node, local)
@@ -51,11 +52,11 @@ def images_per_second(config, data, layout: str) -> float:
 
   def run(first, last):
     nonlocal state
-    for step in range(first, last):
-      level = schedule.level_after(step + 1)
-      state, _ = engine.train_step(level)(
-          state, images, labels, engine.put_indices(sampler.indices(step)))
-      if level is not None:  # See the XLA:CPU rendezvous note in train.py.
+    for round_ in schedule.rounds(first, last, (1,) if per_step else ()):
+      state, _ = engine.train_round(round_.level, round_.length)(
+          state, images, labels, engine.put_indices(
+              sampler.round_indices(round_.first, round_.length)))
+      if round_.level is not None:  # XLA:CPU rendezvous: see train.py.
         jax.block_until_ready(state)
     jax.block_until_ready(state)
 
@@ -70,12 +71,15 @@ def main(argv):
   del argv
   config = cifar10.get_config('cpu')
   data = datasets.synthetic(50_000, 16, 32, 10)
-  print('| mesh | learners/device | images/s |')
-  print('|---|---|---|')
+  print('| mesh | learners/device | dispatch | images/s |')
+  print('|---|---|---|---|')
   for layout in _LAYOUTS.value:
     node, local = (int(x) for x in layout.split('x'))
-    rate = images_per_second(config, data, layout)
-    print(f'| {layout} | {8 // (node * local)} | {rate:,.0f} |', flush=True)
+    for per_step in (True, False):
+      rate = images_per_second(config, data, layout, per_step)
+      print(f'| {layout} | {8 // (node * local)} | '
+            f'{"per step" if per_step else "per round"} | {rate:,.0f} |',
+            flush=True)
 
 
 if __name__ == '__main__':

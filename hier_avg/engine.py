@@ -46,8 +46,8 @@ class Engine:
     self._state_shardings = jax.tree.map(
         lambda spec: NamedSharding(topology.mesh, spec),
         self._state_specs)
-    self._steps = {}
-    # Times each step was traced (== compiled); tests guard against retraces.
+    self._rounds = {}
+    # Times each round was traced (== compiled); tests guard against retraces.
     self.trace_counts = collections.Counter()
 
   # ---- State ----------------------------------------------------------
@@ -83,61 +83,78 @@ class Engine:
     sharding = self.topology.replicated_sharding()
     return (jax.device_put(images, sharding), jax.device_put(labels, sharding))
 
-  def put_indices(self, indices_PxB: np.ndarray):
-    """Per-learner example indices, laid out like the learners."""
+  @property
+  def _round_spec(self) -> PartitionSpec:
+    """[steps, grid..., ...] arrays: steps unsharded, learners sharded."""
+    return PartitionSpec(None, *self.topology.axis_names)
+
+  def put_indices(self, indices_KxPxB: np.ndarray):
+    """A round's example indices, [steps, P, B], laid out like the learners."""
+    k, _, b = indices_KxPxB.shape
     grid = self.topology.grid_shape
-    return jax.device_put(indices_PxB.reshape(grid + indices_PxB.shape[1:]),
-                          self.topology.learner_sharding())
+    return jax.device_put(indices_KxPxB.reshape((k,) + grid + (b,)),
+                          NamedSharding(self.topology.mesh, self._round_spec))
 
-  # ---- Steps ----------------------------------------------------------
+  # ---- Rounds ---------------------------------------------------------
 
-  def train_step(self, level: Level | None):
-    """The compiled step `(state, images, labels, indices) -> (state, loss)`.
+  def train_round(self, level: Level | None, length: int):
+    """The compiled round `(state, images, labels, indices) -> (state, loss)`.
 
-    `loss` holds every learner's minibatch loss (grid shape, sharded); the
-    mean over learners is left to the host so plain steps need no collective.
+    A round is `length` local steps on every learner (a `lax.scan`, so the
+    host dispatches once per round, not once per step) followed by the
+    averaging of `level`, or none. `indices` comes from `put_indices`;
+    `loss` is every learner's minibatch loss per step, [length, grid...],
+    sharded: the mean over learners is left to the host, so rounds without
+    averaging need no collective at all. Compiled once per (level, length).
     """
-    key = None if level is None else level.name
-    if key not in self._steps:
-      self._steps[key] = self._build_step(level)
-    return self._steps[key]
+    key = (None if level is None else level.name, length)
+    if key not in self._rounds:
+      self._rounds[key] = self._build_round(level, key)
+    return self._rounds[key]
 
-  def _build_step(self, level: Level | None):
+  def _build_round(self, level: Level | None, key):
     topology, learner = self.topology, self.learner
     nblock = len(topology.grid_shape)
-    learner_spec = topology.learner_spec
 
-    def block_step(state, images, labels, indices):
-      self.trace_counts[None if level is None else level.name] += 1
-      block_shape = state.rng.shape
-      flat = _flatten_block(
-          (state.params, state.batch_stats, state.opt_state, state.rng,
-           indices), nblock)
+    def block_round(state, images, labels, indices_K):
+      self.trace_counts[key] += 1
 
-      def one(params, batch_stats, opt_state, rng, idx_B):
-        return learner.step(params, batch_stats, opt_state,
-                            step_key(rng, state.step), images[idx_B],
-                            labels[idx_B])
+      def local_step(state, batch):
+        """One SGD step of every learner in the block; no communication."""
+        block_shape = state.rng.shape
+        flat = _flatten_block(
+            (state.params, state.batch_stats, state.opt_state, state.rng,
+             batch), nblock)
 
-      params, batch_stats, opt_state, loss = jax.vmap(one)(*flat)
-      params, batch_stats, opt_state, loss = _unflatten_block(
-          (params, batch_stats, opt_state, loss), block_shape)
-      new = state.replace(step=state.step + 1, params=params,
-                          batch_stats=batch_stats, opt_state=opt_state)
+        def one(params, batch_stats, opt_state, rng, batch):
+          return learner.step(params, batch_stats, opt_state,
+                              step_key(rng, state.step), *batch)
+
+        params, batch_stats, opt_state, loss = _unflatten_block(
+            jax.vmap(one)(*flat), block_shape)
+        return state.replace(step=state.step + 1, params=params,
+                             batch_stats=batch_stats,
+                             opt_state=opt_state), loss
+
+      # Gather the whole round's minibatches before the loop: indexing the
+      # resident data set inside the scan made XLA:CPU copy it every step.
+      batches = (images[indices_K], labels[indices_K])
+      state, losses = jax.lax.scan(local_step, state, batches, unroll=True)
       if level is not None:
-        parts = {p: getattr(new, p) for p in self.average}
-        new = new.replace(**averaging.average_block(parts, level.axes,
-                                                    topology))
-      return new, loss
+        parts = {p: getattr(state, p) for p in self.average}
+        state = state.replace(**averaging.average_block(parts, level.axes,
+                                                        topology))
+      return state, losses
 
     mapped = jax.shard_map(
-        block_step, mesh=topology.mesh,
+        block_round, mesh=topology.mesh,
         in_specs=(self._state_specs, PartitionSpec(), PartitionSpec(),
-                  learner_spec),
-        out_specs=(self._state_specs, learner_spec))
+                  self._round_spec),
+        out_specs=(self._state_specs, self._round_spec))
     return jax.jit(mapped, donate_argnums=0,
                    out_shardings=(self._state_shardings,
-                                  topology.learner_sharding()))
+                                  NamedSharding(topology.mesh,
+                                                self._round_spec)))
 
   @functools.cached_property
   def global_average(self):

@@ -60,3 +60,7 @@ class Sampler:
     shards = shards.reshape(self.num_learners, self.shard_size)
     start = within * self.batch_size
     return shards[:, start:start + self.batch_size]
+
+  def round_indices(self, first: int, length: int) -> np.ndarray:
+    """int32 [length, P, B]: the indices of steps `first .. first+length-1`."""
+    return np.stack([self.indices(t) for t in range(first, first + length)])

@@ -8,7 +8,7 @@ the local one of that step. A third level (pods of nodes) is one more entry.
 """
 
 import dataclasses
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from hier_avg.errors import require
 from hier_avg.topology import LOCAL, NODE
@@ -19,6 +19,18 @@ class Level:
   name: str
   axes: tuple[str, ...]  # Grid axes averaged over.
   period: int            # Local steps between averagings at this level.
+
+
+@dataclasses.dataclass(frozen=True)
+class Round:
+  """Local steps `[first, first + length)`, then `level`'s averaging."""
+  first: int
+  length: int
+  level: Level | None
+
+  @property
+  def end(self) -> int:
+    return self.first + self.length
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +49,21 @@ class Schedule:
       if step % level.period == 0:
         return level
     return None
+
+  def rounds(self, start: int, stop: int,
+             cut_every: Sequence[int] = ()) -> Iterator[Round]:
+    """Splits steps `[start, stop)` into rounds, each compiled as one call.
+
+    A round ends at every averaging (every multiple of the narrowest
+    period), at every multiple of each period in `cut_every` (where the
+    host wants to log or evaluate), and at `stop`.
+    """
+    periods = [self.levels[0].period] + [p for p in cut_every if p > 0]
+    step = start
+    while step < stop:
+      end = min([stop] + [(step // p + 1) * p for p in periods])
+      yield Round(step, end - step, self.level_after(end))
+      step = end
 
   def describe(self) -> str:
     return ', '.join(f'{l.name} averaging over {"+".join(l.axes)} every '

@@ -103,7 +103,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   images_per_step = topology.num_learners * config.data.batch_size
   start = time.perf_counter()
   train_time, train_images_seen = 0.0, 0
-  pending = []  # (step, per-learner loss) fetched at the next log row.
+  pending = []  # (first step, per-step per-learner losses) of each round.
   last_eval, last_loss = {}, float('nan')
 
   def counters(step):
@@ -118,21 +118,24 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   try:
     segment_start = time.perf_counter()
-    for step in range(num_steps):
-      done = step + 1
-      level = schedule.level_after(done)
-      state, loss = engine.train_step(level)(
-          state, images, labels, engine.put_indices(sampler.indices(step)))
-      pending.append((done, loss))
-      if level is not None and wait_after_averaging:
+    cut_every = (config.train.log_every, config.train.eval_every)
+    for round_ in schedule.rounds(0, num_steps, cut_every):
+      state, loss = engine.train_round(round_.level, round_.length)(
+          state, images, labels, engine.put_indices(
+              sampler.round_indices(round_.first, round_.length)))
+      pending.append((round_.first, loss))
+      if round_.level is not None and wait_after_averaging:
         jax.block_until_ready(state)
 
+      done = round_.end
       log_now = done % config.train.log_every == 0 or done == num_steps
       eval_now = done == num_steps or (
           config.train.eval_every and done % config.train.eval_every == 0)
       if not (log_now or eval_now):
         continue
-      losses = [(s, np.asarray(l).reshape(-1)) for s, l in pending]
+      losses = [(first + 1 + i, step_loss.reshape(-1))
+                for first, round_loss in pending
+                for i, step_loss in enumerate(np.asarray(round_loss))]
       pending.clear()
       _check_finite(losses)
       segment_time = time.perf_counter() - segment_start
@@ -141,7 +144,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       rate = images_per_step * len(losses) / max(segment_time, 1e-9)
       last_loss = float(np.mean([l.mean() for _, l in losses]))
       row = dict(step=done, epoch=epoch(done), train_loss=last_loss,
-                 learning_rate=float(lr_schedule(step)), images_per_s=rate,
+                 learning_rate=float(lr_schedule(done - 1)), images_per_s=rate,
                  **counters(done))
       eta = (num_steps - done) * train_time / done
       logging.info('step %d/%d  epoch %.2f  loss %.4f  %.0f images/s  '

@@ -92,13 +92,14 @@ class CollectivesTest(absltest.TestCase):
     state = engine.init_state(0, data.image_shape)
     images, labels = engine.put_train_data(data.train_images,
                                            data.train_labels)
-    indices = engine.put_indices(helpers.make_sampler(data, 8).indices(0))
+    indices = engine.put_indices(
+        helpers.make_sampler(data, 8).round_indices(0, 2))
     args = (state, images, labels, indices)
     local, global_ = engine.schedule.levels
-    self.assertEqual(_all_reduces(engine.train_step(None), *args), 0)
+    self.assertEqual(_all_reduces(engine.train_round(None, 2), *args), 0)
     # params and batch_stats are all float32: one fused buffer, one op.
-    self.assertEqual(_all_reduces(engine.train_step(local), *args), 1)
-    self.assertEqual(_all_reduces(engine.train_step(global_), *args), 1)
+    self.assertEqual(_all_reduces(engine.train_round(local, 2), *args), 1)
+    self.assertEqual(_all_reduces(engine.train_round(global_, 2), *args), 1)
 
 
 if __name__ == '__main__':

@@ -53,6 +53,21 @@ class OracleTest(parameterized.TestCase):
     # Recompile guard: one compilation per averaging kind, whatever the step.
     self.assertEqual(set(engine.trace_counts.values()), {1})
 
+  def test_rounds_equal_single_steps(self):
+    # One dispatch per round (a scan over K1 steps) computes what one
+    # dispatch per step computes.
+    data = helpers.tiny_data()
+    engine = helpers.make_engine(helpers.make_learner('bn', data), 8, 4, 3,
+                                 2, (2, 2))
+    sampler = helpers.make_sampler(data, 8)
+    per_round = helpers.run_engine(engine, data, sampler, 14)
+    per_step = helpers.run_engine(engine, data, sampler, 14, cut_every=(1,))
+    self.assertEqual(set(engine.trace_counts),
+                     {('local', 3), ('global', 3), (None, 2),
+                      (None, 1), ('local', 1), ('global', 1)})
+    helpers.assert_trees_close(self, per_round.params, per_step.params,
+                               atol=1e-6)
+
   def test_learners_diverge_between_averagings(self):
     # Guards the oracle itself: without averaging, learners must differ, so
     # matching the reference is not trivially "everyone is identical".

@@ -65,15 +65,16 @@ def make_engine(learner, num_learners, group_size, k1, k2, mesh=(-1, -1),
   return Engine(learner, topology, hier_schedule(k1, k2), average)
 
 
-def run_engine(engine, data, sampler, steps, seed=0, state=None):
-  """Trains with the engine's schedule; returns the final state."""
+def run_engine(engine, data, sampler, steps, seed=0, state=None,
+               cut_every=()):
+  """Trains round by round with the engine's schedule; the final state."""
   if state is None:
     state = engine.init_state(seed, data.image_shape)
   images, labels = engine.put_train_data(data.train_images, data.train_labels)
-  for t in range(steps):
-    level = engine.schedule.level_after(t + 1)
-    state, _ = engine.train_step(level)(
-        state, images, labels, engine.put_indices(sampler.indices(t)))
+  for round_ in engine.schedule.rounds(0, steps, cut_every):
+    state, _ = engine.train_round(round_.level, round_.length)(
+        state, images, labels, engine.put_indices(
+            sampler.round_indices(round_.first, round_.length)))
     jax.block_until_ready(state)
   return state
 

@@ -52,6 +52,23 @@ class ScheduleTest(parameterized.TestCase):
                      {'local': 4, 'pod': 2, 'global': 2})
     self.assertEqual(schedule.level_after(12).name, 'pod')
 
+  def test_rounds_end_at_averagings_cuts_and_stop(self):
+    schedule = hier_schedule(4, 2)
+    rounds = list(schedule.rounds(2, 19, cut_every=(6,)))
+    self.assertEqual([(r.first, r.length) for r in rounds],
+                     [(2, 2), (4, 2), (6, 2), (8, 4), (12, 4), (16, 2),
+                      (18, 1)])
+    self.assertEqual([getattr(r.level, 'name', None) for r in rounds],
+                     ['local', None, 'global', 'local', 'global', None,
+                      None])
+
+  def test_rounds_of_one_step(self):
+    schedule = hier_schedule(2, 2)
+    rounds = list(schedule.rounds(0, 8, cut_every=(1,)))
+    self.assertEqual([r.length for r in rounds], [1] * 8)
+    self.assertEqual([r.level for r in rounds],
+                     [schedule.level_after(t) for t in range(1, 9)])
+
   @parameterized.parameters((0, 1), (1, 0), (-2, 3), (2.5, 1))
   def test_bad_periods(self, k1, k2):
     with self.assertRaisesRegex(UserError, 'must be an integer >= 1'):
