@@ -61,4 +61,11 @@ def get_config(arg=None):
   c.mesh = ml_collections.ConfigDict()
   c.mesh.node_devices = -1    # Devices along 'node'; -1: as many as fit.
   c.mesh.local_devices = -1   # Devices along 'local'; -1: as many as fit.
+  # How a round's local steps are compiled into one call: 'scan' (lax.scan),
+  # 'unroll' (straight-line code; XLA:CPU runs it much faster) or 'auto'
+  # (unroll on CPU, scan elsewhere).
+  c.mesh.round_loop = 'auto'
+  # Unrolled rounds are split into calls of at most this many steps, which
+  # bounds compile time (cnn_small on CPU: 16 steps 8 s, 64 steps 46 s).
+  c.mesh.max_unrolled_steps = 16
   return c

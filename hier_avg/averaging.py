@@ -22,6 +22,21 @@ def _is_averaged(x) -> bool:
   return jnp.issubdtype(x.dtype, jnp.floating)
 
 
+def _dtype_groups(leaves) -> dict:
+  """Indices of the averaged leaves, per dtype: one fused buffer each."""
+  groups = collections.defaultdict(list)
+  for i, leaf in enumerate(leaves):
+    if _is_averaged(leaf):
+      groups[jnp.dtype(leaf.dtype)].append(i)
+  return groups
+
+
+def _mesh_axes(axes: tuple[str, ...], topology: Topology) -> tuple[str, ...]:
+  # Size-1 mesh axes need no collective at all.
+  return tuple(a for a in topology.axis_names
+               if a in axes and topology.mesh.shape[a] > 1)
+
+
 def average_block(tree, axes: tuple[str, ...], topology: Topology):
   """Replaces each learner's floating leaves by their mean over `axes`.
 
@@ -35,14 +50,9 @@ def average_block(tree, axes: tuple[str, ...], topology: Topology):
   names = topology.axis_names
   nblock = len(names)
   block_dims = tuple(i for i, a in enumerate(names) if a in axes)
-  # Size-1 mesh axes need no collective at all.
-  mesh_axes = tuple(a for a in names
-                    if a in axes and topology.mesh.shape[a] > 1)
+  mesh_axes = _mesh_axes(axes, topology)
   leaves, treedef = jax.tree.flatten(tree)
-  groups = collections.defaultdict(list)
-  for i, leaf in enumerate(leaves):
-    if _is_averaged(leaf):
-      groups[leaf.dtype].append(i)
+  groups = _dtype_groups(leaves)
   out = list(leaves)
   for indices in groups.values():
     block = leaves[indices[0]].shape[:nblock]
@@ -59,6 +69,18 @@ def average_block(tree, axes: tuple[str, ...], topology: Topology):
     for i, start, stop in zip(indices, offsets, offsets[1:]):
       out[i] = mean[..., start:stop].reshape(leaves[i].shape)
   return jax.tree.unflatten(treedef, out)
+
+
+def collectives_per_event(tree, axes: tuple[str, ...],
+                          topology: Topology) -> int:
+  """All-reduces `average_block(tree, axes, topology)` issues: one per dtype.
+
+  None when the level's mesh axes all have size 1 (the group lives on one
+  device and its mean is a local reduction).
+  """
+  if not _mesh_axes(axes, topology):
+    return 0
+  return len(_dtype_groups(jax.tree.leaves(tree)))
 
 
 def bytes_per_learner(tree_one_learner) -> int:

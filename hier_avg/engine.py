@@ -1,21 +1,25 @@
-"""The sharded Hier-AVG step: local SGD on every learner, then averaging.
+"""The sharded Hier-AVG round: local SGD on every learner, then averaging.
 
-`Engine` owns the compiled functions. A train step runs one local step on
-every learner (vmapped over the device's block of learners) and then the
-averaging of one level, or none; it is compiled once per level, with the
-state donated. Learners never talk to each other except in averaging.
+`Engine` owns the compiled functions. A round runs a number of local steps
+on every learner (vmapped over the device's block of learners) and then the
+averaging of one level, or none, as one compiled call with the state
+donated: the host dispatches once per round, not once per step. Learners
+never talk to each other except in averaging.
 """
 
 import collections
+import dataclasses
 import functools
 import math
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from hier_avg import averaging
+from hier_avg.errors import require
 from hier_avg.learner import Learner, step_key
 from hier_avg.schedule import Level, Schedule
 from hier_avg.state import TrainState, check_average, state_specs
@@ -31,15 +35,51 @@ def _unflatten_block(tree, block_shape):
   return jax.tree.map(lambda x: x.reshape(block_shape + x.shape[1:]), tree)
 
 
+ROUND_LOOPS = ('auto', 'scan', 'unroll')
+
+
+@dataclasses.dataclass(frozen=True)
+class LevelCost:
+  """One averaging event of a level.
+
+  `bytes_per_learner` is the algorithm's payload, whatever the layout: the
+  bytes of one learner's averaged state, or 0 when a group is one learner.
+  `collectives` is what this layout issues per device: one all-reduce per
+  dtype, or none when the whole group lives on one device.
+  """
+  collectives: int
+  bytes_per_learner: int
+
+
+def resolve_round_loop(round_loop: str, platform: str) -> str:
+  """'auto' unrolls on CPU and scans elsewhere.
+
+  XLA:CPU ran convolutions inside a while loop (what `lax.scan` lowers to)
+  about 30x slower than the same convolutions in straight-line code (55
+  against 1,600 images/s, cnn_small on 8 fake devices), so on CPU a round is
+  traced as an unrolled Python loop. Accelerators get `lax.scan`, whose
+  compile time does not grow with the round's length.
+  """
+  require(round_loop in ROUND_LOOPS, f'mesh.round_loop={round_loop!r} must '
+          f'be one of {ROUND_LOOPS}.')
+  if round_loop == 'auto':
+    return 'unroll' if platform == 'cpu' else 'scan'
+  return round_loop
+
+
 class Engine:
-  """Compiled state creation, train steps and global averaging."""
+  """Compiled state creation, train rounds and global averaging."""
 
   def __init__(self, learner: Learner, topology: Topology, schedule: Schedule,
-               average: tuple[str, ...]):
+               average: tuple[str, ...], round_loop: str = 'auto',
+               max_unrolled_steps: int = 16):
     self.learner = learner
     self.topology = topology
     self.schedule = schedule
     self.average = check_average(average)
+    self.round_loop = resolve_round_loop(
+        round_loop, topology.mesh.devices.flat[0].platform)
+    self.max_unrolled_steps = max_unrolled_steps
     self._state_specs = state_specs(topology.learner_spec, PartitionSpec())
     # Fixed output shardings keep every step's state exactly like the
     # initial one, so no step ever recompiles for a different layout.
@@ -69,12 +109,22 @@ class Engine:
 
     return jax.jit(init, out_shardings=self._state_shardings)()
 
-  def averaged_bytes_per_learner(self, state: TrainState) -> int:
-    """Bytes of one learner's state that an averaging event moves."""
-    one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-        x.shape[len(self.topology.grid_shape):], x.dtype),
-                       {p: getattr(state, p) for p in self.average})
-    return averaging.bytes_per_learner(one)
+  def communication(self, state: TrainState) -> dict[str, 'LevelCost']:
+    """What one averaging event of each level costs, by level name."""
+    nblock = len(self.topology.grid_shape)
+    parts = {p: getattr(state, p) for p in self.average}
+    one_learner = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape[nblock:], x.dtype), parts)
+    nbytes = averaging.bytes_per_learner(one_learner)
+    grid = dict(zip(self.topology.axis_names, self.topology.grid_shape))
+    costs = {}
+    for level in self.schedule.levels:
+      group = math.prod(grid[a] for a in level.axes)
+      costs[level.name] = LevelCost(
+          averaging.collectives_per_event(one_learner, level.axes,
+                                          self.topology),
+          nbytes if group > 1 else 0)
+    return costs
 
   # ---- Data -----------------------------------------------------------
 
@@ -100,7 +150,7 @@ class Engine:
   def train_round(self, level: Level | None, length: int):
     """The compiled round `(state, images, labels, indices) -> (state, loss)`.
 
-    A round is `length` local steps on every learner (traced as one program, so the
+    A round is `length` local steps on every learner (one program, so the
     host dispatches once per round, not once per step) followed by the
     averaging of `level`, or none. `indices` comes from `put_indices`;
     `loss` is every learner's minibatch loss per step, [length, grid...],
@@ -139,14 +189,15 @@ class Engine:
       # Gather the whole round's minibatches before the loop: indexing the
       # resident data set inside the scan made XLA:CPU copy it every step.
       batches = (images[indices_K], labels[indices_K])
-      # A Python loop traces the round as straight-line code. With lax.scan
-      # (a while loop) XLA:CPU ran the convolutions ~30x slower (about 55
-      # against 1,600 images/s, cnn_small on 8 fake devices).
-      losses = []
-      for k in range(indices_K.shape[0]):
-        state, loss = local_step(state, jax.tree.map(lambda x: x[k], batches))
-        losses.append(loss)
-      losses = jnp.stack(losses)
+      if self.round_loop == 'scan':
+        state, losses = lax.scan(local_step, state, batches)
+      else:
+        losses = []
+        for k in range(indices_K.shape[0]):
+          state, loss = local_step(state,
+                                   jax.tree.map(lambda x: x[k], batches))
+          losses.append(loss)
+        losses = jnp.stack(losses)
       if level is not None:
         parts = {p: getattr(state, p) for p in self.average}
         state = state.replace(**averaging.average_block(parts, level.axes,
@@ -192,6 +243,11 @@ class Engine:
     batch = NamedSharding(
         mesh, PartitionSpec(self.topology.axis_names))
     return jax.jit(self.learner.logits, out_shardings=batch)
+
+  @property
+  def max_round_length(self) -> int:
+    """Longest round worth compiling; 0: no limit (a scanned round)."""
+    return self.max_unrolled_steps if self.round_loop == 'unroll' else 0
 
   @property
   def num_devices(self) -> int:

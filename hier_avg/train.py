@@ -89,11 +89,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   learner = Learner(models.get_model(config.model.name, data.num_classes),
                     optim.make_optimizer(config.opt, lr_schedule),
                     data.mean, data.std, config.data.augment)
-  engine = Engine(learner, topology, schedule, tuple(hier.average))
+  engine = Engine(learner, topology, schedule, tuple(hier.average),
+                  config.mesh.round_loop, config.mesh.max_unrolled_steps)
   state = engine.init_state(config.seed, data.image_shape)
   images, labels = engine.put_train_data(data.train_images,
                                          data.train_labels)
-  bytes_per_event = engine.averaged_bytes_per_learner(state)
+  level_costs = engine.communication(state)
   # XLA:CPU collectives across fake devices can deadlock when several steps
   # with a pmean are in flight; waiting after each averaging step avoids it.
   wait_after_averaging = topology.mesh.devices.flat[0].platform == 'cpu'
@@ -107,18 +108,24 @@ def train_and_evaluate(config, workdir: str) -> dict:
   last_eval, last_loss = {}, float('nan')
 
   def counters(step):
-    counts = schedule.counts(step)
-    return {'local_averagings': counts['local'],
-            'global_averagings': counts['global'],
-            'bytes_averaged_per_learner': bytes_per_event * sum(
-                counts.values())}
+    """Averagings, all-reduces and bytes per level in the first `step`s."""
+    row = {}
+    for name, events in schedule.counts(step).items():
+      row[f'{name}_averagings'] = events
+      row[f'{name}_collectives'] = events * level_costs[name].collectives
+      row[f'{name}_bytes_per_learner'] = (
+          events * level_costs[name].bytes_per_learner)
+    row['bytes_averaged_per_learner'] = sum(
+        v for k, v in row.items() if k.endswith('_bytes_per_learner'))
+    return row
 
   def epoch(step):
     return step / sampler.steps_per_epoch
 
   try:
     segment_start = time.perf_counter()
-    cut_every = (config.train.log_every, config.train.eval_every)
+    cut_every = (config.train.log_every, config.train.eval_every,
+                 engine.max_round_length)
     for round_ in schedule.rounds(0, num_steps, cut_every):
       state, loss = engine.train_round(round_.level, round_.length)(
           state, images, labels, engine.put_indices(

@@ -83,7 +83,31 @@ def _all_reduces(step_fn, *args) -> int:
   return len(re.findall(r'= \S+ all-reduce(?:-start)?\(', hlo))
 
 
-class CollectivesTest(absltest.TestCase):
+# (grid, mesh, averaged axes, all-reduces for _tree's float32 + float16)
+COLLECTIVE_CASES = (
+    ((2, 4), (2, 4), ('local',), 2),
+    ((2, 4), (2, 4), ('node', 'local'), 2),
+    ((2, 4), (2, 1), ('local',), 0),         # Groups live on one device.
+    ((2, 4), (2, 1), ('node', 'local'), 2),
+    ((4, 2), (1, 1), ('node', 'local'), 0),
+)
+
+
+class CollectivesTest(parameterized.TestCase):
+
+  @parameterized.parameters(*COLLECTIVE_CASES)
+  def test_counted_collectives_match_the_compiled_ones(self, grid, mesh, axes,
+                                                       expected):
+    topology = make_topology(grid, ('node', 'local'), mesh)
+    tree = jax.device_put(_tree(grid), topology.learner_sharding())
+    mapped = jax.jit(jax.shard_map(
+        lambda t: averaging.average_block(t, axes, topology),
+        mesh=topology.mesh, in_specs=topology.learner_spec,
+        out_specs=topology.learner_spec))
+    self.assertEqual(_all_reduces(mapped, tree), expected)
+    one = jax.tree.map(lambda x: x[0, 0], _tree(grid))
+    self.assertEqual(averaging.collectives_per_event(one, axes, topology),
+                     expected)
 
   def test_one_all_reduce_per_dtype_per_averaging(self):
     data = helpers.tiny_data()
@@ -100,6 +124,9 @@ class CollectivesTest(absltest.TestCase):
     # params and batch_stats are all float32: one fused buffer, one op.
     self.assertEqual(_all_reduces(engine.train_round(local, 2), *args), 1)
     self.assertEqual(_all_reduces(engine.train_round(global_, 2), *args), 1)
+    costs = engine.communication(state)
+    self.assertEqual((costs['local'].collectives,
+                      costs['global'].collectives), (1, 1))
 
 
 if __name__ == '__main__':

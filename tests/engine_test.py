@@ -53,12 +53,14 @@ class OracleTest(parameterized.TestCase):
     # Recompile guard: one compilation per averaging kind, whatever the step.
     self.assertEqual(set(engine.trace_counts.values()), {1})
 
-  def test_rounds_equal_single_steps(self):
-    # One dispatch per round (a scan over K1 steps) computes what one
+  @parameterized.parameters('scan', 'unroll')
+  def test_rounds_equal_single_steps(self, round_loop):
+    # One dispatch per round (scanned or unrolled) computes what one
     # dispatch per step computes.
     data = helpers.tiny_data()
     engine = helpers.make_engine(helpers.make_learner('bn', data), 8, 4, 3,
-                                 2, (2, 2))
+                                 2, (2, 2), round_loop=round_loop)
+    self.assertEqual(engine.round_loop, round_loop)
     sampler = helpers.make_sampler(data, 8)
     per_round = helpers.run_engine(engine, data, sampler, 14)
     per_step = helpers.run_engine(engine, data, sampler, 14, cut_every=(1,))

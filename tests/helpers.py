@@ -60,9 +60,10 @@ def make_learner(model='mlp', data=None, augment=True, **opt_overrides):
 
 
 def make_engine(learner, num_learners, group_size, k1, k2, mesh=(-1, -1),
-                average=('params', 'batch_stats')):
+                average=('params', 'batch_stats'), round_loop='auto'):
   topology = hier_topology(num_learners, group_size, *mesh)
-  return Engine(learner, topology, hier_schedule(k1, k2), average)
+  return Engine(learner, topology, hier_schedule(k1, k2), average,
+                round_loop)
 
 
 def run_engine(engine, data, sampler, steps, seed=0, state=None,

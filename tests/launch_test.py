@@ -10,6 +10,11 @@ import sys
 from absl.testing import absltest
 from absl.testing import parameterized
 
+import jax
+import jax.numpy as jnp
+
+from hier_avg import cost_model
+from hier_avg import models
 from tests import conftest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,6 +32,18 @@ def launch(workdir, *overrides, config='configs/cifar10.py:cpu', timeout=300):
        f'--config={os.path.join(REPO, config)}', f'--workdir={workdir}',
        *overrides], capture_output=True, text=True, env=env, timeout=timeout,
       cwd=REPO)
+
+
+CLUSTER = cost_model.Cluster(cost_model.Link(1e-6, 1e10),
+                             cost_model.Link(1e-5, 1e9), devices_per_node=4)
+
+
+def cnn_small_bytes() -> int:
+  """float32 bytes of cnn_small's parameters, counted independently."""
+  variables = jax.eval_shape(
+      lambda: models.get_model('cnn_small', 10).init(
+          jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+  return 4 * sum(x.size for x in jax.tree.leaves(variables))
 
 
 def snapshot(path):
@@ -77,6 +94,19 @@ class EndToEndTest(absltest.TestCase):
     self.assertEqual(summary['global_averagings'], 1)
     self.assertGreater(summary['images_per_s'], 0)
     self.assertEqual(summary['config']['hier']['k2'], 2)
+    # Communication per level: 8 learners on 2x4 devices, all state float32,
+    # so one all-reduce per event; bytes as the cost model predicts them.
+    self.assertEqual((summary['local_collectives'],
+                      summary['global_collectives']), (2, 1))
+    predicted = cost_model.predict(
+        CLUSTER, cost_model.hier(4, 4, 2), 8, 12,
+        model_bytes=cnn_small_bytes(), step_s=0.1)
+    self.assertEqual(summary['local_bytes_per_learner'],
+                     predicted.local_bytes_per_learner)
+    self.assertEqual(summary['global_bytes_per_learner'],
+                     predicted.global_bytes_per_learner)
+    self.assertEqual(summary['bytes_averaged_per_learner'],
+                     3 * cnn_small_bytes())
     self.assertTrue(os.path.exists(os.path.join(workdir, 'curves.png')))
     self.assertTrue(glob.glob(os.path.join(workdir, 'events.out.tfevents*')))
 
