@@ -3,6 +3,10 @@ r"""Trains with hierarchical averaging SGD.
   python launch.py --config=configs/cifar10.py --workdir=/tmp/cifar10 \
       --config.hier.k1=8
 
+On several hosts, the same command on each, plus (README: "Running on
+several hosts") --coordinator_address=HOST0:PORT --num_processes=N
+--process_id=RANK, or --distributed_auto where the platform tells JAX.
+
 A problem with the input (a config value, the data, the devices, the workdir)
 ends the run with one line on stderr and exit code 2.
 """
@@ -14,6 +18,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from hier_avg import distributed
 from hier_avg import train
 from hier_avg.errors import UserError
 
@@ -22,12 +27,24 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for all outputs.')
 flags.mark_flags_as_required(['config', 'workdir'])
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None,
+    'Multi-process runs: host:port of process 0, the same for every process.')
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', None, 'Multi-process runs: how many processes (hosts).')
+_PROCESS_ID = flags.DEFINE_integer(
+    'process_id', None, 'Multi-process runs: this process\'s rank.')
+_DISTRIBUTED_AUTO = flags.DEFINE_bool(
+    'distributed_auto', False,
+    'Multi-process runs: let JAX detect the cluster (TPU pod, SLURM).')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   try:
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                           _PROCESS_ID.value, _DISTRIBUTED_AUTO.value)
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except UserError as e:
     logging.flush()

@@ -54,8 +54,8 @@ def images_per_second(config, data, layout: str, per_step: bool) -> float:
     nonlocal state
     for round_ in schedule.rounds(first, last, (1,) if per_step else ()):
       state, _ = engine.train_round(round_.level, round_.length)(
-          state, images, labels, engine.put_indices(
-              sampler.round_indices(round_.first, round_.length)))
+          state, images, labels, engine.put_round_indices(
+              sampler, round_.first, round_.length))
       if round_.level is not None:  # XLA:CPU rendezvous: see train.py.
         jax.block_until_ready(state)
     jax.block_until_ready(state)

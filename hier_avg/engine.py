@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 import numpy as np
+import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from hier_avg import averaging
@@ -138,12 +139,24 @@ class Engine:
     """[steps, grid..., ...] arrays: steps unsharded, learners sharded."""
     return PartitionSpec(None, *self.topology.axis_names)
 
-  def put_indices(self, indices_KxPxB: np.ndarray):
-    """A round's example indices, [steps, P, B], laid out like the learners."""
-    k, _, b = indices_KxPxB.shape
+  def put_round_indices(self, sampler, first: int, length: int):
+    """Example indices of steps `[first, first + length)`, like the learners.
+
+    A [length, grid..., B] array sharded over the learner axes. Each process
+    builds only the rows of its own devices' learners
+    (`sampler.round_indices(first, length, learner_ids)`).
+    """
     grid = self.topology.grid_shape
-    return jax.device_put(indices_KxPxB.reshape((k,) + grid + (b,)),
-                          NamedSharding(self.topology.mesh, self._round_spec))
+    ids = np.arange(math.prod(grid)).reshape(grid)
+
+    def shard(index):
+      block = ids[index[1:1 + len(grid)]]
+      rows = sampler.round_indices(first, length, block.reshape(-1))
+      return rows.reshape((length,) + block.shape + rows.shape[-1:])
+
+    return jax.make_array_from_callback(
+        (length,) + grid + (sampler.batch_size,),
+        NamedSharding(self.topology.mesh, self._round_spec), shard)
 
   # ---- Rounds ---------------------------------------------------------
 
@@ -152,7 +165,7 @@ class Engine:
 
     A round is `length` local steps on every learner (one program, so the
     host dispatches once per round, not once per step) followed by the
-    averaging of `level`, or none. `indices` comes from `put_indices`;
+    averaging of `level`, or none. `indices` comes from `put_round_indices`;
     `loss` is every learner's minibatch loss per step, [length, grid...],
     sharded: the mean over learners is left to the host, so rounds without
     averaging need no collective at all. Compiled once per (level, length).
@@ -237,12 +250,38 @@ class Engine:
     return jax.jit(lambda s: mapped(s.params, s.batch_stats))
 
   @functools.cached_property
-  def predict(self):
-    """Compiled `(params, batch_stats, images) -> logits`, batch sharded."""
-    mesh = self.topology.mesh
-    batch = NamedSharding(
-        mesh, PartitionSpec(self.topology.axis_names))
-    return jax.jit(self.learner.logits, out_shardings=batch)
+  def eval_sums(self):
+    """Compiled `(params, batch_stats, images, labels, valid) -> sums`.
+
+    `sums` = (correct predictions, summed cross-entropy) over the examples
+    with `valid` set, replicated. The batch comes sharded over every device
+    (`batch_sharding`) and only two scalars come back, so it works the same
+    on one host or many.
+    """
+    axes = self.topology.axis_names
+
+    def block_sums(params, batch_stats, images, labels, valid):
+      logits = self.learner.logits(params, batch_stats, images)
+      losses = optax.softmax_cross_entropy_with_integer_labels(
+          logits.astype(jnp.float32), labels)
+      correct = (logits.argmax(-1) == labels) & valid
+      return (lax.psum(correct.sum(), axes),
+              lax.psum(jnp.where(valid, losses, 0.0).sum(), axes))
+
+    # Each device scores its own slice of the batch: no model op ever sees a
+    # sharded batch, whatever the mesh's sharding mode.
+    batch = PartitionSpec(axes)
+    mapped = jax.shard_map(
+        block_sums, mesh=self.topology.mesh,
+        in_specs=(PartitionSpec(), PartitionSpec(), batch, batch, batch),
+        out_specs=PartitionSpec())
+    return jax.jit(mapped)
+
+  @property
+  def batch_sharding(self) -> NamedSharding:
+    """A batch split over every device of the mesh."""
+    return NamedSharding(self.topology.mesh,
+                         PartitionSpec(self.topology.axis_names))
 
   @property
   def max_round_length(self) -> int:

@@ -2,6 +2,7 @@
 
 import math
 
+import jax
 import numpy as np
 
 from hier_avg.engine import Engine
@@ -11,7 +12,7 @@ def evaluate(engine: Engine, params, batch_stats, images: np.ndarray,
              labels: np.ndarray, batch_size: int) -> dict[str, float]:
   """Accuracy and mean cross-entropy of the model on `(images, labels)`."""
   # Every device gets an equal slice of each batch; the last batch is padded
-  # by repeating its final example and the padding is dropped again.
+  # by repeating its final example, and the padding is masked out.
   devices = engine.num_devices
   batch_size = math.ceil(batch_size / devices) * devices
   correct, loss_sum = 0, 0.0
@@ -19,13 +20,16 @@ def evaluate(engine: Engine, params, batch_stats, images: np.ndarray,
     x = images[start:start + batch_size]
     y = labels[start:start + batch_size]
     n = len(x)
-    if n < batch_size:
-      x = np.concatenate([x, np.repeat(x[-1:], batch_size - n, axis=0)])
-    logits = np.asarray(engine.predict(params, batch_stats, x),
-                        np.float64)[:n]
-    correct += int((logits.argmax(-1) == y).sum())
-    logits -= logits.max(-1, keepdims=True)
-    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    loss_sum += float(-log_probs[np.arange(n), y].sum())
+    pad = batch_size - n
+    if pad:
+      x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
+      y = np.concatenate([y, np.repeat(y[-1:], pad, axis=0)])
+    valid = np.arange(batch_size) < n
+    # Every process holds the whole test set: each places its own slices.
+    x, y, valid = jax.device_put((x, y, valid), engine.batch_sharding)
+    batch_correct, batch_loss = engine.eval_sums(params, batch_stats, x, y,
+                                                 valid)
+    correct += int(batch_correct)
+    loss_sum += float(batch_loss)
   return {'test_accuracy': correct / len(images),
           'test_loss': loss_sum / len(images)}

@@ -49,18 +49,25 @@ class Sampler:
     rng = np.random.default_rng([self.seed, _PARTITION_STREAM, epoch])
     return rng.permutation(self.num_examples).astype(np.int32)
 
-  def indices(self, step: int) -> np.ndarray:
-    """int32 [P, B]: the examples of 0-based local step `step`, per learner."""
+  def indices(self, step: int, learners=None) -> np.ndarray:
+    """int32 [P, B]: the examples of 0-based local step `step`, per learner.
+
+    `learners` (ids in 0 .. P-1) selects rows: a host builds only its own.
+    """
+    learners = slice(None) if learners is None else np.asarray(learners)
     epoch, within = divmod(step, self.steps_per_epoch)
     if self.mode == 'iid':
       rng = np.random.default_rng([self.seed, _IID_STREAM, step])
       return rng.integers(0, self.num_examples,
-                          (self.num_learners, self.batch_size), np.int32)
+                          (self.num_learners, self.batch_size),
+                          np.int32)[learners]
     shards = self._permutation(epoch)[:self.num_learners * self.shard_size]
-    shards = shards.reshape(self.num_learners, self.shard_size)
+    shards = shards.reshape(self.num_learners, self.shard_size)[learners]
     start = within * self.batch_size
     return shards[:, start:start + self.batch_size]
 
-  def round_indices(self, first: int, length: int) -> np.ndarray:
+  def round_indices(self, first: int, length: int,
+                    learners=None) -> np.ndarray:
     """int32 [length, P, B]: the indices of steps `first .. first+length-1`."""
-    return np.stack([self.indices(t) for t in range(first, first + length)])
+    return np.stack([self.indices(t, learners)
+                     for t in range(first, first + length)])

@@ -5,6 +5,10 @@ Learners form a grid, one axis per level of the hierarchy: Hier-AVG's grid is
 names; each of its sizes divides the grid's, and every device holds a *block*
 of `grid // mesh` learners. So 16 learners run on 8 devices, on 1 GPU or on
 1 CPU with the same code: one learner per device is the block size 1 case.
+
+With several processes (hosts) the mesh spans all of their devices, the
+outermost axis across hosts and the inner ones inside a host, so averaging
+over the inner axes ('local') never leaves a host.
 """
 
 import dataclasses
@@ -13,7 +17,8 @@ import math
 from typing import Sequence
 
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.experimental import mesh_utils
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from hier_avg.errors import UserError, require
 
@@ -65,12 +70,13 @@ def _divisors(n: int) -> list[int]:
   return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def _fit_mesh_shape(grid_shape, requested, num_devices):
+def _fit_mesh_shape(grid_shape, requested, num_devices, num_processes=1):
   """The largest mesh that divides the grid and fits, honouring requests.
 
   `requested[i] == -1` lets axis i take any divisor of its grid size. Among
   meshes with the most devices, inner axes (the fast, intra-node ones) are
-  preferred large.
+  preferred large. With several processes the mesh must use every device
+  (each process drives its own) with the outer axis split evenly over them.
   """
   choices = [_divisors(g) if r == -1 else [r]
              for g, r in zip(grid_shape, requested)]
@@ -78,6 +84,9 @@ def _fit_mesh_shape(grid_shape, requested, num_devices):
   for shape in itertools.product(*choices):
     size = math.prod(shape)
     if size > num_devices:
+      continue
+    if num_processes > 1 and (size != num_devices or
+                              shape[0] % num_processes):
       continue
     key = (size, tuple(reversed(shape)))
     if best is None or key > best[0]:
@@ -103,10 +112,25 @@ def make_topology(grid_shape: Sequence[int],
   require(fixed <= len(devices),
           f'the mesh asks for {fixed} devices but only {len(devices)} exist; '
           'lower mesh.node_devices/mesh.local_devices or use -1.')
-  shape = _fit_mesh_shape(grid_shape, mesh_shape, len(devices))
-  assert shape is not None  # All-ones always fits once `fixed` does.
-  mesh = jax.make_mesh(shape, axis_names,
-                       devices=devices[:math.prod(shape)])
+  num_processes = len({d.process_index for d in devices})
+  shape = _fit_mesh_shape(grid_shape, mesh_shape, len(devices), num_processes)
+  if num_processes == 1:
+    assert shape is not None  # All-ones always fits once `fixed` does.
+    mesh = jax.make_mesh(shape, axis_names,
+                         devices=devices[:math.prod(shape)])
+  else:
+    require(shape is not None,
+            f'{num_processes} processes with {len(devices)} devices in all '
+            f'cannot hold the learner grid {grid_shape}: the mesh must use '
+            f'every device, with {num_processes} dividing its '
+            f"'{axis_names[0]}' size; choose hier.num_learners/group_size "
+            'to fit, or set mesh.* to -1.')
+    per_process = (shape[0] // num_processes,) + shape[1:]
+    # Explicit axes, as jax.make_mesh gives for one process.
+    mesh = Mesh(mesh_utils.create_hybrid_device_mesh(
+        per_process, (num_processes,) + (1,) * (len(shape) - 1), devices,
+        process_is_granule=True), axis_names,
+                axis_types=(AxisType.Explicit,) * len(shape))
   return Topology(axis_names, grid_shape, mesh)
 
 

@@ -12,9 +12,11 @@ import time
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
-from hier_avg import config_validation, datasets, models, optim, sampling
+from hier_avg import (config_validation, datasets, export, models, optim,
+                      sampling)
 from hier_avg.engine import Engine
 from hier_avg.errors import UserError, require
 from hier_avg.evaluation import evaluate
@@ -128,8 +130,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                  engine.max_round_length)
     for round_ in schedule.rounds(0, num_steps, cut_every):
       state, loss = engine.train_round(round_.level, round_.length)(
-          state, images, labels, engine.put_indices(
-              sampler.round_indices(round_.first, round_.length)))
+          state, images, labels, engine.put_round_indices(
+              sampler, round_.first, round_.length))
       pending.append((round_.first, loss))
       if round_.level is not None and wait_after_averaging:
         jax.block_until_ready(state)
@@ -140,9 +142,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
           config.train.eval_every and done % config.train.eval_every == 0)
       if not (log_now or eval_now):
         continue
+      # Each host holds its own learners' losses; every host needs all of
+      # them to agree on the metrics and on divergence.
       losses = [(first + 1 + i, step_loss.reshape(-1))
                 for first, round_loss in pending
-                for i, step_loss in enumerate(np.asarray(round_loss))]
+                for i, step_loss in enumerate(
+                    multihost_utils.process_allgather(round_loss,
+                                                      tiled=True))]
       pending.clear()
       _check_finite(losses)
       segment_time = time.perf_counter() - segment_start
@@ -161,6 +167,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         params, batch_stats = engine.global_average(state)
         last_eval = evaluate(engine, params, batch_stats, data.test_images,
                              data.test_labels, config.train.eval_batch_size)
+        if done == num_steps:
+          export.save_model(workdir, params, batch_stats)
         row.update(last_eval)
         logging.info('step %d  test accuracy %.4f  test loss %.4f', done,
                      last_eval['test_accuracy'], last_eval['test_loss'])

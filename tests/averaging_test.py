@@ -116,8 +116,7 @@ class CollectivesTest(parameterized.TestCase):
     state = engine.init_state(0, data.image_shape)
     images, labels = engine.put_train_data(data.train_images,
                                            data.train_labels)
-    indices = engine.put_indices(
-        helpers.make_sampler(data, 8).round_indices(0, 2))
+    indices = engine.put_round_indices(helpers.make_sampler(data, 8), 0, 2)
     args = (state, images, labels, indices)
     local, global_ = engine.schedule.levels
     self.assertEqual(_all_reduces(engine.train_round(None, 2), *args), 0)

@@ -74,8 +74,8 @@ def run_engine(engine, data, sampler, steps, seed=0, state=None,
   images, labels = engine.put_train_data(data.train_images, data.train_labels)
   for round_ in engine.schedule.rounds(0, steps, cut_every):
     state, _ = engine.train_round(round_.level, round_.length)(
-        state, images, labels, engine.put_indices(
-            sampler.round_indices(round_.first, round_.length)))
+        state, images, labels, engine.put_round_indices(
+            sampler, round_.first, round_.length))
     jax.block_until_ready(state)
   return state
 

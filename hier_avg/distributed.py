@@ -1,0 +1,64 @@
+"""Joining a multi-process run on JAX's own distributed runtime.
+
+One process per host. Every process runs the same program on its own
+devices; `jax.distributed` connects them, and the global device list then
+spans all hosts. On CPU the collectives between processes go through gloo.
+"""
+
+import jax
+
+from hier_avg.errors import UserError, require
+
+# How long a process waits for the others to join, and how long a silent
+# peer is tolerated before the survivors are told it is gone.
+INITIALIZATION_TIMEOUT_S = 120
+HEARTBEAT_TIMEOUT_S = 60
+
+
+def initialize(coordinator_address: str | None, num_processes: int | None,
+               process_id: int | None, auto: bool = False) -> None:
+  """Connects this process to the others; no-op for a single process.
+
+  Args:
+    coordinator_address: 'host:port' of process 0, reachable by all.
+    num_processes: how many processes take part.
+    process_id: this process's rank, 0 .. num_processes - 1.
+    auto: let JAX detect the cluster (TPU pods, SLURM, Open MPI) instead.
+  """
+  explicit = (coordinator_address, num_processes, process_id)
+  if auto:
+    require(all(v is None for v in explicit),
+            '--distributed_auto detects the cluster itself; drop '
+            '--coordinator_address, --num_processes and --process_id.')
+  elif all(v is None for v in explicit):
+    return
+  else:
+    require(all(v is not None for v in explicit),
+            'a multi-process run needs all of --coordinator_address, '
+            '--num_processes and --process_id.')
+    require(num_processes >= 1, f'--num_processes={num_processes} must be '
+            '>= 1.')
+    require(0 <= process_id < num_processes,
+            f'--process_id={process_id} must be in [0, {num_processes}).')
+    require(':' in coordinator_address,
+            f'--coordinator_address={coordinator_address!r} must be '
+            'host:port, e.g. 10.0.0.1:1234.')
+  # Only the CPU client reads this; accelerators keep their own collectives
+  # (NCCL, ICI). It must be set before the first backend is created.
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  try:
+    jax.distributed.initialize(
+        coordinator_address, num_processes, process_id,
+        initialization_timeout=INITIALIZATION_TIMEOUT_S,
+        heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S)
+  except (RuntimeError, ValueError) as e:
+    first_line = str(e).strip().splitlines()[0] if str(e).strip() else ''
+    raise UserError(f'could not join the multi-process run: {first_line}; '
+                    'check that every process got the same '
+                    '--coordinator_address and --num_processes and that '
+                    'process 0 is running.') from None
+
+
+def is_main_process() -> bool:
+  """Process 0 alone writes files, so several hosts never clash."""
+  return jax.process_index() == 0
