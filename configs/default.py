@@ -26,6 +26,12 @@ def get_config(arg=None):
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'resnet18'  # See hier_avg.models.MODELS.
+  # Mixed precision: 'bfloat16' computes in bf16; parameters, optimizer
+  # state, the loss and all averaging stay float32.
+  c.model.dtype = 'float32'
+  # Convolution kernel: 'xla', 'im2col' (im2col + matmul; fast for vmapped
+  # learners) or 'auto' (im2col when vmapped learners share a device).
+  c.model.conv = 'auto'
 
   c.data = ml_collections.ConfigDict()
   c.data.name = 'cifar10'     # A tfds name, 'folder' or 'synthetic'.
@@ -68,4 +74,7 @@ def get_config(arg=None):
   # Unrolled rounds are split into calls of at most this many steps, which
   # bounds compile time (cnn_small on CPU: 16 steps 8 s, 64 steps 46 s).
   c.mesh.max_unrolled_steps = 16
+  # How one device runs its block of learners: 'vmap', 'unroll' (separate
+  # per-learner programs) or 'auto' (unroll on CPU, vmap elsewhere).
+  c.mesh.pack = 'auto'
   return c

@@ -7,7 +7,7 @@ batch against the data) live where that knowledge is.
 
 import numbers
 
-from hier_avg import datasets, engine, models, optim, sampling, state
+from hier_avg import datasets, models, optim, packing, sampling, state
 from hier_avg.errors import require
 
 
@@ -66,7 +66,10 @@ def validate(config) -> None:
   _integer(config, 'train.eval_every', 0)
   _integer(config, 'train.log_every', 1)
   _integer(config, 'train.eval_batch_size', 1)
-  _choice(config, 'mesh.round_loop', engine.ROUND_LOOPS)
+  _choice(config, 'mesh.round_loop', packing.ROUND_LOOPS)
+  _choice(config, 'mesh.pack', packing.PACKS)
+  _choice(config, 'model.conv', packing.CONV_CHOICES)
+  _choice(config, 'model.dtype', tuple(models.DTYPES))
   _integer(config, 'mesh.max_unrolled_steps', 1)
   for key in ('mesh.node_devices', 'mesh.local_devices'):
     value = _get(config, key)

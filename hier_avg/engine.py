@@ -1,10 +1,10 @@
 """The sharded Hier-AVG round: local SGD on every learner, then averaging.
 
 `Engine` owns the compiled functions. A round runs a number of local steps
-on every learner (vmapped over the device's block of learners) and then the
-averaging of one level, or none, as one compiled call with the state
-donated: the host dispatches once per round, not once per step. Learners
-never talk to each other except in averaging.
+on every learner (a device's block of learners packed as `packing` says)
+and then the averaging of one level, or none, as one compiled call with the
+state donated: the host dispatches once per round, not once per step.
+Learners never talk to each other except in averaging.
 """
 
 import collections
@@ -19,8 +19,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from hier_avg import averaging
-from hier_avg.errors import require
+from hier_avg import averaging, packing
 from hier_avg.learner import Learner, step_key
 from hier_avg.schedule import Level, Schedule
 from hier_avg.state import TrainState, check_average, state_specs
@@ -28,15 +27,12 @@ from hier_avg.topology import Topology
 
 
 def _flatten_block(tree, nblock):
-  """[b1, b2, ..., x] leaves -> [b1*b2*..., x] for vmap over learners."""
+  """[b1, b2, ..., x] leaves -> [b1*b2*..., x]: one axis of learners."""
   return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[nblock:]), tree)
 
 
 def _unflatten_block(tree, block_shape):
   return jax.tree.map(lambda x: x.reshape(block_shape + x.shape[1:]), tree)
-
-
-ROUND_LOOPS = ('auto', 'scan', 'unroll')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,34 +48,19 @@ class LevelCost:
   bytes_per_learner: int
 
 
-def resolve_round_loop(round_loop: str, platform: str) -> str:
-  """'auto' unrolls on CPU and scans elsewhere.
-
-  XLA:CPU ran convolutions inside a while loop (what `lax.scan` lowers to)
-  about 30x slower than the same convolutions in straight-line code (55
-  against 1,600 images/s, cnn_small on 8 fake devices), so on CPU a round is
-  traced as an unrolled Python loop. Accelerators get `lax.scan`, whose
-  compile time does not grow with the round's length.
-  """
-  require(round_loop in ROUND_LOOPS, f'mesh.round_loop={round_loop!r} must '
-          f'be one of {ROUND_LOOPS}.')
-  if round_loop == 'auto':
-    return 'unroll' if platform == 'cpu' else 'scan'
-  return round_loop
-
-
 class Engine:
   """Compiled state creation, train rounds and global averaging."""
 
   def __init__(self, learner: Learner, topology: Topology, schedule: Schedule,
                average: tuple[str, ...], round_loop: str = 'auto',
-               max_unrolled_steps: int = 16):
+               max_unrolled_steps: int = 16, pack: str = 'auto'):
     self.learner = learner
     self.topology = topology
     self.schedule = schedule
     self.average = check_average(average)
-    self.round_loop = resolve_round_loop(
-        round_loop, topology.mesh.devices.flat[0].platform)
+    platform = topology.mesh.devices.flat[0].platform
+    self.round_loop = packing.resolve_round_loop(round_loop, platform)
+    self.pack = packing.resolve_pack(pack, platform)
     self.max_unrolled_steps = max_unrolled_steps
     self._state_specs = state_specs(topology.learner_spec, PartitionSpec())
     # Fixed output shardings keep every step's state exactly like the
@@ -194,7 +175,7 @@ class Engine:
                               step_key(rng, state.step), *batch)
 
         params, batch_stats, opt_state, loss = _unflatten_block(
-            jax.vmap(one)(*flat), block_shape)
+            packing.map_learners(one, self.pack, *flat), block_shape)
         return state.replace(step=state.step + 1, params=params,
                              batch_stats=batch_stats,
                              opt_state=opt_state), loss
@@ -285,8 +266,12 @@ class Engine:
 
   @property
   def max_round_length(self) -> int:
-    """Longest round worth compiling; 0: no limit (a scanned round)."""
-    return self.max_unrolled_steps if self.round_loop == 'unroll' else 0
+    """Most steps per compiled round; 0: no limit (a scanned round)."""
+    if self.round_loop == 'scan':
+      return 0
+    # Unrolled learners multiply the program's size too.
+    copies = self.topology.learners_per_device if self.pack == 'unroll' else 1
+    return max(1, self.max_unrolled_steps // copies)
 
   @property
   def num_devices(self) -> int:

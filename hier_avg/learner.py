@@ -43,8 +43,9 @@ class Learner:
       logits, updates = self.model.apply(
           {'params': params, 'batch_stats': batch_stats}, x, train=True,
           mutable=['batch_stats'])
+      # The loss in float32 whatever the compute dtype (mixed precision).
       loss = optax.softmax_cross_entropy_with_integer_labels(
-          logits, labels_B).mean()
+          logits.astype(jnp.float32), labels_B).mean()
       return loss, updates.get('batch_stats', {})
 
     (loss, new_batch_stats), grads = jax.value_and_grad(

@@ -16,7 +16,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from hier_avg import (config_validation, datasets, export, models, optim,
-                      sampling)
+                      packing, sampling)
 from hier_avg.engine import Engine
 from hier_avg.errors import UserError, require
 from hier_avg.evaluation import evaluate
@@ -88,18 +88,27 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # ---- Learner, engine and state -----------------------------------------
   lr_schedule = optim.learning_rate_schedule(
       config.opt, sampler.steps_per_epoch, num_steps)
-  learner = Learner(models.get_model(config.model.name, data.num_classes),
-                    optim.make_optimizer(config.opt, lr_schedule),
+  platform = topology.mesh.devices.flat[0].platform
+  pack = packing.resolve_pack(config.mesh.pack, platform)
+  conv = packing.resolve_conv(config.model.conv, pack,
+                              topology.learners_per_device)
+  model = models.get_model(config.model.name, data.num_classes, conv,
+                           config.model.dtype)
+  learner = Learner(model, optim.make_optimizer(config.opt, lr_schedule),
                     data.mean, data.std, config.data.augment)
   engine = Engine(learner, topology, schedule, tuple(hier.average),
-                  config.mesh.round_loop, config.mesh.max_unrolled_steps)
+                  config.mesh.round_loop, config.mesh.max_unrolled_steps,
+                  pack)
+  logging.info('hier_avg: learners %s-packed, %s convolutions, %s rounds, '
+               '%s compute', engine.pack, conv, engine.round_loop,
+               config.model.dtype)
   state = engine.init_state(config.seed, data.image_shape)
   images, labels = engine.put_train_data(data.train_images,
                                          data.train_labels)
   level_costs = engine.communication(state)
   # XLA:CPU collectives across fake devices can deadlock when several steps
   # with a pmean are in flight; waiting after each averaging step avoids it.
-  wait_after_averaging = topology.mesh.devices.flat[0].platform == 'cpu'
+  wait_after_averaging = platform == 'cpu'
 
   # ---- Train ---------------------------------------------------------------
   writer = MetricsWriter(workdir)

@@ -30,13 +30,32 @@ def setUpModule():
   helpers.set_up_devices()
 
 
+# (name, mesh.pack, model): 4 learners per device, packed each way.
+PACK_CASES = (
+    ('vmap', 'vmap', 'bn'),
+    ('vmap_im2col_conv', 'vmap', 'bn_im2col'),
+    ('unroll', 'unroll', 'bn'),
+)
+
+
 class OracleTest(parameterized.TestCase):
 
   @parameterized.named_parameters(*ORACLE_CASES)
   def test_matches_reference(self, p, s, k1, k2, mesh, model, average):
+    self.check_against_reference(p, s, k1, k2, mesh, model, average)
+
+  @parameterized.named_parameters(*PACK_CASES)
+  def test_packed_learners_match_reference(self, pack, model):
+    engine = self.check_against_reference(8, 4, 2, 2, (1, 2), model,
+                                          ('params', 'batch_stats'), pack)
+    self.assertEqual(engine.pack, pack)
+
+  def check_against_reference(self, p, s, k1, k2, mesh, model, average,
+                              pack='auto'):
     data = helpers.tiny_data()
     learner = helpers.make_learner(model, data, nesterov=True)
-    engine = helpers.make_engine(learner, p, s, k1, k2, mesh, average)
+    engine = helpers.make_engine(learner, p, s, k1, k2, mesh, average,
+                                 pack=pack)
     self.assertEqual(engine.topology.mesh_shape, mesh)
     sampler = helpers.make_sampler(data, p)
     init = engine.init_state(0, data.image_shape)
@@ -52,6 +71,7 @@ class OracleTest(parameterized.TestCase):
         helpers.assert_trees_close(self, got[i][part], ref_learners[i][part])
     # Recompile guard: one compilation per averaging kind, whatever the step.
     self.assertEqual(set(engine.trace_counts.values()), {1})
+    return engine
 
   @parameterized.parameters('scan', 'unroll')
   def test_rounds_equal_single_steps(self, round_loop):

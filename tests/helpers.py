@@ -10,6 +10,7 @@ from hier_avg import datasets, optim, sampling
 from hier_avg.engine import Engine
 from hier_avg.learner import Learner
 from hier_avg.models import MLP
+from hier_avg.models.im2col import conv_function
 from hier_avg.schedule import hier_schedule
 from hier_avg.topology import hier_topology
 
@@ -28,16 +29,18 @@ def set_up_devices():
 class TinyBNNet(nn.Module):
   """conv + BatchNorm + dense: exercises averaged BatchNorm statistics."""
   num_classes: int = 10
+  conv: str = 'xla'
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = nn.Conv(4, (3, 3))(x)
+    x = nn.Conv(4, (3, 3), conv_general_dilated=conv_function(self.conv))(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
     x = nn.relu(x).mean(axis=(1, 2))
     return nn.Dense(self.num_classes)(x)
 
 
-MODELS = {'mlp': lambda: MLP(num_classes=10, hidden=32), 'bn': TinyBNNet}
+MODELS = {'mlp': lambda: MLP(num_classes=10, hidden=32), 'bn': TinyBNNet,
+          'bn_im2col': lambda: TinyBNNet(conv='im2col')}
 
 
 def opt_config(**overrides):
@@ -60,10 +63,11 @@ def make_learner(model='mlp', data=None, augment=True, **opt_overrides):
 
 
 def make_engine(learner, num_learners, group_size, k1, k2, mesh=(-1, -1),
-                average=('params', 'batch_stats'), round_loop='auto'):
+                average=('params', 'batch_stats'), round_loop='auto',
+                pack='auto'):
   topology = hier_topology(num_learners, group_size, *mesh)
   return Engine(learner, topology, hier_schedule(k1, k2), average,
-                round_loop)
+                round_loop, pack=pack)
 
 
 def run_engine(engine, data, sampler, steps, seed=0, state=None,

@@ -12,6 +12,7 @@ from absl.testing import parameterized
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from hier_avg import cost_model
 from hier_avg import models
@@ -111,11 +112,33 @@ class EndToEndTest(absltest.TestCase):
     self.assertTrue(glob.glob(os.path.join(workdir, 'events.out.tfevents*')))
 
 
+class MixedPrecisionTest(absltest.TestCase):
+
+  def test_bfloat16_run_averages_float32_state(self):
+    workdir = os.path.join(self.create_tempdir().full_path, 'run')
+    result = launch(workdir, *FAST, '--config.train.steps=4',
+                    '--config.model.dtype=bfloat16')
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+    with open(os.path.join(workdir, 'summary.json')) as f:
+      summary = json.load(f)
+    self.assertTrue(np.isfinite(summary['final_train_loss']))
+    # One averaging of float32 parameters: 4 bytes each.
+    self.assertEqual(summary['bytes_averaged_per_learner'], cnn_small_bytes())
+
+
 # (name, overrides, expected message)
 BAD_INPUTS = (
     ('p_not_divisible_by_s', ('--config.hier.num_learners=10',),
      'hier.num_learners=10 is not divisible by hier.group_size=4'),
     ('k1_below_1', ('--config.hier.k1=0',), 'hier.k1=0 must be'),
+    ('unknown_pack', ('--config.mesh.pack=scan',),
+     "unknown mesh.pack='scan'; choose one of"),
+    ('unknown_conv', ('--config.model.conv=fft',),
+     "unknown model.conv='fft'; choose one of"),
+    ('unknown_dtype', ('--config.model.dtype=float16',),
+     "unknown model.dtype='float16'; choose one of"),
+    ('half_multi_process_flags', ('--num_processes=2',),
+     'a multi-process run needs all of --coordinator_address'),
     ('k2_below_1', ('--config.hier.k2=-1',), 'hier.k2=-1 must be'),
     ('mesh_not_dividing', ('--config.mesh.node_devices=3',),
      'mesh.node_devices=3 does not divide'),

@@ -1,6 +1,7 @@
 """Models by name (`model.name`)."""
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from hier_avg.errors import UserError
 from hier_avg.models.cnn_small import CNNSmall
@@ -14,8 +15,14 @@ MODELS = {
 }
 
 
-def get_model(name: str, num_classes: int) -> nn.Module:
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def get_model(name: str, num_classes: int, conv: str = 'xla',
+              dtype: str = 'float32') -> nn.Module:
+  """`model.name` with `conv` kernels, computing in `dtype` (params fp32)."""
   if name not in MODELS:
     raise UserError(f'unknown model.name={name!r}; choose one of '
                     f'{", ".join(sorted(MODELS))}.')
-  return MODELS[name](num_classes=num_classes)
+  return MODELS[name](num_classes=num_classes, conv=conv,
+                      dtype=DTYPES[dtype])

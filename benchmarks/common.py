@@ -1,0 +1,88 @@
+"""Shared by the benchmark scripts: fake CPU devices, engines, timing.
+
+Import this module before anything that imports jax: it sets the number of
+fake CPU devices (8, or $HIER_AVG_BENCH_DEVICES) for the whole process.
+"""
+
+import os
+import sys
+import time
+
+os.environ['XLA_FLAGS'] = (
+    os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count='
+    + os.environ.get('HIER_AVG_BENCH_DEVICES', '8'))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
+import numpy as np
+
+from hier_avg import datasets, models, optim, packing, sampling
+from hier_avg.engine import Engine
+from hier_avg.learner import Learner
+from hier_avg.schedule import hier_schedule
+from hier_avg.topology import hier_topology
+
+
+def machine() -> str:
+  import platform
+  return (f'{platform.processor() or platform.machine()}, '
+          f'{os.cpu_count()} cores, jax {jax.__version__}, '
+          f'{jax.devices()[0].platform} x {jax.device_count()}')
+
+
+def make_engine(config, data, mesh=(-1, -1), pack='auto', conv='auto',
+                round_loop='auto', dtype='float32'):
+  """The engine `train.py` would build for `config`, with overrides."""
+  hier = config.hier
+  topology = hier_topology(hier.num_learners, hier.group_size, *mesh)
+  platform = jax.devices()[0].platform
+  pack = packing.resolve_pack(pack, platform)
+  conv = packing.resolve_conv(conv, pack, topology.learners_per_device)
+  sampler = sampling.Sampler(len(data.train_images), hier.num_learners,
+                             config.data.batch_size, 'partition', 0)
+  tx = optim.make_optimizer(config.opt, optim.learning_rate_schedule(
+      config.opt, sampler.steps_per_epoch, 10_000))
+  model = models.get_model(config.model.name, data.num_classes, conv, dtype)
+  learner = Learner(model, tx, data.mean, data.std, config.data.augment)
+  engine = Engine(learner, topology, hier_schedule(hier.k1, hier.k2),
+                  tuple(hier.average), round_loop, pack=pack)
+  return engine, sampler, conv
+
+
+def engine_images_per_s(engine, sampler, data, steps: int, warmup: int,
+                        per_step: bool = False) -> float:
+  """Training images/s over `steps` steps after `warmup` (compilation)."""
+  state = engine.init_state(0, data.image_shape)
+  images, labels = engine.put_train_data(data.train_images, data.train_labels)
+  cut = (1,) if per_step else (engine.max_round_length,)
+  wait = jax.devices()[0].platform == 'cpu'
+
+  def run(first, last):
+    nonlocal state
+    for r in engine.schedule.rounds(first, last, cut):
+      state, _ = engine.train_round(r.level, r.length)(
+          state, images, labels,
+          engine.put_round_indices(sampler, r.first, r.length))
+      if r.level is not None and wait:  # XLA:CPU rendezvous: see train.py.
+        jax.block_until_ready(state)
+    jax.block_until_ready(state)
+
+  run(0, warmup)
+  start = time.perf_counter()
+  run(warmup, warmup + steps)
+  seconds = time.perf_counter() - start
+  per_step_images = engine.topology.num_learners * sampler.batch_size
+  return steps * per_step_images / seconds
+
+
+def synthetic_cifar(num_train=50_000):
+  return datasets.synthetic(num_train, 16, 32, 10)
+
+
+def fmt(x: float) -> str:
+  return f'{x:,.0f}'
+
+
+__all__ = ['np', 'machine', 'make_engine', 'engine_images_per_s',
+           'synthetic_cifar', 'fmt']

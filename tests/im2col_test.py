@@ -1,0 +1,97 @@
+"""im2col convolution: the same function, gradient and parameters as XLA's."""
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hier_avg import models
+from hier_avg.models.im2col import im2col_conv
+
+# (kernel, strides, padding): the shapes CIFAR networks use, and odd ones.
+CONV_CASES = (
+    ((3, 3), (1, 1), 'SAME'),
+    ((3, 3), (2, 2), ((1, 1), (1, 1))),
+    ((1, 1), (2, 2), 'VALID'),
+    ((3, 2), (1, 2), 'VALID'),
+    ((5, 5), (1, 1), ((2, 1), (0, 3))),
+)
+
+
+class Im2colTest(parameterized.TestCase):
+
+  @parameterized.parameters(*CONV_CASES)
+  def test_matches_xla_convolution(self, kernel, strides, padding):
+    x = jax.random.normal(jax.random.key(0), (2, 9, 10, 3))
+    w = jax.random.normal(jax.random.key(1), kernel + (3, 5))
+    dims = ('NHWC', 'HWIO', 'NHWC')
+
+    def xla(x, w):
+      return jax.lax.conv_general_dilated(x, w, strides, padding,
+                                          dimension_numbers=dims)
+
+    def ours(x, w):
+      return im2col_conv(x, w, strides, padding, dimension_numbers=dims)
+
+    np.testing.assert_allclose(ours(x, w), xla(x, w), rtol=1e-5, atol=1e-5)
+    loss = lambda f: lambda x, w: (f(x, w) ** 2).sum()
+    for got, want in zip(jax.grad(loss(ours), (0, 1))(x, w),
+                         jax.grad(loss(xla), (0, 1))(x, w)):
+      np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+  def test_vmapped_learners_each_get_their_own_kernel(self):
+    x = jax.random.normal(jax.random.key(0), (4, 2, 8, 8, 3))
+    w = jax.random.normal(jax.random.key(1), (4, 3, 3, 3, 6))
+    got = jax.vmap(lambda x, w: im2col_conv(x, w, (1, 1), 'SAME'))(x, w)
+    for p in range(4):
+      want = jax.lax.conv_general_dilated(
+          x[p], w[p], (1, 1), 'SAME',
+          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      np.testing.assert_allclose(got[p], want, rtol=1e-5, atol=1e-5)
+
+  def test_unsupported_convolutions_are_refused(self):
+    x, w = jnp.zeros((1, 8, 8, 4)), jnp.zeros((3, 3, 2, 4))
+    with self.assertRaisesRegex(NotImplementedError, 'groups'):
+      im2col_conv(x, w, (1, 1), 'SAME', feature_group_count=2)
+    with self.assertRaisesRegex(NotImplementedError, 'dilation'):
+      im2col_conv(x, jnp.zeros((3, 3, 4, 4)), (1, 1), 'SAME',
+                  rhs_dilation=(2, 2))
+
+  @parameterized.parameters('cnn_small', 'resnet18')
+  def test_models_compute_the_same_with_either_kernel(self, name):
+    x = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
+    xla = models.get_model(name, 10, conv='xla')
+    im2col = models.get_model(name, 10, conv='im2col')
+    variables = xla.init(jax.random.key(0), x)
+    # Same parameter names, shapes and initial values: checkpoints and
+    # averaging do not care which kernel runs.
+    other = im2col.init(jax.random.key(0), x)
+    jax.tree.map(np.testing.assert_array_equal, variables, other)
+    np.testing.assert_allclose(im2col.apply(variables, x),
+                               xla.apply(variables, x), rtol=1e-4, atol=1e-4)
+
+
+class MixedPrecisionTest(absltest.TestCase):
+
+  def test_bfloat16_computes_in_bf16_and_keeps_float32_parameters(self):
+    x = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
+    fp32 = models.get_model('cnn_small', 10)
+    bf16 = models.get_model('cnn_small', 10, dtype='bfloat16')
+    variables = bf16.init(jax.random.key(0), x)
+    self.assertEqual({a.dtype for a in jax.tree.leaves(variables)},
+                     {jnp.dtype(jnp.float32)})
+    logits = bf16.apply(variables, x)
+    self.assertEqual(logits.dtype, jnp.bfloat16)
+    np.testing.assert_allclose(logits.astype(jnp.float32),
+                               fp32.apply(variables, x), rtol=0.05,
+                               atol=0.05)
+    grads = jax.grad(lambda v: bf16.apply(v, x).astype(jnp.float32).sum())(
+        variables)
+    self.assertEqual({g.dtype for g in jax.tree.leaves(grads)},
+                     {jnp.dtype(jnp.float32)})
+
+
+if __name__ == '__main__':
+  absltest.main()
