@@ -19,7 +19,7 @@ from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
 import optax
 
 from configs import cifar10
@@ -30,7 +30,9 @@ _WARMUP = 16
 
 def hand_written_images_per_s(engine, data, batch: int) -> float:
   learner = engine.learner
-  mesh = jax.make_mesh((jax.device_count(),), ('data',))
+  # Classic GSPMD data parallelism: XLA propagates the batch sharding.
+  mesh = jax.make_mesh((jax.device_count(),), ('data',),
+                       axis_types=(AxisType.Auto,))
   replicated = NamedSharding(mesh, PartitionSpec())
   sharded = NamedSharding(mesh, PartitionSpec('data'))
   params, batch_stats, opt_state = jax.device_put(
