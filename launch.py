@@ -8,7 +8,9 @@ several hosts") --coordinator_address=HOST0:PORT --num_processes=N
 --process_id=RANK, or --distributed_auto where the platform tells JAX.
 
 A problem with the input (a config value, the data, the devices, the workdir)
-ends the run with one line on stderr and exit code 2.
+ends the run with one line on stderr and exit code 2. Rerunning the same
+command on the same workdir resumes from the newest checkpoint; SIGTERM or
+SIGINT saves one and exits with code 0.
 """
 
 import sys
@@ -50,6 +52,10 @@ def main(argv):
     logging.flush()
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+  except train.Preempted as e:
+    logging.flush()
+    print(f'preempted: {e}', file=sys.stderr)
+    sys.exit(0)
 
 
 if __name__ == '__main__':

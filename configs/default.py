@@ -62,7 +62,10 @@ def get_config(arg=None):
   c.train.eval_every = 0      # Steps between evaluations; 0: at the end only.
   c.train.log_every = 50      # Steps between training-metric rows.
   c.train.eval_batch_size = 1000
-  c.train.checkpoint_every = 0  # Reserved for checkpointing; 0: off.
+  # Steps between checkpoints (0: only at the end and when stopped by
+  # SIGTERM/SIGINT); the last `keep_checkpoints` are kept.
+  c.train.checkpoint_every = 1000
+  c.train.keep_checkpoints = 3
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.node_devices = -1    # Devices along 'node'; -1: as many as fit.

@@ -66,6 +66,8 @@ def validate(config) -> None:
   _integer(config, 'train.eval_every', 0)
   _integer(config, 'train.log_every', 1)
   _integer(config, 'train.eval_batch_size', 1)
+  _integer(config, 'train.checkpoint_every', 0)
+  _integer(config, 'train.keep_checkpoints', 1)
   _choice(config, 'mesh.round_loop', packing.ROUND_LOOPS)
   _choice(config, 'mesh.pack', packing.PACKS)
   _choice(config, 'model.conv', packing.CONV_CHOICES)

@@ -21,16 +21,51 @@ def _plain(value):
   return value
 
 
+def _read_rows(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    # A line cut short by a kill is not a row.
+    rows = []
+    for line in f:
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:
+        pass
+    return rows
+
+
+def read_summary(workdir: str) -> dict:
+  """`summary.json` of a finished run ({} if there is none)."""
+  path = os.path.join(workdir, SUMMARY_FILE)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
 class MetricsWriter:
   """Appends one JSON row per event, mirrors scalars to TensorBoard."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, keep_until_step: int = 0):
+    """Opens `metrics.jsonl`, keeping the rows up to `keep_until_step`.
+
+    A resumed run redoes the steps after its checkpoint; their old rows
+    are dropped first, so no step is ever logged twice.
+    """
     self.workdir = workdir
     self.enabled = jax.process_index() == 0
     self.rows: list[dict] = []
     self._tb = None
     if self.enabled:
-      self._file = open(os.path.join(workdir, METRICS_FILE), 'a')
+      path = os.path.join(workdir, METRICS_FILE)
+      self.rows = [r for r in _read_rows(path)
+                   if r['step'] <= keep_until_step]
+      partial = path + '.partial'
+      with open(partial, 'w') as f:
+        f.writelines(json.dumps(r) + '\n' for r in self.rows)
+      os.replace(partial, path)
+      self._file = open(path, 'a')
       try:
         from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
         self._tb = SummaryWriter(workdir)

@@ -1,9 +1,10 @@
 """`train_and_evaluate(config, workdir)`: the whole run, top to bottom.
 
 Stages: check the config -> lay out learners on devices -> load data ->
-build learner and engine -> create the sharded state -> step with the
-averaging schedule, logging and evaluating the globally averaged model ->
-write the summary and plots.
+build learner and engine -> create the sharded state, or resume it from the
+newest checkpoint -> train round by round with the averaging schedule,
+logging, evaluating the globally averaged model and checkpointing -> write
+the summary, plots and final model.
 """
 
 import math
@@ -13,32 +14,34 @@ import time
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
+import jax.numpy as jnp
 import numpy as np
 
-from hier_avg import (config_validation, datasets, export, models, optim,
-                      packing, sampling)
+from hier_avg import (checkpoint, config_validation, datasets, export, models,
+                      optim, packing, preemption, sampling)
 from hier_avg.engine import Engine
 from hier_avg.errors import UserError, require
 from hier_avg.evaluation import evaluate
 from hier_avg.learner import Learner
-from hier_avg.metrics import METRICS_FILE, MetricsWriter
+from hier_avg.metrics import METRICS_FILE, MetricsWriter, read_summary
 from hier_avg.schedule import hier_schedule
 from hier_avg.topology import hier_topology
 
 
 class TrainingDiverged(UserError):
-  """The loss became NaN or infinite."""
+  """The loss or the parameters became NaN or infinite."""
+
+
+class Preempted(Exception):
+  """SIGTERM/SIGINT stopped the run after saving a checkpoint."""
 
 
 def prepare_workdir(workdir: str) -> None:
-  """Creates `workdir`; refuses one that is a file or holds a finished run."""
+  """Creates `workdir`; refuses one that is a file or is not writable."""
   require(bool(workdir), 'set --workdir to the folder for this run\'s '
           'outputs.')
   require(not os.path.exists(workdir) or os.path.isdir(workdir),
           f'--workdir={workdir} is a file; choose a folder.')
-  require(not os.path.exists(os.path.join(workdir, METRICS_FILE)),
-          f'--workdir={workdir} already holds a run ({METRICS_FILE}); choose '
-          'a new folder so nothing there is overwritten.')
   try:
     os.makedirs(workdir, exist_ok=True)
     probe = os.path.join(workdir, '.write_test')
@@ -48,6 +51,21 @@ def prepare_workdir(workdir: str) -> None:
   except OSError as e:
     raise UserError(f'cannot write to --workdir={workdir}: {e.strerror}; '
                     'choose a writable folder.') from None
+
+
+def refuse_unresumable_run(workdir: str) -> None:
+  """Outputs of a run that never checkpointed cannot be continued: keep them.
+
+  A run of ours creates `checkpoints/` before its first row, so a workdir
+  with rows but without that folder holds something else. (A run of ours
+  killed before its first checkpoint completed starts over.)
+  """
+  require(not (os.path.exists(os.path.join(workdir, METRICS_FILE)) and
+               not os.path.isdir(os.path.join(workdir,
+                                              checkpoint.CHECKPOINT_DIR))),
+          f'--workdir={workdir} already holds a run ({METRICS_FILE}) but no '
+          'checkpoint to resume from; choose a new folder so nothing there is '
+          'overwritten.')
 
 
 def total_steps(train_config, steps_per_epoch: int) -> int:
@@ -65,8 +83,39 @@ def _check_finite(losses: list[tuple[int, np.ndarray]]) -> None:
           f'{bad[0]}); lower opt.lr or add opt.warmup_epochs.')
 
 
+@jax.jit
+def _all_finite(params):
+  return jnp.all(jnp.stack([jnp.isfinite(x).all()
+                            for x in jax.tree.leaves(params)]))
+
+
+def build_engine(config, data, topology, schedule, num_steps, steps_per_epoch):
+  """The learner (model, optimizer, data normalization) and its engine."""
+  lr_schedule = optim.learning_rate_schedule(config.opt, steps_per_epoch,
+                                             num_steps)
+  platform = topology.mesh.devices.flat[0].platform
+  pack = packing.resolve_pack(config.mesh.pack, platform)
+  conv = packing.resolve_conv(config.model.conv, pack,
+                              topology.learners_per_device)
+  model = models.get_model(config.model.name, data.num_classes, conv,
+                           config.model.dtype)
+  learner = Learner(model, optim.make_optimizer(config.opt, lr_schedule),
+                    data.mean, data.std, config.data.augment)
+  engine = Engine(learner, topology, schedule, tuple(config.hier.average),
+                  config.mesh.round_loop, config.mesh.max_unrolled_steps,
+                  pack)
+  logging.info('hier_avg: learners %s-packed, %s convolutions, %s rounds, '
+               '%s compute', engine.pack, conv, engine.round_loop,
+               config.model.dtype)
+  return engine, lr_schedule
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains with Hier-AVG as `config` says; returns the summary it writes."""
+  """Trains with Hier-AVG as `config` says; returns the summary it writes.
+
+  Rerunning the same command on the same workdir resumes from the newest
+  checkpoint. Raises `Preempted` after SIGTERM/SIGINT (a checkpoint saved).
+  """
   # ---- Check the config and lay out the learners -----------------------
   config_validation.validate(config)
   hier = config.hier
@@ -75,6 +124,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   schedule = hier_schedule(hier.k1, hier.k2)
   if jax.process_index() == 0:
     prepare_workdir(workdir)
+  refuse_unresumable_run(workdir)
+  checkpoints = checkpoint.Checkpoints(workdir,
+                                       config.train.keep_checkpoints)
   logging.info('hier_avg: %s; %s', topology.describe(),
                schedule.describe())
 
@@ -85,33 +137,35 @@ def train_and_evaluate(config, workdir: str) -> dict:
                              config.seed)
   num_steps = total_steps(config.train, sampler.steps_per_epoch)
 
-  # ---- Learner, engine and state -----------------------------------------
-  lr_schedule = optim.learning_rate_schedule(
-      config.opt, sampler.steps_per_epoch, num_steps)
-  platform = topology.mesh.devices.flat[0].platform
-  pack = packing.resolve_pack(config.mesh.pack, platform)
-  conv = packing.resolve_conv(config.model.conv, pack,
-                              topology.learners_per_device)
-  model = models.get_model(config.model.name, data.num_classes, conv,
-                           config.model.dtype)
-  learner = Learner(model, optim.make_optimizer(config.opt, lr_schedule),
-                    data.mean, data.std, config.data.augment)
-  engine = Engine(learner, topology, schedule, tuple(hier.average),
-                  config.mesh.round_loop, config.mesh.max_unrolled_steps,
-                  pack)
-  logging.info('hier_avg: learners %s-packed, %s convolutions, %s rounds, '
-               '%s compute', engine.pack, conv, engine.round_loop,
-               config.model.dtype)
+  # ---- Learner, engine and state (fresh, or resumed) ---------------------
+  engine, lr_schedule = build_engine(config, data, topology, schedule,
+                                     num_steps, sampler.steps_per_epoch)
   state = engine.init_state(config.seed, data.image_shape)
+  fingerprint = checkpoint.fingerprint(config)
+  restored = checkpoints.restore(
+      state, lambda record: checkpoint.check_fingerprint(
+          record['fingerprint'], fingerprint, checkpoints.directory))
+  if restored is not None:
+    state, _ = restored
+  first_step = int(state.step)
+  if first_step >= num_steps:
+    checkpoints.close()
+    logging.info('hier_avg: the run in %s already reached step %d of %d; '
+                 'nothing to do.', workdir, first_step, num_steps)
+    return read_summary(workdir)
+  if first_step:
+    logging.info('hier_avg: resuming at step %d from %s', first_step,
+                 checkpoints.directory)
   images, labels = engine.put_train_data(data.train_images,
                                          data.train_labels)
   level_costs = engine.communication(state)
   # XLA:CPU collectives across fake devices can deadlock when several steps
   # with a pmean are in flight; waiting after each averaging step avoids it.
-  wait_after_averaging = platform == 'cpu'
+  wait_after_averaging = topology.mesh.devices.flat[0].platform == 'cpu'
 
   # ---- Train ---------------------------------------------------------------
-  writer = MetricsWriter(workdir)
+  # Rows after the checkpoint belong to steps that are about to be redone.
+  writer = MetricsWriter(workdir, keep_until_step=first_step)
   images_per_step = topology.num_learners * config.data.batch_size
   start = time.perf_counter()
   train_time, train_images_seen = 0.0, 0
@@ -133,57 +187,83 @@ def train_and_evaluate(config, workdir: str) -> dict:
   def epoch(step):
     return step / sampler.steps_per_epoch
 
-  try:
-    segment_start = time.perf_counter()
-    cut_every = (config.train.log_every, config.train.eval_every,
-                 engine.max_round_length)
-    for round_ in schedule.rounds(0, num_steps, cut_every):
-      state, loss = engine.train_round(round_.level, round_.length)(
-          state, images, labels, engine.put_round_indices(
-              sampler, round_.first, round_.length))
-      pending.append((round_.first, loss))
-      if round_.level is not None and wait_after_averaging:
-        jax.block_until_ready(state)
+  def save_checkpoint(state, step):
+    # Never keep a diverged state: the last good checkpoint must stay good.
+    if not bool(_all_finite(state.params)):
+      raise TrainingDiverged(
+          f'training diverged: non-finite parameters after step {step}; '
+          'lower opt.lr or add opt.warmup_epochs.')
+    checkpoints.save(state, {'step': step, 'fingerprint': fingerprint})
 
-      done = round_.end
-      log_now = done % config.train.log_every == 0 or done == num_steps
-      eval_now = done == num_steps or (
-          config.train.eval_every and done % config.train.eval_every == 0)
-      if not (log_now or eval_now):
-        continue
-      # Each host holds its own learners' losses; every host needs all of
-      # them to agree on the metrics and on divergence.
-      losses = [(first + 1 + i, step_loss.reshape(-1))
-                for first, round_loss in pending
-                for i, step_loss in enumerate(
-                    multihost_utils.process_allgather(round_loss,
-                                                      tiled=True))]
-      pending.clear()
-      _check_finite(losses)
-      segment_time = time.perf_counter() - segment_start
-      train_time += segment_time
-      train_images_seen += images_per_step * len(losses)
-      rate = images_per_step * len(losses) / max(segment_time, 1e-9)
-      last_loss = float(np.mean([l.mean() for _, l in losses]))
-      row = dict(step=done, epoch=epoch(done), train_loss=last_loss,
-                 learning_rate=float(lr_schedule(done - 1)), images_per_s=rate,
-                 **counters(done))
-      eta = (num_steps - done) * train_time / done
-      logging.info('step %d/%d  epoch %.2f  loss %.4f  %.0f images/s  '
-                   'ETA %.0fs', done, num_steps, epoch(done), last_loss, rate,
-                   eta)
-      if eval_now:
-        params, batch_stats = engine.global_average(state)
-        last_eval = evaluate(engine, params, batch_stats, data.test_images,
-                             data.test_labels, config.train.eval_batch_size)
-        if done == num_steps:
-          export.save_model(workdir, params, batch_stats)
-        row.update(last_eval)
-        logging.info('step %d  test accuracy %.4f  test loss %.4f', done,
-                     last_eval['test_accuracy'], last_eval['test_loss'])
-      writer.write(**row, wall_s=time.perf_counter() - start)
-      # Evaluation and logging do not count as training time.
+  try:
+    with preemption.stop_on_signals() as stop:
       segment_start = time.perf_counter()
+      checkpoint_every = config.train.checkpoint_every
+      cut_every = (config.train.log_every, config.train.eval_every,
+                   checkpoint_every, engine.max_round_length)
+      for round_ in schedule.rounds(first_step, num_steps, cut_every):
+        state, loss = engine.train_round(round_.level, round_.length)(
+            state, images, labels, engine.put_round_indices(
+                sampler, round_.first, round_.length))
+        pending.append((round_.first, loss))
+        if round_.level is not None and wait_after_averaging:
+          jax.block_until_ready(state)
+
+        done = round_.end
+        checkpoint_now = bool(stop) or done == num_steps or (
+            checkpoint_every and done % checkpoint_every == 0)
+        # Checkpoints get a row too, so a resumed run's rows are the rows
+        # an uninterrupted run writes.
+        log_now = (done % config.train.log_every == 0 or done == num_steps or
+                   checkpoint_now)
+        eval_now = done == num_steps or (
+            config.train.eval_every and done % config.train.eval_every == 0)
+        if not (log_now or eval_now):
+          continue
+        # Each host holds its own learners' losses; every host needs all of
+        # them to agree on the metrics and on divergence.
+        losses = [(first + 1 + i, step_loss.reshape(-1))
+                  for first, round_loss in pending
+                  for i, step_loss in enumerate(
+                      multihost_utils.process_allgather(round_loss,
+                                                        tiled=True))]
+        pending.clear()
+        _check_finite(losses)
+        segment_time = time.perf_counter() - segment_start
+        train_time += segment_time
+        train_images_seen += images_per_step * len(losses)
+        rate = images_per_step * len(losses) / max(segment_time, 1e-9)
+        last_loss = float(np.mean([l.mean() for _, l in losses]))
+        row = dict(step=done, epoch=epoch(done), train_loss=last_loss,
+                   learning_rate=float(lr_schedule(done - 1)),
+                   images_per_s=rate, **counters(done))
+        eta = (num_steps - done) * train_time / (done - first_step)
+        logging.info('step %d/%d  epoch %.2f  loss %.4f  %.0f images/s  '
+                     'ETA %.0fs', done, num_steps, epoch(done), last_loss,
+                     rate, eta)
+        if eval_now:
+          params, batch_stats = engine.global_average(state)
+          last_eval = evaluate(engine, params, batch_stats, data.test_images,
+                               data.test_labels,
+                               config.train.eval_batch_size)
+          if done == num_steps:
+            export.save_model(workdir, params, batch_stats)
+          row.update(last_eval)
+          logging.info('step %d  test accuracy %.4f  test loss %.4f', done,
+                       last_eval['test_accuracy'], last_eval['test_loss'])
+        writer.write(**row, wall_s=time.perf_counter() - start)
+        # A checkpoint never claims steps whose outputs are not written yet:
+        # it follows the row, and the last one follows the summary.
+        if checkpoint_now and done < num_steps:
+          save_checkpoint(state, done)
+        if stop and done < num_steps:
+          checkpoints.wait()
+          raise Preempted(
+              f'stopped by {stop.signal_name} at step {done}/{num_steps}; '
+              f'checkpoint saved in {checkpoints.directory}. Rerun the same '
+              'command to resume.')
+        # Evaluation, logging and checkpointing do not count as training.
+        segment_start = time.perf_counter()
 
     summary = {
         **last_eval,
@@ -191,12 +271,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
         'images_per_s': train_images_seen / max(train_time, 1e-9),
         'steps': num_steps,
         'epochs': epoch(num_steps),
+        'resumed_from_step': first_step,
         'wall_s': time.perf_counter() - start,
         **counters(num_steps),
         'topology': topology.describe(),
         'config': config.to_dict(),
     }
     writer.write_summary(summary)
+    save_checkpoint(state, num_steps)
   finally:
+    checkpoints.wait()
+    checkpoints.close()
     writer.close()
   return summary

@@ -1,0 +1,139 @@
+"""Checkpoints of every learner's state, with orbax, and safe resumption.
+
+A checkpoint holds the whole `TrainState` (each learner's parameters,
+BatchNorm statistics, optimizer state and RNG key, and the step, which fixes
+the schedule's position) plus a JSON record: the step and the config's
+fingerprint. Saving is asynchronous (training continues while the arrays
+are written) and atomic (orbax writes into a temporary folder and renames
+it when complete, so a half-written checkpoint is never picked up).
+"""
+
+import os
+
+from absl import logging
+import jax
+import orbax.checkpoint as ocp
+
+from hier_avg.errors import UserError
+from hier_avg.state import TrainState
+
+CHECKPOINT_DIR = 'checkpoints'
+
+# Keys that may change between a run and its resumption: they change how
+# long, how often or where it runs, not what the learners compute.
+RESUMABLE_CHANGES = (
+    'train.epochs', 'train.steps', 'train.eval_every', 'train.log_every',
+    'train.eval_batch_size', 'train.checkpoint_every',
+    'train.keep_checkpoints', 'mesh.node_devices', 'mesh.local_devices',
+    'mesh.round_loop', 'mesh.max_unrolled_steps', 'mesh.pack', 'model.conv',
+    'data.path')
+
+
+def fingerprint(config) -> dict:
+  """The config's values that a resumed run must share, flat 'a.b' keys."""
+  flat = {}
+
+  def visit(prefix, node):
+    for key, value in node.items():
+      name = f'{prefix}{key}'
+      if hasattr(value, 'items'):
+        visit(name + '.', value)
+      elif name not in RESUMABLE_CHANGES:
+        flat[name] = list(value) if isinstance(value, tuple) else value
+
+  visit('', config.to_dict())
+  return flat
+
+
+def check_fingerprint(saved: dict, current: dict, directory: str) -> None:
+  """Refuses to resume when a key that changes the computation differs."""
+  for key in sorted(set(saved) | set(current)):
+    if saved.get(key) != current.get(key):
+      raise UserError(
+          f'the checkpoint in {directory} was made with {key}='
+          f'{saved.get(key)!r}, this run has {key}={current.get(key)!r}; '
+          'resuming would not continue the same run: use the original '
+          'value, or a new --workdir.')
+
+
+def _saveable(state: TrainState) -> TrainState:
+  # Typed PRNG keys are stored as their raw uint32 data.
+  return state.replace(rng=jax.random.key_data(state.rng))
+
+
+def _abstract(state: TrainState):
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+      _saveable(state))
+
+
+def _report_unreadable(directory: str, step: int, error: Exception) -> None:
+  # orbax raises many kinds of errors for damaged files.
+  first_line = str(error).splitlines()[0][:200] if str(error) else ''
+  logging.warning('checkpoint %s/%d is unreadable (%s: %s); trying an older '
+                  'one.', directory, step, type(error).__name__, first_line)
+
+
+class Checkpoints:
+  """`workdir/checkpoints/<step>/`: save, find and restore training states."""
+
+  def __init__(self, workdir: str, keep: int):
+    self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=True),
+        item_names=('state', 'record'))
+
+  def steps(self) -> list[int]:
+    """Complete checkpoints, newest first."""
+    return sorted(self._manager.all_steps(), reverse=True)
+
+  def save(self, state: TrainState, record: dict) -> None:
+    """Starts writing `state` in the background; returns at once."""
+    step = int(record['step'])
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(_saveable(state)),
+        record=ocp.args.JsonSave(record)), force=True)
+
+  def restore(self, like: TrainState, check_record=lambda record: None
+              ) -> tuple[TrainState, dict] | None:
+    """The newest readable checkpoint, laid out like `like`; None if none.
+
+    `check_record(record)` sees each checkpoint's record before its arrays
+    are read and may refuse it (raising). A checkpoint that cannot be read
+    is reported and skipped (never deleted); if none can be read the run
+    stops with an error.
+    """
+    steps = self.steps()
+    for step in steps:
+      try:
+        record = self._manager.restore(step, args=ocp.args.Composite(
+            record=ocp.args.JsonRestore()))['record']
+      except Exception as e:  # pylint: disable=broad-except
+        _report_unreadable(self.directory, step, e)
+        continue
+      check_record(record)
+      try:
+        state = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(_abstract(like))))['state']
+      except Exception as e:  # pylint: disable=broad-except
+        _report_unreadable(self.directory, step, e)
+        continue
+      if step != steps[0]:
+        logging.warning('resuming from the older checkpoint at step %d.',
+                        step)
+      return state.replace(rng=jax.random.wrap_key_data(state.rng)), record
+    if steps:
+      raise UserError(
+          f'no checkpoint in {self.directory} can be read (steps '
+          f'{", ".join(map(str, steps))}); move the folder away to start '
+          'over, or restore it from a backup.')
+    return None
+
+  def wait(self) -> None:
+    """Blocks until every save in flight is on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
