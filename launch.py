@@ -13,11 +13,13 @@ command on the same workdir resumes from the newest checkpoint; SIGTERM or
 SIGINT saves one and exits with code 0.
 """
 
+import os
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 
 from hier_avg import distributed
@@ -56,6 +58,22 @@ def main(argv):
     logging.flush()
     print(f'preempted: {e}', file=sys.stderr)
     sys.exit(0)
+  except jax.errors.JaxRuntimeError as e:
+    if jax.process_count() == 1:
+      raise
+    # A collective failed because a peer process died. The runtime's
+    # shutdown barrier at exit would wait for the dead peer's heartbeat
+    # timeout and then abort, so leave at once.
+    logging.flush()
+    print('error: lost contact with another process '
+          f'({_first_line(e)}); restart every process with the same command '
+          'to resume from the last checkpoint.', file=sys.stderr, flush=True)
+    os._exit(2)  # pylint: disable=protected-access
+
+
+def _first_line(error: Exception) -> str:
+  lines = str(error).strip().splitlines()
+  return lines[0][:300] if lines else type(error).__name__
 
 
 if __name__ == '__main__':

@@ -36,12 +36,27 @@ class Preempted(Exception):
   """SIGTERM/SIGINT stopped the run after saving a checkpoint."""
 
 
-def prepare_workdir(workdir: str) -> None:
-  """Creates `workdir`; refuses one that is a file or is not writable."""
+def check_workdir(workdir: str) -> None:
+  """Refuses a workdir that is a file or holds a run we cannot continue.
+
+  A run of ours creates `checkpoints/` before its first row, so a workdir
+  with rows but without that folder holds something else; it is kept as it
+  is. (A run of ours killed before its first checkpoint starts over.)
+  """
   require(bool(workdir), 'set --workdir to the folder for this run\'s '
           'outputs.')
   require(not os.path.exists(workdir) or os.path.isdir(workdir),
           f'--workdir={workdir} is a file; choose a folder.')
+  require(not (os.path.exists(os.path.join(workdir, METRICS_FILE)) and
+               not os.path.isdir(os.path.join(workdir,
+                                              checkpoint.CHECKPOINT_DIR))),
+          f'--workdir={workdir} already holds a run ({METRICS_FILE}) but no '
+          'checkpoint to resume from; choose a new folder so nothing there is '
+          'overwritten.')
+
+
+def prepare_workdir(workdir: str) -> None:
+  """Creates `workdir`; refuses one that is not writable."""
   try:
     os.makedirs(workdir, exist_ok=True)
     probe = os.path.join(workdir, '.write_test')
@@ -51,21 +66,6 @@ def prepare_workdir(workdir: str) -> None:
   except OSError as e:
     raise UserError(f'cannot write to --workdir={workdir}: {e.strerror}; '
                     'choose a writable folder.') from None
-
-
-def refuse_unresumable_run(workdir: str) -> None:
-  """Outputs of a run that never checkpointed cannot be continued: keep them.
-
-  A run of ours creates `checkpoints/` before its first row, so a workdir
-  with rows but without that folder holds something else. (A run of ours
-  killed before its first checkpoint completed starts over.)
-  """
-  require(not (os.path.exists(os.path.join(workdir, METRICS_FILE)) and
-               not os.path.isdir(os.path.join(workdir,
-                                              checkpoint.CHECKPOINT_DIR))),
-          f'--workdir={workdir} already holds a run ({METRICS_FILE}) but no '
-          'checkpoint to resume from; choose a new folder so nothing there is '
-          'overwritten.')
 
 
 def total_steps(train_config, steps_per_epoch: int) -> int:
@@ -122,20 +122,22 @@ def train_and_evaluate(config, workdir: str) -> dict:
   topology = hier_topology(hier.num_learners, hier.group_size,
                            config.mesh.node_devices, config.mesh.local_devices)
   schedule = hier_schedule(hier.k1, hier.k2)
-  if jax.process_index() == 0:
-    prepare_workdir(workdir)
-  refuse_unresumable_run(workdir)
-  checkpoints = checkpoint.Checkpoints(workdir,
-                                       config.train.keep_checkpoints)
+  check_workdir(workdir)
   logging.info('hier_avg: %s; %s', topology.describe(),
                schedule.describe())
 
-  # ---- Data --------------------------------------------------------------
+  # ---- Data (before the workdir: bad data must leave it untouched) --------
   data = datasets.load(config.data, config.seed)
   sampler = sampling.Sampler(len(data.train_images), topology.num_learners,
                              config.data.batch_size, config.data.sampling,
                              config.seed)
   num_steps = total_steps(config.train, sampler.steps_per_epoch)
+
+  # ---- Workdir and checkpoints ------------------------------------------
+  if jax.process_index() == 0:
+    prepare_workdir(workdir)
+  checkpoints = checkpoint.Checkpoints(workdir,
+                                       config.train.keep_checkpoints)
 
   # ---- Learner, engine and state (fresh, or resumed) ---------------------
   engine, lr_schedule = build_engine(config, data, topology, schedule,

@@ -48,9 +48,11 @@ def cnn_small_bytes() -> int:
 
 
 def snapshot(path):
-  """Every file under `path` with its bytes (to prove nothing changed)."""
+  """Every folder and file under `path`, with bytes (to prove no change)."""
   files = {}
-  for root, _, names in os.walk(path):
+  for root, folders, names in os.walk(path):
+    for name in folders:
+      files[os.path.relpath(os.path.join(root, name), path) + '/'] = None
     for name in names:
       full = os.path.join(root, name)
       with open(full, 'rb') as f:
@@ -163,10 +165,57 @@ BAD_INPUTS = (
     ('average_without_params', ("--config.hier.average=('batch_stats',)",),
      "hier.average=('batch_stats',) must include 'params'"),
     ('workdir_is_file', ('--workdir={file}',), 'is a file'),
+    ('workdir_under_a_file', FAST + ('--workdir={file}/run',),
+     'cannot write to'),
+    ('no_test_split', ('--config.data.name=folder',
+                       '--config.data.path={no_test}'),
+     'has no test/ subfolder'),
+    ('unreadable_image', ('--config.data.name=folder',
+                          '--config.data.path={bad_image}'),
+     'cannot read image'),
+    ('mixed_image_sizes', ('--config.data.name=folder',
+                           '--config.data.path={mixed_sizes}'),
+     'have different sizes'),
+    ('zero_learners', ('--config.hier.num_learners=0',),
+     'hier.num_learners=0 must be'),
+    ('zero_batch', ('--config.data.batch_size=0',),
+     'data.batch_size=0 must be'),
+    ('momentum_one', ('--config.opt.momentum=1.0',),
+     'opt.momentum=1.0 must be < 1'),
+    ('negative_weight_decay', ('--config.opt.weight_decay=-1e-4',),
+     'opt.weight_decay=-0.0001 must be'),
+    ('unknown_schedule', ('--config.opt.schedule=linear',),
+     "unknown opt.schedule='linear'"),
+    ('no_length', ('--config.train.steps=0', '--config.train.epochs=0'),
+     'set train.steps or train.epochs'),
+    ('log_every_zero', ('--config.train.log_every=0',),
+     'train.log_every=0 must be'),
+    ('negative_checkpoint_every', ('--config.train.checkpoint_every=-5',),
+     'train.checkpoint_every=-5 must be'),
+    ('keep_no_checkpoints', ('--config.train.keep_checkpoints=0',),
+     'train.keep_checkpoints=0 must be'),
+    ('garbage_checkpoints', FAST + ('--workdir={garbage_checkpoints}',),
+     'no checkpoint in'),
 )
 
 
+def make_images(root, sizes_by_split, garbage=False):
+  """`root/<split>/a/*.png` test images, or one garbage .jpg in train."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  for split, sizes in sizes_by_split.items():
+    for cls in ('a', 'b'):
+      os.makedirs(os.path.join(root, split, cls), exist_ok=True)
+      for i, size in enumerate(sizes):
+        Image.new('RGB', (size, size), (i * 40, 0, 0)).save(
+            os.path.join(root, split, cls, f'{i}.png'))
+  if garbage:
+    with open(os.path.join(root, 'train', 'a', 'broken.jpg'), 'wb') as f:
+      f.write(b'not a jpeg')
+  return root
+
+
 class BadInputTest(parameterized.TestCase):
+  """Each bad input: one `error:` line, exit 2, workdir exactly as it was."""
 
   @classmethod
   def setUpClass(cls):
@@ -177,28 +226,56 @@ class BadInputTest(parameterized.TestCase):
     cls.file = os.path.join(cls.tmp, 'a_file')
     with open(cls.file, 'w') as f:
       f.write('keep me')
+    data = os.path.join(cls.tmp, 'data')
+    fixtures = dict(
+        empty=cls.empty, file=cls.file,
+        no_test=make_images(os.path.join(data, 'no_test'), {'train': [8]}),
+        bad_image=make_images(os.path.join(data, 'bad_image'),
+                              {'train': [8], 'test': [8]}, garbage=True),
+        mixed_sizes=make_images(os.path.join(data, 'mixed'),
+                                {'train': [8, 12], 'test': [8]}),
+        garbage_checkpoints=os.path.join(cls.tmp, 'garbage_checkpoints'))
+    broken = os.path.join(fixtures['garbage_checkpoints'], 'checkpoints', '4')
+    os.makedirs(broken, exist_ok=True)
+    with open(os.path.join(broken, '_CHECKPOINT_METADATA'), 'w') as f:
+      f.write('{truncated')
+    with open(os.path.join(fixtures['garbage_checkpoints'],
+                           'metrics.jsonl'), 'w') as f:
+      f.write('{"step": 4}\n')
 
     def run(case):
       name, overrides, _ = case
       workdir = os.path.join(cls.tmp, 'bad_' + name)
-      overrides = [o.format(empty=cls.empty, file=cls.file)
-                   for o in overrides]
-      return name, launch(workdir, *overrides)
+      # Every workdir already holds something that must survive.
+      os.makedirs(workdir, exist_ok=True)
+      with open(os.path.join(workdir, 'notes.txt'), 'w') as f:
+        f.write('keep me')
+      overrides = [o.format(**fixtures) for o in overrides]
+      targets = [o.split('=', 1)[1] for o in overrides
+                 if o.startswith('--workdir=')] or [workdir]
+      before = {t: snapshot(t) for t in targets if os.path.isdir(t)}
+      result = launch(workdir, *overrides)
+      after = {t: snapshot(t) for t in before}
+      return name, (result, before, after)
 
     # Each case is a fresh process; two at a time keeps the suite quick.
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
       cls.results = dict(pool.map(run, BAD_INPUTS))
 
+  def test_the_table_is_large(self):
+    self.assertGreaterEqual(len(BAD_INPUTS), 25)
+
   @parameterized.named_parameters(*BAD_INPUTS)
   def test_one_line_error(self, overrides, message):
     del overrides
-    result = self.results[self._testMethodName.split('test_one_line_error_',
-                                                     1)[1]]
+    result, before, after = self.results[
+        self._testMethodName.split('test_one_line_error_', 1)[1]]
     self.assertEqual(result.returncode, 2, result.stderr[-2000:])
     self.assertNotIn('Traceback', result.stderr)
     errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
     self.assertLen(errors, 1, result.stderr[-2000:])
     self.assertIn(message, errors[0])
+    self.assertEqual(after, before)
     with open(self.file) as f:
       self.assertEqual(f.read(), 'keep me')
 
