@@ -15,9 +15,9 @@ import math
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import NamedSharding, PartitionSpec
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec
 
 from hier_avg import averaging, packing
 from hier_avg.learner import Learner, step_key
@@ -91,7 +91,7 @@ class Engine:
 
     return jax.jit(init, out_shardings=self._state_shardings)()
 
-  def communication(self, state: TrainState) -> dict[str, 'LevelCost']:
+  def communication(self, state: TrainState) -> dict[str, LevelCost]:
     """What one averaging event of each level costs, by level name."""
     nblock = len(self.topology.grid_shape)
     parts = {p: getattr(state, p) for p in self.average}
