@@ -23,6 +23,12 @@ def get_config(arg=None):
   # Which parts of each learner's state are averaged: 'params' always, and
   # any of 'batch_stats' (BatchNorm statistics) and 'opt_state'.
   c.hier.average = ('params', 'batch_stats')
+  # Outer optimizer at global averaging (SlowMo / DiLoCo): SGD on the
+  # pseudo-gradient (previous global model - new average). lr 1 and no
+  # momentum: plain Hier-AVG.
+  c.hier.outer_lr = 1.0
+  c.hier.outer_momentum = 0.0
+  c.hier.outer_nesterov = False
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'resnet18'  # See hier_avg.models.MODELS.

@@ -45,6 +45,10 @@ def validate(config) -> None:
   for key in ('hier.num_learners', 'hier.group_size'):
     _integer(config, key, 1)
   state.check_average(config.hier.average)
+  _number(config, 'hier.outer_lr', 0, strict=True)
+  _number(config, 'hier.outer_momentum', 0)
+  require(config.hier.outer_momentum < 1, 'hier.outer_momentum='
+          f'{config.hier.outer_momentum} must be < 1.')
   _choice(config, 'model.name', sorted(models.MODELS))
   _choice(config, 'data.name',
           datasets.TFDS_NAMES + ('folder', 'synthetic'))

@@ -19,7 +19,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 import numpy as np
 import optax
 
-from hier_avg import averaging, packing
+from hier_avg import averaging, outer, packing
 from hier_avg.learner import Learner, step_key
 from hier_avg.schedule import Level, Schedule
 from hier_avg.state import TrainState, check_average, state_specs
@@ -53,7 +53,8 @@ class Engine:
 
   def __init__(self, learner: Learner, topology: Topology, schedule: Schedule,
                average: tuple[str, ...], round_loop: str = 'auto',
-               max_unrolled_steps: int = 16, pack: str = 'auto'):
+               max_unrolled_steps: int = 16, pack: str = 'auto',
+               outer_tx: optax.GradientTransformation | None = None):
     self.learner = learner
     self.topology = topology
     self.schedule = schedule
@@ -62,7 +63,11 @@ class Engine:
     self.round_loop = packing.resolve_round_loop(round_loop, platform)
     self.pack = packing.resolve_pack(pack, platform)
     self.max_unrolled_steps = max_unrolled_steps
-    self._state_specs = state_specs(topology.learner_spec, PartitionSpec())
+    # Applied at the outermost averaging (see `outer.py`); None: plain
+    # averaging.
+    self.outer_tx = outer_tx
+    self._state_specs = state_specs(topology.learner_spec, PartitionSpec(),
+                                    outer_tx is not None)
     # Fixed output shardings keep every step's state exactly like the
     # initial one, so no step ever recompiles for a different layout.
     self._state_shardings = jax.tree.map(
@@ -81,13 +86,16 @@ class Engine:
 
     def init():
       one = self.learner.init(init_key, image_shape)
-      params, batch_stats, opt_state = jax.tree.map(
+      if self.outer_tx is not None:
+        one += (outer.init(self.outer_tx, one[0]),)
+      params, batch_stats, opt_state, *outer_state = jax.tree.map(
           lambda x: jnp.broadcast_to(x, grid + x.shape), one)
       ids = jnp.arange(self.topology.num_learners)
       rng = jax.vmap(jax.random.fold_in, (None, 0))(data_key, ids)
       return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                         batch_stats=batch_stats, opt_state=opt_state,
-                        rng=rng.reshape(grid))
+                        rng=rng.reshape(grid),
+                        outer=outer_state[0] if outer_state else None)
 
     return jax.jit(init, out_shardings=self._state_shardings)()
 
@@ -196,6 +204,13 @@ class Engine:
         parts = {p: getattr(state, p) for p in self.average}
         state = state.replace(**averaging.average_block(parts, level.axes,
                                                         topology))
+      if self.outer_tx is not None and level == self.schedule.levels[-1]:
+        block_shape = state.rng.shape
+        params, outer_state = _unflatten_block(
+            jax.vmap(functools.partial(outer.step, self.outer_tx))(
+                *_flatten_block((state.params, state.outer), nblock)),
+            block_shape)
+        state = state.replace(params=params, outer=outer_state)
       return state, losses
 
     mapped = jax.shard_map(

@@ -32,11 +32,16 @@ class TrainState(flax.struct.PyTreeNode):
   batch_stats: Any
   opt_state: Any
   rng: jax.Array  # Typed PRNG keys, one per learner.
+  # With an outer optimizer: {'anchor': the model after the last global
+  # averaging, 'opt_state': the outer optimizer's state}, kept per learner
+  # (all copies equal) so it shards like the parameters. None without.
+  outer: Any = None
 
 
-
-def state_specs(learner_spec, replicated_spec) -> TrainState:
+def state_specs(learner_spec, replicated_spec,
+                has_outer: bool = False) -> TrainState:
   """PartitionSpecs for a `TrainState` (a pytree prefix of it)."""
   return TrainState(step=replicated_spec, params=learner_spec,
                     batch_stats=learner_spec, opt_state=learner_spec,
-                    rng=learner_spec)
+                    rng=learner_spec,
+                    outer=learner_spec if has_outer else None)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hier_avg import (checkpoint, config_validation, datasets, export, models,
-                      optim, packing, preemption, sampling)
+                      optim, outer, packing, preemption, sampling)
 from hier_avg.engine import Engine
 from hier_avg.errors import UserError, require
 from hier_avg.evaluation import evaluate
@@ -103,7 +103,7 @@ def build_engine(config, data, topology, schedule, num_steps, steps_per_epoch):
                     data.mean, data.std, config.data.augment)
   engine = Engine(learner, topology, schedule, tuple(config.hier.average),
                   config.mesh.round_loop, config.mesh.max_unrolled_steps,
-                  pack)
+                  pack, outer.make_outer_optimizer(config.hier))
   logging.info('hier_avg: learners %s-packed, %s convolutions, %s rounds, '
                '%s compute', engine.pack, conv, engine.round_loop,
                config.model.dtype)

@@ -5,6 +5,7 @@ import os
 from absl.testing import absltest
 import jax
 import numpy as np
+import optax
 
 from configs import cifar10
 from hier_avg import checkpoint
@@ -16,10 +17,10 @@ def setUpModule():
   helpers.set_up_devices()
 
 
-def trained_state(steps=3):
+def trained_state(steps=3, outer_tx=None):
   data = helpers.tiny_data()
   engine = helpers.make_engine(helpers.make_learner('bn', data), 8, 4, 2, 2,
-                               (2, 4))
+                               (2, 4), outer_tx=outer_tx)
   state = helpers.run_engine(engine, data, helpers.make_sampler(data, 8),
                              steps)
   return engine, data, state
@@ -27,7 +28,7 @@ def trained_state(steps=3):
 
 def assert_states_equal(test, a, b):
   test.assertEqual(int(a.step), int(b.step))
-  for part in ('params', 'batch_stats', 'opt_state'):
+  for part in ('params', 'batch_stats', 'opt_state', 'outer'):
     jax.tree.map(np.testing.assert_array_equal, getattr(a, part),
                  getattr(b, part))
   np.testing.assert_array_equal(jax.random.key_data(a.rng),
@@ -52,6 +53,14 @@ class CheckpointsTest(absltest.TestCase):
     # Restored arrays sit where the fresh ones do: no recompilation later.
     self.assertEqual(restored.params['Dense_0']['kernel'].sharding,
                      fresh.params['Dense_0']['kernel'].sharding)
+    ckpts.close()
+
+  def test_round_trip_with_an_outer_optimizer(self):
+    engine, data, state = trained_state(5, optax.sgd(0.5, momentum=0.9))
+    ckpts = checkpoint.Checkpoints(self.create_tempdir().full_path, keep=2)
+    save(ckpts, state, 5)
+    restored, _ = ckpts.restore(engine.init_state(1, data.image_shape))
+    assert_states_equal(self, restored, state)
     ckpts.close()
 
   def test_keeps_the_newest(self):

@@ -4,6 +4,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import jax
 import numpy as np
+import optax
 
 from tests import helpers
 from tests import reference
@@ -36,6 +37,45 @@ PACK_CASES = (
     ('vmap_im2col_conv', 'vmap', 'bn_im2col'),
     ('unroll', 'unroll', 'bn'),
 )
+
+
+class OuterOptimizerTest(parameterized.TestCase):
+
+  def _run(self, outer_tx, steps=14):
+    data = helpers.tiny_data()
+    learner = helpers.make_learner('bn', data)
+    engine = helpers.make_engine(learner, 8, 4, 2, 3, (2, 4),
+                                 outer_tx=outer_tx)
+    init = engine.init_state(0, data.image_shape)
+    ref_learners = helpers.learner_states(init)
+    sampler = helpers.make_sampler(data, 8)
+    final = helpers.run_engine(engine, data, sampler, steps, state=init)
+    return learner, sampler, data, ref_learners, final
+
+  def test_outer_lr_1_without_momentum_is_plain_hier_avg_exactly(self):
+    *_, plain = self._run(None)
+    *_, outer = self._run(optax.sgd(1.0))
+    for part in ('params', 'batch_stats', 'opt_state'):
+      jax.tree.map(np.testing.assert_array_equal, getattr(outer, part),
+                   getattr(plain, part))
+
+  @parameterized.parameters((0.7, 0.5, True), (1.5, 0.0, False),
+                            (1.0, 0.9, False))
+  def test_matches_reference(self, lr, momentum, nesterov):
+    learner, sampler, data, ref_learners, final = self._run(
+        optax.sgd(lr, momentum=momentum or None, nesterov=nesterov))
+    ref_outer = reference.RefOuterSGD(lr, momentum, nesterov,
+                                      anchor=ref_learners[0]['params'])
+    reference.run(learner, ref_learners, reference.hier_levels(8, 4, 2, 3),
+                  ('params', 'batch_stats'), data.train_images,
+                  data.train_labels, sampler, 14, outer=ref_outer)
+    got = helpers.learner_states(final)
+    for i in range(8):
+      helpers.assert_trees_close(self, got[i]['params'],
+                                 ref_learners[i]['params'], atol=1e-5)
+    # The outer step happened: the anchor is the last global model.
+    helpers.assert_trees_close(self, got[0]['outer']['anchor'],
+                               ref_outer.anchor, atol=1e-5)
 
 
 class OracleTest(parameterized.TestCase):

@@ -64,10 +64,10 @@ def make_learner(model='mlp', data=None, augment=True, **opt_overrides):
 
 def make_engine(learner, num_learners, group_size, k1, k2, mesh=(-1, -1),
                 average=('params', 'batch_stats'), round_loop='auto',
-                pack='auto'):
+                pack='auto', outer_tx=None):
   topology = hier_topology(num_learners, group_size, *mesh)
   return Engine(learner, topology, hier_schedule(k1, k2), average,
-                round_loop, pack=pack)
+                round_loop, pack=pack, outer_tx=outer_tx)
 
 
 def run_engine(engine, data, sampler, steps, seed=0, state=None,
@@ -92,8 +92,10 @@ def make_sampler(data, num_learners, batch_size=4, mode='partition', seed=0):
 def learner_states(state, grid_ndim=2):
   """Engine state -> list of per-learner dicts of numpy trees."""
   n = state.rng.size
+  names = ('params', 'batch_stats', 'opt_state', 'rng') + (
+      ('outer',) if state.outer is not None else ())
   parts = {p: reference.per_learner(getattr(state, p), grid_ndim, n)
-           for p in ('params', 'batch_stats', 'opt_state', 'rng')}
+           for p in names}
   return [{p: parts[p][i] for p in parts} for i in range(n)]
 
 

@@ -162,6 +162,8 @@ BAD_INPUTS = (
     ('bad_sampling', ('--config.data.sampling=shuffle',),
      "unknown data.sampling='shuffle'"),
     ('bad_lr', ('--config.opt.lr=-0.1',), 'opt.lr=-0.1 must be'),
+    ('zero_outer_lr', ('--config.hier.outer_lr=0.0',),
+     'hier.outer_lr=0.0 must be'),
     ('average_without_params', ("--config.hier.average=('batch_stats',)",),
      "hier.average=('batch_stats',) must include 'params'"),
     ('workdir_is_file', ('--workdir={file}',), 'is a file'),

@@ -54,8 +54,37 @@ def _group_mean(trees, group):
   return jax.tree.map(mean, *[trees[i] for i in group])
 
 
+@dataclasses.dataclass
+class RefOuterSGD:
+  """SlowMo-style outer SGD, written out: one anchor and momentum buffer."""
+  lr: float
+  momentum: float
+  nesterov: bool
+  anchor: dict
+  buffer: dict = None
+
+  def step(self, average):
+    """New global model from the global average (float64 numpy)."""
+    f64 = lambda t: jax.tree.map(lambda x: np.asarray(x, np.float64), t)
+    avg, anchor = f64(average), f64(self.anchor)
+    grad = jax.tree.map(lambda a, p: a - p, anchor, avg)
+    if self.buffer is None:
+      self.buffer = jax.tree.map(np.zeros_like, grad)
+    self.buffer = jax.tree.map(lambda m, g: self.momentum * m + g,
+                               self.buffer, grad)
+    if self.nesterov:
+      direction = jax.tree.map(lambda g, m: g + self.momentum * m, grad,
+                               self.buffer)
+    else:
+      direction = self.buffer
+    new = jax.tree.map(lambda a, d: a - self.lr * d, anchor, direction)
+    self.anchor = jax.tree.map(lambda x, like: x.astype(np.asarray(like).dtype),
+                               new, average)
+    return self.anchor
+
+
 def run(learner: Learner, learners: list[dict], levels, average, images,
-        labels, sampler, steps: int, first_step: int = 0):
+        labels, sampler, steps: int, first_step: int = 0, outer=None):
   """Trains `learners` (dicts of params/batch_stats/opt_state/rng) in place.
 
   Returns the list of per-learner, per-step losses.
@@ -81,6 +110,10 @@ def run(learner: Learner, learners: list[dict], levels, average, images,
           mean = _group_mean([l[part] for l in learners], group)
           for i in group:
             learners[i][part] = mean
+      if outer is not None and level is levels[-1]:
+        new = outer.step(learners[0]['params'])
+        for l in learners:
+          l['params'] = new
   return losses
 
 
