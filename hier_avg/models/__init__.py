@@ -5,13 +5,27 @@ import jax.numpy as jnp
 
 from hier_avg.errors import UserError
 from hier_avg.models.cnn_small import CNNSmall
+from hier_avg.models.densenet import DenseNet121
+from hier_avg.models.googlenet import GoogLeNet
 from hier_avg.models.mlp import MLP
+from hier_avg.models.mobilenet_v2 import MobileNetV2
 from hier_avg.models.resnet import ResNet18
+from hier_avg.models.resnet import ResNet34
+from hier_avg.models.resnet import ResNet50
+from hier_avg.models.vgg import VGG16
+from hier_avg.models.vgg import VGG19
 
 MODELS = {
     'cnn_small': CNNSmall,
+    'densenet121': DenseNet121,
+    'googlenet': GoogLeNet,
     'mlp': MLP,
+    'mobilenet_v2': MobileNetV2,
     'resnet18': ResNet18,
+    'resnet34': ResNet34,
+    'resnet50': ResNet50,
+    'vgg16': VGG16,
+    'vgg19': VGG19,
 }
 
 

@@ -1,4 +1,11 @@
-"""ResNets for 32x32 images (CIFAR variant: 3x3 stem, no max-pool)."""
+"""ResNets for 32x32 images (CIFAR variant: 3x3 stem, no max-pool).
+
+kuangliu/pytorch-cifar's ResNet-18/34/50, as many 2018-2019 CIFAR-10
+papers train them: He et al. (2016) ResNets with ImageNet widths (64-512) and
+a 3x3 stride-1 stem, stages at 32, 16, 8 and 4 pixels, projection shortcuts
+(1x1 conv + BatchNorm, option B) where the shape changes, global average
+pool, one Dense layer.
+"""
 
 import functools
 from typing import Any, Sequence
@@ -6,10 +13,11 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from hier_avg.models.im2col import conv_function
+from hier_avg.models import layers
 
 
 class BasicBlock(nn.Module):
+  """Two 3x3 convolutions (ResNet-18/34)."""
   features: int
   strides: int = 1
   conv: str = 'xla'
@@ -17,10 +25,8 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=0.9, epsilon=1e-5, dtype=self.dtype)
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                             conv_general_dilated=conv_function(self.conv))
+    norm = layers.batch_norm(train, self.dtype)
+    conv = layers.conv(self.conv, self.dtype)
     y = conv(self.features, (3, 3), self.strides, padding=1)(x)
     y = nn.relu(norm()(y))
     y = conv(self.features, (3, 3), padding=1)(y)
@@ -32,25 +38,53 @@ class BasicBlock(nn.Module):
     return nn.relu(x + y)
 
 
+class Bottleneck(nn.Module):
+  """1x1 reduce, 3x3 (strided), 1x1 expand to 4x `features` (ResNet-50).
+
+  The stride sits on the 3x3 convolution, as in kuangliu's (and torchvision's
+  "ResNet v1.5") Bottleneck.
+  """
+  features: int
+  strides: int = 1
+  conv: str = 'xla'
+  dtype: Any = jnp.float32
+
+  expansion = 4  # Output channels per `features`.
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    norm = layers.batch_norm(train, self.dtype)
+    conv = layers.conv(self.conv, self.dtype)
+    out_features = self.features * self.expansion
+    y = nn.relu(norm()(conv(self.features, (1, 1))(x)))
+    y = conv(self.features, (3, 3), self.strides, padding=1)(y)
+    y = nn.relu(norm()(y))
+    y = norm()(conv(out_features, (1, 1))(y))
+    if self.strides != 1 or x.shape[-1] != out_features:
+      x = norm()(conv(out_features, (1, 1), self.strides)(x))
+    return nn.relu(x + y)
+
+
 class CifarResNet(nn.Module):
   stage_sizes: Sequence[int]
   num_classes: int = 10
   conv: str = 'xla'            # Convolution kernel: 'xla' or 'im2col'.
   dtype: Any = jnp.float32     # Compute dtype; parameters stay float32.
+  block: type[nn.Module] = BasicBlock  # Or Bottleneck.
 
   @nn.compact
   def __call__(self, x_NxHxWxC, train: bool = False):
-    x = nn.Conv(64, (3, 3), padding=1, use_bias=False, dtype=self.dtype,
-                conv_general_dilated=conv_function(self.conv))(x_NxHxWxC)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                     epsilon=1e-5, dtype=self.dtype)(x)
-    x = nn.relu(x)
+    x = layers.conv(self.conv, self.dtype)(64, (3, 3), padding=1)(x_NxHxWxC)
+    x = nn.relu(layers.batch_norm(train, self.dtype)()(x))
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         strides = 2 if i > 0 and j == 0 else 1
-        x = BasicBlock(64 * 2**i, strides, self.conv, self.dtype)(x, train)
+        x = self.block(64 * 2**i, strides, self.conv, self.dtype)(x, train)
     x = x.mean(axis=(1, 2))
     return nn.Dense(self.num_classes, dtype=self.dtype)(x)
 
 
 ResNet18 = functools.partial(CifarResNet, stage_sizes=(2, 2, 2, 2))
+ResNet34 = functools.partial(CifarResNet, stage_sizes=(3, 4, 6, 3))
+ResNet50 = functools.partial(CifarResNet, stage_sizes=(3, 4, 6, 3),
+                             block=Bottleneck)
