@@ -17,10 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax
 import numpy as np
 
-from hier_avg import datasets, models, optim, packing, sampling
-from hier_avg.engine import Engine
-from hier_avg.learner import Learner
-from hier_avg.schedule import hier_schedule
+from hier_avg import datasets, sampling, train
 from hier_avg.topology import hier_topology
 
 
@@ -33,21 +30,21 @@ def machine() -> str:
 
 def make_engine(config, data, mesh=(-1, -1), pack='auto', conv='auto',
                 round_loop='auto', dtype='float32'):
-  """The engine `train.py` would build for `config`, with overrides."""
+  """The engine `train.py` builds for `config` with these layout settings.
+
+  Returns (engine, sampler, the convolution kernel that was chosen).
+  """
+  config = config.copy_and_resolve_references()
+  config.mesh.node_devices, config.mesh.local_devices = mesh
+  config.mesh.pack, config.mesh.round_loop = pack, round_loop
+  config.model.conv, config.model.dtype = conv, dtype
   hier = config.hier
   topology = hier_topology(hier.num_learners, hier.group_size, *mesh)
-  platform = jax.devices()[0].platform
-  pack = packing.resolve_pack(pack, platform)
-  conv = packing.resolve_conv(conv, pack, topology.learners_per_device)
   sampler = sampling.Sampler(len(data.train_images), hier.num_learners,
                              config.data.batch_size, 'partition', 0)
-  tx = optim.make_optimizer(config.opt, optim.learning_rate_schedule(
-      config.opt, sampler.steps_per_epoch, 10_000))
-  model = models.get_model(config.model.name, data.num_classes, conv, dtype)
-  learner = Learner(model, tx, data.mean, data.std, config.data.augment)
-  engine = Engine(learner, topology, hier_schedule(hier.k1, hier.k2),
-                  tuple(hier.average), round_loop, pack=pack)
-  return engine, sampler, conv
+  engine, _ = train.build_engine(config, data, topology, 10_000,
+                                 sampler.steps_per_epoch)
+  return engine, sampler, engine.learner.model.conv
 
 
 def engine_images_per_s(engine, sampler, data, steps: int, warmup: int,

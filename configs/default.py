@@ -20,9 +20,19 @@ def get_config(arg=None):
   c.hier.group_size = 4     # S: learners per node, averaged locally.
   c.hier.k1 = 4             # Local steps between local averagings.
   c.hier.k2 = 4             # Local averagings between global averagings.
-  # Which parts of each learner's state are averaged: 'params' always, and
-  # any of 'batch_stats' (BatchNorm statistics) and 'opt_state'.
-  c.hier.average = ('params', 'batch_stats')
+  # 'hier': Hier-AVG (K-AVG and sync SGD as special cases); 'asgd':
+  # simulated asynchronous SGD (hier_avg/asgd.py), whose learners' gradients
+  # reach the shared model `staleness` steps late; it ignores group_size,
+  # k1 and k2.
+  c.hier.algorithm = 'hier'
+  c.hier.staleness = 1
+  # State that is not a parameter, at averaging (hier_avg/policies.py):
+  # BatchNorm statistics 'average' | 'local' | 'recompute' (from
+  # `recompute_batches` training batches before each evaluation);
+  # optimizer state 'local' | 'average' | 'reset' (moments zeroed).
+  c.hier.batch_stats = 'average'
+  c.hier.opt_state = 'local'
+  c.hier.recompute_batches = 32
   # Outer optimizer at global averaging (SlowMo / DiLoCo): SGD on the
   # pseudo-gradient (previous global model - new average). lr 1 and no
   # momentum: plain Hier-AVG.

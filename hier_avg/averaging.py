@@ -87,3 +87,17 @@ def bytes_per_learner(tree_one_learner) -> int:
   """Bytes one learner contributes to an averaging of `tree` (float leaves)."""
   return sum(x.size * x.dtype.itemsize
              for x in jax.tree.leaves(tree_one_learner) if _is_averaged(x))
+
+
+def gather_learners(tree, topology: Topology):
+  """Every learner's leaves on every device: block axes -> whole grid axes.
+
+  Inside `shard_map`, leaves [block..., x] become [grid..., x], in learner
+  order, by one all-gather per mesh axis of size > 1.
+  """
+  for i, axis in enumerate(topology.axis_names):
+    if topology.mesh.shape[axis] > 1:
+      tree = jax.tree.map(
+          lambda x, i=i, axis=axis: lax.all_gather(x, axis, axis=i,
+                                                   tiled=True), tree)
+  return tree

@@ -26,7 +26,7 @@ RESUMABLE_CHANGES = (
     'train.eval_batch_size', 'train.checkpoint_every',
     'train.keep_checkpoints', 'mesh.node_devices', 'mesh.local_devices',
     'mesh.round_loop', 'mesh.max_unrolled_steps', 'mesh.pack', 'model.conv',
-    'data.path')
+    'data.path', 'hier.recompute_batches')
 
 
 def fingerprint(config) -> dict:

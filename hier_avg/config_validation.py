@@ -7,8 +7,10 @@ batch against the data) live where that knowledge is.
 
 import numbers
 
-from hier_avg import datasets, models, optim, packing, sampling, state
+from hier_avg import datasets, models, optim, packing, policies, sampling
 from hier_avg.errors import require
+
+ALGORITHMS = ('hier', 'asgd')
 
 
 def _integer(config, key: str, minimum: int) -> None:
@@ -24,6 +26,13 @@ def _number(config, key: str, minimum: float, strict: bool = False) -> None:
   ok = ok and (value > minimum if strict else value >= minimum)
   require(ok, f'{key}={value!r} must be a number '
           f'{">" if strict else ">="} {minimum}.')
+
+
+def _fraction(config, key: str) -> None:
+  """A momentum: a number in [0, 1)."""
+  value = _get(config, key)
+  require(isinstance(value, numbers.Real) and not isinstance(value, bool)
+          and 0 <= value < 1, f'{key}={value!r} must be a number in [0, 1).')
 
 
 def _choice(config, key: str, choices) -> None:
@@ -44,11 +53,25 @@ def validate(config) -> None:
   _integer(config, 'seed', 0)
   for key in ('hier.num_learners', 'hier.group_size'):
     _integer(config, key, 1)
-  state.check_average(config.hier.average)
+  _choice(config, 'hier.algorithm', ALGORITHMS)
+  _integer(config, 'hier.staleness', 0)
+  _choice(config, 'hier.batch_stats', policies.BATCH_STATS_POLICIES)
+  _choice(config, 'hier.opt_state', policies.OPT_STATE_POLICIES)
+  _integer(config, 'hier.recompute_batches', 1)
   _number(config, 'hier.outer_lr', 0, strict=True)
-  _number(config, 'hier.outer_momentum', 0)
-  require(config.hier.outer_momentum < 1, 'hier.outer_momentum='
-          f'{config.hier.outer_momentum} must be < 1.')
+  _fraction(config, 'hier.outer_momentum')
+  if config.hier.algorithm == 'asgd':
+    # One shared model and optimizer: no averaging for these to act on.
+    require(config.hier.outer_lr == 1 and config.hier.outer_momentum == 0,
+            "hier.algorithm='asgd' has no global averaging for an outer "
+            'optimizer; leave hier.outer_lr=1 and hier.outer_momentum=0.')
+    require(config.hier.opt_state == 'local',
+            "hier.algorithm='asgd' keeps one shared optimizer state; "
+            f"hier.opt_state={config.hier.opt_state!r} applies to Hier-AVG "
+            "only: leave it 'local'.")
+    require(config.hier.batch_stats != 'local',
+            "hier.algorithm='asgd' shares one model and its BatchNorm "
+            "statistics; hier.batch_stats='local' applies to Hier-AVG only.")
   _choice(config, 'model.name', sorted(models.MODELS))
   _choice(config, 'data.name',
           datasets.TFDS_NAMES + ('folder', 'synthetic'))
@@ -57,9 +80,7 @@ def validate(config) -> None:
   require(isinstance(config.data.augment, bool),
           f'data.augment={config.data.augment!r} must be True or False.')
   _number(config, 'opt.lr', 0, strict=True)
-  _number(config, 'opt.momentum', 0)
-  require(config.opt.momentum < 1, f'opt.momentum={config.opt.momentum} '
-          'must be < 1.')
+  _fraction(config, 'opt.momentum')
   _number(config, 'opt.weight_decay', 0)
   _choice(config, 'opt.schedule', optim.SCHEDULES)
   _number(config, 'opt.warmup_epochs', 0)

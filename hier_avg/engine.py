@@ -19,7 +19,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 import numpy as np
 import optax
 
-from hier_avg import averaging, outer, packing
+from hier_avg import averaging, outer, packing, policies
 from hier_avg.learner import Learner, step_key
 from hier_avg.schedule import Level, Schedule
 from hier_avg.state import TrainState, check_average, state_specs
@@ -54,7 +54,8 @@ class Engine:
   def __init__(self, learner: Learner, topology: Topology, schedule: Schedule,
                average: tuple[str, ...], round_loop: str = 'auto',
                max_unrolled_steps: int = 16, pack: str = 'auto',
-               outer_tx: optax.GradientTransformation | None = None):
+               outer_tx: optax.GradientTransformation | None = None,
+               reset_opt_state: bool = False):
     self.learner = learner
     self.topology = topology
     self.schedule = schedule
@@ -66,8 +67,11 @@ class Engine:
     # Applied at the outermost averaging (see `outer.py`); None: plain
     # averaging.
     self.outer_tx = outer_tx
+    # hier.opt_state='reset': zero the optimizer's moments at every averaging.
+    self.reset_opt_state = reset_opt_state
     self._state_specs = state_specs(topology.learner_spec, PartitionSpec(),
-                                    outer_tx is not None)
+                                    outer_tx is not None,
+                                    self.keeps_stale_models)
     # Fixed output shardings keep every step's state exactly like the
     # initial one, so no step ever recompiles for a different layout.
     self._state_shardings = jax.tree.map(
@@ -92,12 +96,22 @@ class Engine:
           lambda x: jnp.broadcast_to(x, grid + x.shape), one)
       ids = jnp.arange(self.topology.num_learners)
       rng = jax.vmap(jax.random.fold_in, (None, 0))(data_key, ids)
-      return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                        batch_stats=batch_stats, opt_state=opt_state,
-                        rng=rng.reshape(grid),
-                        outer=outer_state[0] if outer_state else None)
+      return self._extend_state(TrainState(
+          step=jnp.zeros((), jnp.int32), params=params,
+          batch_stats=batch_stats, opt_state=opt_state,
+          rng=rng.reshape(grid),
+          outer=outer_state[0] if outer_state else None))
 
     return jax.jit(init, out_shardings=self._state_shardings)()
+
+  # Whether the state holds past models (`TrainState.stale`).
+  keeps_stale_models = False
+  # What one communication event is called in the metrics' keys.
+  event_noun = 'averagings'
+
+  def _extend_state(self, state: TrainState) -> TrainState:
+    """Hook for algorithms that keep more state (inside the init jit)."""
+    return state
 
   def communication(self, state: TrainState) -> dict[str, LevelCost]:
     """What one averaging event of each level costs, by level name."""
@@ -165,63 +179,73 @@ class Engine:
     return self._rounds[key]
 
   def _build_round(self, level: Level | None, key):
-    topology, learner = self.topology, self.learner
-    nblock = len(topology.grid_shape)
+    """One round as a sharded, jitted function of the whole learner grid."""
 
     def block_round(state, images, labels, indices_K):
       self.trace_counts[key] += 1
-
-      def local_step(state, batch):
-        """One SGD step of every learner in the block; no communication."""
-        block_shape = state.rng.shape
-        flat = _flatten_block(
-            (state.params, state.batch_stats, state.opt_state, state.rng,
-             batch), nblock)
-
-        def one(params, batch_stats, opt_state, rng, batch):
-          return learner.step(params, batch_stats, opt_state,
-                              step_key(rng, state.step), *batch)
-
-        params, batch_stats, opt_state, loss = _unflatten_block(
-            packing.map_learners(one, self.pack, *flat), block_shape)
-        return state.replace(step=state.step + 1, params=params,
-                             batch_stats=batch_stats,
-                             opt_state=opt_state), loss
-
       # Gather the whole round's minibatches before the loop: indexing the
       # resident data set inside the scan made XLA:CPU copy it every step.
       batches = (images[indices_K], labels[indices_K])
       if self.round_loop == 'scan':
-        state, losses = lax.scan(local_step, state, batches)
+        state, losses = lax.scan(self._block_step, state, batches)
       else:
         losses = []
         for k in range(indices_K.shape[0]):
-          state, loss = local_step(state,
-                                   jax.tree.map(lambda x: x[k], batches))
+          state, loss = self._block_step(
+              state, jax.tree.map(lambda x: x[k], batches))
           losses.append(loss)
         losses = jnp.stack(losses)
-      if level is not None:
-        parts = {p: getattr(state, p) for p in self.average}
-        state = state.replace(**averaging.average_block(parts, level.axes,
-                                                        topology))
-      if self.outer_tx is not None and level == self.schedule.levels[-1]:
-        block_shape = state.rng.shape
-        params, outer_state = _unflatten_block(
-            jax.vmap(functools.partial(outer.step, self.outer_tx))(
-                *_flatten_block((state.params, state.outer), nblock)),
-            block_shape)
-        state = state.replace(params=params, outer=outer_state)
-      return state, losses
+      return self._after_round(state, level), losses
 
     mapped = jax.shard_map(
-        block_round, mesh=topology.mesh,
+        block_round, mesh=self.topology.mesh,
         in_specs=(self._state_specs, PartitionSpec(), PartitionSpec(),
                   self._round_spec),
         out_specs=(self._state_specs, self._round_spec))
     return jax.jit(mapped, donate_argnums=0,
                    out_shardings=(self._state_shardings,
-                                  NamedSharding(topology.mesh,
+                                  NamedSharding(self.topology.mesh,
                                                 self._round_spec)))
+
+  def _block_step(self, state: TrainState, batch):
+    """One SGD step of every learner in the block; no communication.
+
+    Inside `shard_map`: `state` and `batch` hold the device's block of
+    learners. Returns the new state and the learners' losses.
+    """
+    nblock = len(self.topology.grid_shape)
+    block_shape = state.rng.shape
+    flat = _flatten_block(
+        (state.params, state.batch_stats, state.opt_state, state.rng, batch),
+        nblock)
+
+    def one(params, batch_stats, opt_state, rng, batch):
+      return self.learner.step(params, batch_stats, opt_state,
+                               step_key(rng, state.step), *batch)
+
+    params, batch_stats, opt_state, loss = _unflatten_block(
+        packing.map_learners(one, self.pack, *flat), block_shape)
+    return state.replace(step=state.step + 1, params=params,
+                         batch_stats=batch_stats, opt_state=opt_state), loss
+
+  def _after_round(self, state: TrainState, level: Level | None):
+    """The averaging of `level` (none for None), inside `shard_map`."""
+    if level is None:
+      return state
+    parts = {p: getattr(state, p) for p in self.average}
+    state = state.replace(**averaging.average_block(parts, level.axes,
+                                                    self.topology))
+    if self.reset_opt_state:
+      state = state.replace(
+          opt_state=policies.reset_optimizer_state(state.opt_state))
+    if self.outer_tx is not None and level == self.schedule.levels[-1]:
+      nblock = len(self.topology.grid_shape)
+      params, outer_state = _unflatten_block(
+          jax.vmap(functools.partial(outer.step, self.outer_tx))(
+              *_flatten_block((state.params, state.outer), nblock)),
+          state.rng.shape)
+      state = state.replace(params=params, outer=outer_state)
+    return state
 
   @functools.cached_property
   def global_average(self):
@@ -272,6 +296,31 @@ class Engine:
         in_specs=(PartitionSpec(), PartitionSpec(), batch, batch, batch),
         out_specs=PartitionSpec())
     return jax.jit(mapped)
+
+  @functools.cached_property
+  def batch_statistics(self):
+    """Compiled `(params, batch_stats, images_DxBxHxWxC) -> batch stats`.
+
+    Device d computes the BatchNorm statistics of batch d (train-mode
+    normalization, `Learner.batch_statistics`); the mean over the D batches
+    comes back replicated. `images` is sharded like `batch_sharding`.
+    """
+    axes = self.topology.axis_names
+
+    def block_stats(params, batch_stats, images_1xBxHxWxC):
+      stats = self.learner.batch_statistics(params, batch_stats,
+                                            images_1xBxHxWxC[0])
+      return lax.pmean(stats, axes)
+
+    mapped = jax.shard_map(
+        block_stats, mesh=self.topology.mesh,
+        in_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec(axes)),
+        out_specs=PartitionSpec())
+    return jax.jit(mapped)
+
+  def event_counts(self, steps: int) -> dict[str, int]:
+    """Communication events of each kind (by name) in the first `steps`."""
+    return self.schedule.counts(steps)
 
   @property
   def batch_sharding(self) -> NamedSharding:

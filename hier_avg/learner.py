@@ -15,6 +15,8 @@ import numpy as np
 import optax
 
 from hier_avg import augment as augment_lib
+from hier_avg import policies
+from hier_avg.models.layers import BN_MOMENTUM
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -62,6 +64,12 @@ class Learner:
         params, batch_stats, key, images, labels)
     params, opt_state = self.apply_gradients(params, opt_state, grads)
     return params, batch_stats, opt_state, loss
+
+  def batch_statistics(self, params, batch_stats, images_BxHxWxC):
+    """BatchNorm statistics of one (unaugmented) batch, for recomputing."""
+    x = augment_lib.normalize(images_BxHxWxC, self.mean, self.std)
+    return policies.batch_statistics(self.model, BN_MOMENTUM, params,
+                                     batch_stats, x)
 
   def logits(self, params, batch_stats, images_BxHxWxC):
     x = augment_lib.normalize(images_BxHxWxC, self.mean, self.std)

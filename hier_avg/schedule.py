@@ -58,7 +58,8 @@ class Schedule:
     period), at every multiple of each period in `cut_every` (where the
     host wants to log or evaluate), and at `stop`.
     """
-    periods = [self.levels[0].period] + [p for p in cut_every if p > 0]
+    periods = ([level.period for level in self.levels[:1]] +
+               [p for p in cut_every if p > 0])
     step = start
     while step < stop:
       end = min([stop] + [(step // p + 1) * p for p in periods])
@@ -66,6 +67,8 @@ class Schedule:
       step = end
 
   def describe(self) -> str:
+    if not self.levels:
+      return 'no averaging'
     return ', '.join(f'{l.name} averaging over {"+".join(l.axes)} every '
                      f'{l.period} step(s)' for l in self.levels)
 

@@ -36,12 +36,17 @@ class TrainState(flax.struct.PyTreeNode):
   # averaging, 'opt_state': the outer optimizer's state}, kept per learner
   # (all copies equal) so it shards like the parameters. None without.
   outer: Any = None
+  # Simulated ASGD with staleness tau > 0: the shared model of the last tau
+  # steps, a ring buffer with leaves grid_shape + (tau,) + leaf_shape (step
+  # t reads and then overwrites slot t % tau). None otherwise.
+  stale: Any = None
 
 
-def state_specs(learner_spec, replicated_spec,
-                has_outer: bool = False) -> TrainState:
+def state_specs(learner_spec, replicated_spec, has_outer: bool = False,
+                has_stale: bool = False) -> TrainState:
   """PartitionSpecs for a `TrainState` (a pytree prefix of it)."""
   return TrainState(step=replicated_spec, params=learner_spec,
                     batch_stats=learner_spec, opt_state=learner_spec,
                     rng=learner_spec,
-                    outer=learner_spec if has_outer else None)
+                    outer=learner_spec if has_outer else None,
+                    stale=learner_spec if has_stale else None)

@@ -18,10 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from hier_avg import (checkpoint, config_validation, datasets, export, models,
-                      optim, outer, packing, preemption, sampling)
+                      optim, outer, packing, policies, preemption, sampling)
+from hier_avg.asgd import AsgdEngine
 from hier_avg.engine import Engine
 from hier_avg.errors import UserError, require
-from hier_avg.evaluation import evaluate
+from hier_avg.evaluation import evaluate, recompute_batch_stats
 from hier_avg.learner import Learner
 from hier_avg.metrics import METRICS_FILE, MetricsWriter, read_summary
 from hier_avg.schedule import hier_schedule
@@ -89,21 +90,33 @@ def _all_finite(params):
                             for x in jax.tree.leaves(params)]))
 
 
-def build_engine(config, data, topology, schedule, num_steps, steps_per_epoch):
+def build_engine(config, data, topology, num_steps, steps_per_epoch):
   """The learner (model, optimizer, data normalization) and its engine."""
+  hier = config.hier
   lr_schedule = optim.learning_rate_schedule(config.opt, steps_per_epoch,
                                              num_steps)
+  # ASGD's server makes P optimizer updates per step; the schedule is in
+  # steps.
+  updates_per_step = topology.num_learners if hier.algorithm == 'asgd' else 1
   platform = topology.mesh.devices.flat[0].platform
   pack = packing.resolve_pack(config.mesh.pack, platform)
   conv = packing.resolve_conv(config.model.conv, pack,
                               topology.learners_per_device)
   model = models.get_model(config.model.name, data.num_classes, conv,
                            config.model.dtype)
-  learner = Learner(model, optim.make_optimizer(config.opt, lr_schedule),
-                    data.mean, data.std, config.data.augment)
-  engine = Engine(learner, topology, schedule, tuple(config.hier.average),
-                  config.mesh.round_loop, config.mesh.max_unrolled_steps,
-                  pack, outer.make_outer_optimizer(config.hier))
+  tx = optim.make_optimizer(
+      config.opt, lambda count: lr_schedule(count // updates_per_step))
+  learner = Learner(model, tx, data.mean, data.std, config.data.augment)
+  if hier.algorithm == 'asgd':
+    engine = AsgdEngine(learner, topology, hier.staleness,
+                        config.mesh.round_loop, config.mesh.max_unrolled_steps,
+                        pack)
+  else:
+    engine = Engine(learner, topology, hier_schedule(hier.k1, hier.k2),
+                    policies.averaged_parts(hier.batch_stats, hier.opt_state),
+                    config.mesh.round_loop, config.mesh.max_unrolled_steps,
+                    pack, outer.make_outer_optimizer(hier),
+                    reset_opt_state=hier.opt_state == 'reset')
   logging.info('hier_avg: learners %s-packed, %s convolutions, %s rounds, '
                '%s compute', engine.pack, conv, engine.round_loop,
                config.model.dtype)
@@ -121,10 +134,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   hier = config.hier
   topology = hier_topology(hier.num_learners, hier.group_size,
                            config.mesh.node_devices, config.mesh.local_devices)
-  schedule = hier_schedule(hier.k1, hier.k2)
+  algorithm = (f'simulated ASGD with staleness {hier.staleness}'
+               if hier.algorithm == 'asgd' else
+               hier_schedule(hier.k1, hier.k2).describe())
   check_workdir(workdir)
-  logging.info('hier_avg: %s; %s', topology.describe(),
-               schedule.describe())
+  logging.info('hier_avg: %s; %s', topology.describe(), algorithm)
 
   # ---- Data (before the workdir: bad data must leave it untouched) --------
   data = datasets.load(config.data, config.seed)
@@ -140,8 +154,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                        config.train.keep_checkpoints)
 
   # ---- Learner, engine and state (fresh, or resumed) ---------------------
-  engine, lr_schedule = build_engine(config, data, topology, schedule,
-                                     num_steps, sampler.steps_per_epoch)
+  engine, lr_schedule = build_engine(config, data, topology, num_steps,
+                                     sampler.steps_per_epoch)
+  schedule = engine.schedule
   state = engine.init_state(config.seed, data.image_shape)
   fingerprint = checkpoint.fingerprint(config)
   restored = checkpoints.restore(
@@ -169,7 +184,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # Rows after the checkpoint belong to steps that are about to be redone.
   writer = MetricsWriter(workdir, keep_until_step=first_step)
   images_per_step = topology.num_learners * config.data.batch_size
-  start = time.perf_counter()
+  # Wall time goes on from the checkpoint's row, so a resumed run's clock
+  # counts the time spent before the interruption too.
+  start = time.perf_counter() - (writer.rows[-1]['wall_s'] if writer.rows
+                                 else 0.0)
   train_time, train_images_seen = 0.0, 0
   pending = []  # (first step, per-step per-learner losses) of each round.
   last_eval, last_loss = {}, float('nan')
@@ -177,8 +195,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   def counters(step):
     """Averagings, all-reduces and bytes per level in the first `step`s."""
     row = {}
-    for name, events in schedule.counts(step).items():
-      row[f'{name}_averagings'] = events
+    for name, events in engine.event_counts(step).items():
+      row[f'{name}_{engine.event_noun}'] = events
       row[f'{name}_collectives'] = events * level_costs[name].collectives
       row[f'{name}_bytes_per_learner'] = (
           events * level_costs[name].bytes_per_learner)
@@ -245,6 +263,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
                      rate, eta)
         if eval_now:
           params, batch_stats = engine.global_average(state)
+          if hier.batch_stats == 'recompute':
+            batch_stats = recompute_batch_stats(
+                engine, params, batch_stats, data.train_images,
+                hier.recompute_batches, config.data.batch_size, config.seed)
           last_eval = evaluate(engine, params, batch_stats, data.test_images,
                                data.test_labels,
                                config.train.eval_batch_size)

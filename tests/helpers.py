@@ -64,10 +64,11 @@ def make_learner(model='mlp', data=None, augment=True, **opt_overrides):
 
 def make_engine(learner, num_learners, group_size, k1, k2, mesh=(-1, -1),
                 average=('params', 'batch_stats'), round_loop='auto',
-                pack='auto', outer_tx=None):
+                pack='auto', outer_tx=None, reset_opt_state=False):
   topology = hier_topology(num_learners, group_size, *mesh)
   return Engine(learner, topology, hier_schedule(k1, k2), average,
-                round_loop, pack=pack, outer_tx=outer_tx)
+                round_loop, pack=pack, outer_tx=outer_tx,
+                reset_opt_state=reset_opt_state)
 
 
 def run_engine(engine, data, sampler, steps, seed=0, state=None,

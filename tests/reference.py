@@ -83,10 +83,19 @@ class RefOuterSGD:
     return self.anchor
 
 
+def _zero_floats(tree):
+  return jax.tree.map(
+      lambda x: np.zeros_like(x) if np.issubdtype(np.asarray(x).dtype,
+                                                  np.floating) else x, tree)
+
+
 def run(learner: Learner, learners: list[dict], levels, average, images,
-        labels, sampler, steps: int, first_step: int = 0, outer=None):
+        labels, sampler, steps: int, first_step: int = 0, outer=None,
+        reset_opt_state=False):
   """Trains `learners` (dicts of params/batch_stats/opt_state/rng) in place.
 
+  `reset_opt_state`: the optimizer's floating state (momentum) of every
+  learner in an averaged group is zeroed after the averaging.
   Returns the list of per-learner, per-step losses.
   """
   step_fn = jax.jit(learner.step)
@@ -110,6 +119,10 @@ def run(learner: Learner, learners: list[dict], levels, average, images,
           mean = _group_mean([l[part] for l in learners], group)
           for i in group:
             learners[i][part] = mean
+      if reset_opt_state:
+        for group in level.groups:
+          for i in group:
+            learners[i]['opt_state'] = _zero_floats(learners[i]['opt_state'])
       if outer is not None and level is levels[-1]:
         new = outer.step(learners[0]['params'])
         for l in learners:
@@ -139,3 +152,32 @@ def run_sync_sgd(learner: Learner, params, batch_stats, opt_state, rngs,
     batch_stats = _group_mean(stats, range(len(rngs)))
     params, opt_state = apply_fn(params, opt_state, mean_grads)
   return params, batch_stats
+
+
+def run_asgd(learner: Learner, params, batch_stats, opt_state, rngs, images,
+             labels, sampler, steps: int, staleness: int):
+  """Simulated ASGD, written out: one shared model and a list of the past.
+
+  At step t learner p's gradient is taken at the model of step t - tau
+  (the initial model before step tau) with the shared BatchNorm statistics;
+  the P gradients are applied one by one, in learner order. The shared
+  statistics become the mean of the learners' updated statistics.
+  """
+  grad_fn = jax.jit(learner.loss_and_grads)
+  apply_fn = jax.jit(learner.apply_gradients)
+  history = [params] * staleness  # history[0]: the model of step t - tau.
+  for t in range(steps):
+    indices = sampler.indices(t)
+    read = history[0] if staleness else params
+    grads, stats = [], []
+    for p, rng in enumerate(rngs):
+      _, new_stats, g = grad_fn(read, batch_stats, step_key(rng, t),
+                                images[indices[p]], labels[indices[p]])
+      grads.append(g)
+      stats.append(new_stats)
+    if staleness:
+      history = history[1:] + [params]
+    for g in grads:
+      params, opt_state = apply_fn(params, opt_state, g)
+    batch_stats = _group_mean(stats, range(len(rngs)))
+  return params, batch_stats, opt_state

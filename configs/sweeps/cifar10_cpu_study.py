@@ -1,0 +1,55 @@
+r"""The reproduction study of docs/reproduction.md: cnn_small on CIFAR-10, CPU.
+
+  python sweep.py --sweep=configs/sweeps/cifar10_cpu_study.py \
+      --root=/tmp/cifar10_cpu_study --set=data.path=/path/to/cifar10
+
+The `:cpu` preset (cnn_small, P = 8 learners, B = 32 each, SGD lr 0.05,
+momentum 0.9, constant lr, no augmentation, no weight decay) for 3 epochs,
+every algorithm with the same hyperparameters and the same seeds; all
+learners packed on one device, so no fake devices are needed. `data.path`
+is a CIFAR-10 image folder (`{train,test}/<class>/*.jpg`).
+"""
+
+from hier_avg.sweep import SweepSpec
+
+
+def hier(group_size, k1, k2):
+  return {'hier.group_size': group_size, 'hier.k1': k1, 'hier.k2': k2}
+
+
+def get_sweep():
+  return SweepSpec(
+      config='configs/cifar10.py:cpu',
+      overrides={
+          'data.name': 'folder',
+          'train.steps': 0,
+          'train.epochs': 3.0,
+          'train.eval_every': 98,   # About every half epoch (195 steps).
+          'train.log_every': 14,
+          'mesh.node_devices': 1,
+          'mesh.local_devices': 1,
+      },
+      variants={
+          # Synchronous SGD: averaging after every step.
+          'sync': hier(4, 1, 1),
+          # K-AVG (local SGD), every learner averages every K steps.
+          'kavg_k4': hier(1, 4, 1),
+          'kavg_k16': hier(1, 16, 1),
+          # Hier-AVG with the global period of kavg_k16 (16 steps), and
+          # local averaging every step or every 4 steps, in groups of 4 or 2.
+          'hier_s4_k1x16': hier(4, 1, 16),
+          'hier_s4_k4x4': hier(4, 4, 4),
+          'hier_s2_k4x4': hier(2, 4, 4),
+          # Four times less frequent global averaging (every 64 steps).
+          'hier_s4_k4x16': hier(4, 4, 16),
+          # Simulated ASGD (hier_avg/asgd.py): P = 8 sequential updates per
+          # step, each gradient one step (8 updates) late plus its place in
+          # line. lr / P moves the model as far per step as one sync step.
+          'asgd_tau1': {'hier.algorithm': 'asgd', 'hier.staleness': 1,
+                        'opt.lr': 0.05 / 8},
+      },
+      grid={'seed': [0, 1, 2]},
+      # Three seeds for the headline rows, one for the others (CPU time).
+      restrict={name: {'seed': [0]} for name in
+                ('kavg_k4', 'hier_s4_k1x16', 'hier_s2_k4x4')},
+  )

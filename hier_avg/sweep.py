@@ -1,0 +1,380 @@
+"""Sweeps: many runs of one base config, one workdir each, then a comparison.
+
+A sweep is named *variants* (each a set of config overrides, e.g. "sync" or
+"hier S=4 K1=4 K2=4") crossed with a *grid* (every combination of listed
+values, e.g. seeds or learning rates). Each resulting point runs as its own
+`launch.py` process in `root/<point name>/`, so a point that fails or is
+killed costs only itself, and rerunning the sweep skips finished points
+(those with a `summary.json`) and resumes interrupted ones from their
+checkpoints. `report` then writes a CSV of every point, a Markdown table
+with mean ± std over seeds, and comparison plots.
+"""
+
+import csv
+import dataclasses
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from hier_avg.errors import UserError, require
+from hier_avg.metrics import METRICS_FILE, SUMMARY_FILE, read_summary
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOG_DIR = 'logs'
+RESULTS_CSV = 'results.csv'
+RESULTS_MD = 'results.md'
+# (file, x-axis metric key, x label, x scale) of the comparison plots.
+PLOTS = (
+    ('accuracy_vs_epoch.png', 'epoch', 'epoch', 'linear'),
+    ('accuracy_vs_bytes.png', 'bytes_averaged_per_learner',
+     'bytes averaged per learner', 'symlog'),
+    ('accuracy_vs_wall.png', 'wall_s', 'wall time (s)', 'linear'),
+)
+LOSS_PLOT = 'train_loss_vs_epoch.png'
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+  """One run: its folder name, its group (name without the seed), overrides."""
+  name: str
+  group: str
+  overrides: tuple[tuple[str, Any], ...]
+
+  def flags(self) -> list[str]:
+    return [f'--config.{key}={_flag_value(value)}'
+            for key, value in self.overrides]
+
+
+def _flag_value(value) -> str:
+  return repr(value) if isinstance(value, (tuple, list)) else str(value)
+
+
+def _short(key: str) -> str:
+  """'hier.k1' -> 'k1': the last part names the value well enough."""
+  return key.rsplit('.', 1)[-1]
+
+
+@dataclasses.dataclass
+class SweepSpec:
+  """A base config, overrides for all points, variants and a grid.
+
+  Attributes:
+    config: a config file for `launch.py --config`, with an optional
+      `:preset`; a relative path is taken from the current folder, else
+      from the repository root.
+    overrides: config keys set for every point (e.g. the data path).
+    variants: variant name -> its overrides; {} means one unnamed variant.
+    grid: config key -> list of values; every combination runs once per
+      variant. A key named 'seed' is aggregated over in the report.
+    restrict: variant name -> {grid key: the values it runs}, for variants
+      that need only part of the grid (e.g. fewer seeds).
+  """
+  config: str
+  overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  variants: Mapping[str, Mapping[str, Any]] = dataclasses.field(
+      default_factory=dict)
+  grid: Mapping[str, Sequence[Any]] = dataclasses.field(default_factory=dict)
+  restrict: Mapping[str, Mapping[str, Sequence[Any]]] = dataclasses.field(
+      default_factory=dict)
+
+  def points(self) -> list[Point]:
+    """Every point: each grid cell (row-major) with every variant in turn.
+
+    Cells go outermost so an interrupted sweep has the first seeds of every
+    variant rather than every seed of the first variants.
+    """
+    for key, values in self.grid.items():
+      require(len(values) > 0, f'sweep grid key {key!r} has no values.')
+    for variant, allowed in self.restrict.items():
+      require(variant in self.variants and set(allowed) <= set(self.grid),
+              f'sweep restrict[{variant!r}] must name a variant and grid '
+              'keys.')
+    variants = self.variants or {'': {}}
+    names = set()
+    points = []
+    for values in itertools.product(*self.grid.values()):
+      for variant, variant_overrides in variants.items():
+        cell = dict(zip(self.grid, values))
+        allowed = self.restrict.get(variant, {})
+        if any(cell[k] not in v for k, v in allowed.items()):
+          continue
+        parts = [f'{_short(k)}={v}' for k, v in cell.items()]
+        group_parts = [f'{_short(k)}={v}' for k, v in cell.items()
+                       if k != 'seed']
+        name = ','.join(([variant] if variant else []) + parts) or 'base'
+        group = ','.join(([variant] if variant else []) + group_parts)
+        require('/' not in name and name not in names,
+                f'sweep point name {name!r} is not a unique folder name; '
+                'rename the variant.')
+        names.add(name)
+        overrides = {**self.overrides, **variant_overrides, **cell}
+        points.append(Point(name, group or 'base', tuple(overrides.items())))
+    return points
+
+  def config_path(self) -> str:
+    path, _, preset = self.config.partition(':')
+    if not os.path.isabs(path) and not os.path.exists(path):
+      path = os.path.join(REPO_ROOT, path)
+    require(os.path.exists(path), f'sweep config file {self.config!r} not '
+            'found; give a path like configs/cifar10.py:cpu.')
+    path = os.path.abspath(path)
+    return f'{path}:{preset}' if preset else path
+
+
+def load_spec(path: str) -> SweepSpec:
+  """A sweep file: Python defining `get_sweep()` -> SweepSpec."""
+  require(os.path.exists(path), f'--sweep={path} not found.')
+  namespace = {'__file__': path}
+  with open(path) as f:
+    exec(compile(f.read(), path, 'exec'), namespace)  # pylint: disable=exec-used
+  require('get_sweep' in namespace,
+          f'--sweep={path} must define get_sweep() returning a SweepSpec.')
+  return namespace['get_sweep']()
+
+
+def parse_grid(entries: Sequence[str]) -> dict[str, list]:
+  """['hier.k1=1,4,16', 'seed=0,1'] -> {'hier.k1': [1, 4, 16], ...}."""
+  grid = {}
+  for entry in entries:
+    key, sep, values = entry.partition('=')
+    require(bool(sep and key and values),
+            f'--grid={entry!r} must look like key=value1,value2.')
+    grid[key] = [_parse_value(v) for v in values.split(',')]
+  return grid
+
+
+def _parse_value(text: str):
+  for kind in (int, float):
+    try:
+      return kind(text)
+    except ValueError:
+      pass
+  return {'True': True, 'False': False}.get(text, text)
+
+
+def is_finished(root: str, point: Point) -> bool:
+  return os.path.exists(os.path.join(root, point.name, SUMMARY_FILE))
+
+
+def _command(spec: SweepSpec, root: str, point: Point) -> list[str]:
+  launch = os.path.join(REPO_ROOT, 'launch.py')
+  return [sys.executable, launch, f'--config={spec.config_path()}',
+          f'--workdir={os.path.join(root, point.name)}', *point.flags()]
+
+
+def _environment(parallel: int) -> dict[str, str]:
+  env = dict(os.environ)
+  if parallel > 1:
+    # Several runs share each accelerator: split its memory between them
+    # instead of letting the first one preallocate most of it.
+    env.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
+    env.setdefault('XLA_PYTHON_CLIENT_MEM_FRACTION',
+                   f'{0.9 / parallel:.3f}')
+  return env
+
+
+def run(spec: SweepSpec, root: str, parallel: int = 1,
+        echo: Callable[[str], None] = print) -> list[Point]:
+  """Runs every unfinished point, `parallel` at a time; returns failures.
+
+  A point's output goes to `root/logs/<name>.log`. A point that fails is
+  reported and left for the next run of the sweep to retry (it resumes
+  from its last checkpoint); the others go on.
+  """
+  require(parallel >= 1, f'--parallel={parallel} must be >= 1.')
+  points = spec.points()
+  todo = [p for p in points if not is_finished(root, p)]
+  echo(f'sweep: {len(points)} points in {root}: '
+       f'{len(points) - len(todo)} finished, {len(todo)} to run.')
+  os.makedirs(os.path.join(root, LOG_DIR), exist_ok=True)
+  env = _environment(parallel)
+  queue, running, failed = list(todo), {}, []
+  while queue or running:
+    while queue and len(running) < parallel:
+      point = queue.pop(0)
+      log = open(os.path.join(root, LOG_DIR, point.name + '.log'), 'w')
+      echo(f'sweep: start {point.name}')
+      process = subprocess.Popen(_command(spec, root, point), env=env,
+                                 stdout=log, stderr=subprocess.STDOUT,
+                                 cwd=REPO_ROOT)
+      running[point] = (process, log, time.perf_counter())
+    time.sleep(0.2)
+    for point, (process, log, started) in list(running.items()):
+      if process.poll() is None:
+        continue
+      log.close()
+      del running[point]
+      seconds = time.perf_counter() - started
+      if process.returncode == 0 and is_finished(root, point):
+        accuracy = read_summary(os.path.join(root, point.name)).get(
+            'test_accuracy', float('nan'))
+        echo(f'sweep: done  {point.name} in {seconds:.0f} s, '
+             f'test accuracy {accuracy:.4f}')
+      else:
+        failed.append(point)
+        echo(f'sweep: FAILED {point.name} (exit {process.returncode}); '
+             f'see {log.name}')
+  return failed
+
+
+# ---- Report -----------------------------------------------------------------
+
+def _read_rows(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+  values = np.asarray(values, np.float64)
+  std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+  return float(values.mean()), std
+
+
+def collect(spec: SweepSpec, root: str) -> list[dict]:
+  """One row per finished point: its settings and its summary numbers."""
+  rows = []
+  for point in spec.points():
+    if not is_finished(root, point):
+      continue
+    summary = read_summary(os.path.join(root, point.name))
+    row = {'point': point.name, 'group': point.group}
+    row.update({key: value for key, value in point.overrides
+                if key in spec.grid or any(key in v for v in
+                                           spec.variants.values())})
+    for key in ('test_accuracy', 'test_loss', 'final_train_loss', 'epochs',
+                'steps', 'bytes_averaged_per_learner', 'global_averagings',
+                'local_averagings', 'images_per_s', 'wall_s'):
+      row[key] = summary.get(key, '')
+    rows.append(row)
+  return rows
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+  """Rows grouped by `group` (seeds together): mean and std of the numbers."""
+  groups: dict[str, list[dict]] = {}
+  for row in rows:
+    groups.setdefault(row['group'], []).append(row)
+  table = []
+  for group, members in groups.items():
+    entry = {'group': group, 'runs': len(members)}
+    for key in ('test_accuracy', 'final_train_loss', 'wall_s'):
+      entry[key] = _mean_std([m[key] for m in members])
+    entry['bytes_averaged_per_learner'] = members[0][
+        'bytes_averaged_per_learner']
+    entry['global_averagings'] = members[0]['global_averagings']
+    entry['epochs'] = members[0]['epochs']
+    table.append(entry)
+  return table
+
+
+def markdown_table(table: list[dict]) -> str:
+  lines = ['| point | runs | epochs | test accuracy | final train loss | '
+           'MB averaged per learner | global averagings | wall s |',
+           '|---|---|---|---|---|---|---|---|']
+  for e in table:
+    acc, acc_std = e['test_accuracy']
+    loss, loss_std = e['final_train_loss']
+    wall, _ = e['wall_s']
+    megabytes = (e['bytes_averaged_per_learner'] or 0) / 1e6
+    lines.append(
+        f"| {e['group']} | {e['runs']} | {e['epochs']:.2f} | "
+        f'{acc:.4f} ± {acc_std:.4f} | {loss:.4f} ± {loss_std:.4f} | '
+        f"{megabytes:,.1f} | {e['global_averagings']} | {wall:.0f} |")
+  return '\n'.join(lines) + '\n'
+
+
+def _curves(spec: SweepSpec, root: str, key: str
+            ) -> dict[str, list[list[dict]]]:
+  """Per group, each finished seed's metric rows that have `key`."""
+  curves: dict[str, list[list[dict]]] = {}
+  for point in spec.points():
+    if is_finished(root, point):
+      rows = _read_rows(os.path.join(root, point.name, METRICS_FILE))
+      curves.setdefault(point.group, []).append(
+          [r for r in rows if key in r])
+  return curves
+
+
+def _mean_curve(runs: list[list[dict]], x_key: str, y_key: str):
+  """x and y (mean over runs) at the steps every run logged."""
+  steps = set.intersection(*[{r['step'] for r in run} for run in runs])
+  steps = sorted(steps)
+  by_step = [{r['step']: r for r in run} for run in runs]
+  x = [np.mean([b[s][x_key] for b in by_step]) for s in steps]
+  y = np.array([[b[s][y_key] for s in steps] for b in by_step])
+  return np.asarray(x), y.mean(0), y.std(0)
+
+
+def plot(spec: SweepSpec, root: str) -> list[str]:
+  """Test accuracy vs epoch, bytes and wall time; train loss vs epoch."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  written = []
+  figures = [(name, x, label, scale, 'test_accuracy', 'test accuracy')
+             for name, x, label, scale in PLOTS]
+  figures.append((LOSS_PLOT, 'epoch', 'epoch', 'linear', 'train_loss',
+                  'train loss (mean of learners)'))
+  for filename, x_key, x_label, x_scale, y_key, y_label in figures:
+    curves = _curves(spec, root, y_key)
+    if not curves:
+      continue
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for group, runs in curves.items():
+      x, y, std = _mean_curve(runs, x_key, y_key)
+      line, = ax.plot(x, y, label=f'{group} (n={len(runs)})',
+                      marker='o' if y_key == 'test_accuracy' else None,
+                      markersize=3)
+      if len(runs) > 1:
+        ax.fill_between(x, y - std, y + std, alpha=0.15,
+                        color=line.get_color())
+    ax.set(xlabel=x_label, ylabel=y_label, xscale=x_scale)
+    if y_key == 'train_loss':
+      ax.set_yscale('log')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(root, filename)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+  return written
+
+
+def report(spec: SweepSpec, root: str) -> dict[str, Any]:
+  """Writes results.csv, results.md and the plots; returns what it wrote."""
+  rows = collect(spec, root)
+  if not rows:
+    raise UserError(f'no finished sweep points in {root}; run the sweep '
+                    'first.')
+  csv_path = os.path.join(root, RESULTS_CSV)
+  columns = list(dict.fromkeys(k for row in rows for k in row))
+  with open(csv_path, 'w', newline='') as f:
+    writer = csv.DictWriter(f, columns)
+    writer.writeheader()
+    writer.writerows(rows)
+  table = aggregate(rows)
+  md_path = os.path.join(root, RESULTS_MD)
+  with open(md_path, 'w') as f:
+    f.write(markdown_table(table))
+  return {'rows': rows, 'table': table, 'csv': csv_path,
+          'markdown': md_path, 'plots': plot(spec, root),
+          'missing': len(spec.points()) - len(rows)}
+
+
+def epochs_to_accuracy(runs: list[list[dict]], target: float) -> float:
+  """Mean epoch at which each run's test accuracy first reached `target`."""
+  firsts = []
+  for run in runs:
+    hits = [r['epoch'] for r in run if r['test_accuracy'] >= target]
+    firsts.append(hits[0] if hits else math.inf)
+  return float(np.mean(firsts))

@@ -1,0 +1,136 @@
+"""Averaging policies for BatchNorm statistics and optimizer state."""
+
+from absl.testing import absltest
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hier_avg import evaluation, policies
+from hier_avg.errors import UserError
+from tests import helpers
+from tests import reference
+
+STEPS = 12
+
+
+def setUpModule():
+  helpers.set_up_devices()
+
+
+class PoliciesTest(absltest.TestCase):
+
+  def test_averaged_parts(self):
+    self.assertEqual(policies.averaged_parts('average', 'local'),
+                     ('params', 'batch_stats'))
+    self.assertEqual(policies.averaged_parts('local', 'average'),
+                     ('params', 'opt_state'))
+    # 'recompute' keeps statistics local while training; 'reset' does not
+    # average the optimizer state, it clears it.
+    self.assertEqual(policies.averaged_parts('recompute', 'reset'),
+                     ('params',))
+    with self.assertRaisesRegex(UserError, "hier.opt_state='sum'"):
+      policies.averaged_parts('average', 'sum')
+
+  def test_reset_keeps_counts(self):
+    state = {'trace': jnp.ones(3), 'count': jnp.array(7, jnp.int32)}
+    reset = policies.reset_optimizer_state(state)
+    np.testing.assert_array_equal(reset['trace'], np.zeros(3))
+    self.assertEqual(int(reset['count']), 7)
+
+  def test_opt_state_reset_matches_reference(self):
+    data = helpers.tiny_data()
+    # A step schedule keeps an integer count in the optimizer state, which
+    # a reset must leave alone.
+    learner = helpers.make_learner('bn', data, schedule='step',
+                                   milestones=(1,), decay_factor=0.5)
+    engine = helpers.make_engine(learner, 8, 4, 2, 3, (2, 2),
+                                 reset_opt_state=True)
+    sampler = helpers.make_sampler(data, 8)
+    init = engine.init_state(0, data.image_shape)
+    ref_learners = helpers.learner_states(init)
+    final = helpers.run_engine(engine, data, sampler, STEPS - 1, state=init)
+    reference.run(learner, ref_learners, reference.hier_levels(8, 4, 2, 3),
+                  ('params', 'batch_stats'), data.train_images,
+                  data.train_labels, sampler, STEPS - 1,
+                  reset_opt_state=True)
+    got = helpers.learner_states(final)
+    for i in range(8):
+      for part in ('params', 'batch_stats', 'opt_state'):
+        helpers.assert_trees_close(self, got[i][part], ref_learners[i][part])
+    # Step 11 is not an averaging step: momentum is back, counts went on.
+    leaves = jax.tree.leaves(got[0]['opt_state'])
+    self.assertTrue(any(np.any(x != 0) for x in leaves
+                        if np.issubdtype(x.dtype, np.floating)))
+    self.assertIn(STEPS - 1, [int(x) for x in leaves
+                              if np.issubdtype(x.dtype, np.integer)])
+
+  def test_local_and_averaged_statistics_give_the_same_global_model(self):
+    # Running statistics are a linear moving average and never feed back
+    # into training, so averaging them changes no global mean.
+    data = helpers.tiny_data()
+    learner = helpers.make_learner('bn', data)
+    sampler = helpers.make_sampler(data, 8)
+    results = []
+    for average in (('params', 'batch_stats'), ('params',)):
+      engine = helpers.make_engine(learner, 8, 4, 2, 3, (2, 2), average)
+      # Ends on step 10, a local averaging.
+      state = helpers.run_engine(engine, data, sampler, 10)
+      results.append((state, engine.global_average(state)))
+    (averaged, (p1, s1)), (local, (p2, s2)) = results
+    jax.tree.map(np.testing.assert_array_equal, p1, p2)
+    helpers.assert_trees_close(self, s1, s2, atol=1e-6, rtol=1e-6)
+    # ...while two learners of one group hold their own statistics only
+    # under 'local'.
+    stats = np.asarray(jax.tree.leaves(local.batch_stats)[0])
+    self.assertGreater(float(np.abs(stats[0, 0] - stats[0, 1]).max()), 1e-4)
+    stats = np.asarray(jax.tree.leaves(averaged.batch_stats)[0])
+    np.testing.assert_array_equal(stats[0, 0], stats[0, 1])
+
+  def test_recomputed_statistics_are_the_batch_mean_and_variance(self):
+    data = helpers.tiny_data()
+    learner = helpers.make_learner('bn', data)
+    engine = helpers.make_engine(learner, 8, 4, 2, 3, (2, 4))
+    state = helpers.run_engine(engine, data, helpers.make_sampler(data, 8), 6)
+    params, batch_stats = engine.global_average(state)
+    got = evaluation.recompute_batch_stats(
+        engine, params, batch_stats, data.train_images, num_batches=5,
+        batch_size=16, seed=3)
+
+    # Independently: the convolution's output per batch, its mean and
+    # (biased) variance over N, H, W, averaged over the batches. 5 batches
+    # round up to one per device: 8.
+    order = np.random.default_rng(3).permutation(len(data.train_images))
+    conv = jax.tree.map(np.asarray, params['Conv_0'])
+    means, variances = [], []
+    for b in range(8):
+      x = data.train_images[order[b * 16:(b + 1) * 16]]
+      x = (x / 255.0 - data.mean) / data.std
+      y = jax.lax.conv_general_dilated(
+          jnp.asarray(x, jnp.float32), conv['kernel'], (1, 1), 'SAME',
+          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      y = np.asarray(y, np.float64) + conv['bias']
+      means.append(y.mean(axis=(0, 1, 2)))
+      variances.append(y.var(axis=(0, 1, 2)))
+    bn = got['BatchNorm_0']
+    np.testing.assert_allclose(bn['mean'], np.mean(means, 0), rtol=1e-4,
+                               atol=1e-5)
+    np.testing.assert_allclose(bn['var'], np.mean(variances, 0), rtol=1e-4,
+                               atol=1e-5)
+    # Unlike the running averages the learners carried.
+    self.assertGreater(
+        float(np.abs(bn['mean'] - batch_stats['BatchNorm_0']['mean']).max()),
+        1e-3)
+
+  def test_models_without_batchnorm_need_no_recompute(self):
+    data = helpers.tiny_data()
+    engine = helpers.make_engine(helpers.make_learner('mlp', data), 8, 4, 2,
+                                 3, (2, 4))
+    state = engine.init_state(0, data.image_shape)
+    params, batch_stats = engine.global_average(state)
+    self.assertEqual(
+        evaluation.recompute_batch_stats(engine, params, batch_stats,
+                                         data.train_images, 4, 16, 0), {})
+
+
+if __name__ == '__main__':
+  absltest.main()
