@@ -93,12 +93,13 @@ class MetricsWriter:
 
   def plot(self) -> None:
     """curves.png: training loss and test accuracy against the step."""
-    import matplotlib  # pylint: disable=g-import-not-at-top
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+    # A bare Figure, not pyplot: no global backend switch, so a notebook
+    # that calls this keeps its inline plots.
+    from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
     train = [r for r in self.rows if 'train_loss' in r]
     test = [r for r in self.rows if 'test_accuracy' in r]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    ax_loss, ax_acc = fig.subplots(1, 2)
     ax_loss.plot([r['step'] for r in train], [r['train_loss'] for r in train])
     ax_loss.set(xlabel='local step', ylabel='train loss (mean of learners)',
                 yscale='log')
@@ -109,7 +110,6 @@ class MetricsWriter:
       ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(os.path.join(self.workdir, PLOT_FILE), dpi=100)
-    plt.close(fig)
 
   def close(self) -> None:
     if self.enabled:

@@ -14,7 +14,6 @@ import csv
 import dataclasses
 import itertools
 import json
-import math
 import os
 import subprocess
 import sys
@@ -316,9 +315,8 @@ def _mean_curve(runs: list[list[dict]], x_key: str, y_key: str):
 
 def plot(spec: SweepSpec, root: str) -> list[str]:
   """Test accuracy vs epoch, bytes and wall time; train loss vs epoch."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  # A bare Figure, not pyplot: no global backend switch (see metrics.plot).
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   written = []
   figures = [(name, x, label, scale, 'test_accuracy', 'test accuracy')
              for name, x, label, scale in PLOTS]
@@ -328,7 +326,8 @@ def plot(spec: SweepSpec, root: str) -> list[str]:
     curves = _curves(spec, root, y_key)
     if not curves:
       continue
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     for group, runs in curves.items():
       x, y, std = _mean_curve(runs, x_key, y_key)
       line, = ax.plot(x, y, label=f'{group} (n={len(runs)})',
@@ -345,7 +344,6 @@ def plot(spec: SweepSpec, root: str) -> list[str]:
     fig.tight_layout()
     path = os.path.join(root, filename)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     written.append(path)
   return written
 
@@ -370,11 +368,3 @@ def report(spec: SweepSpec, root: str) -> dict[str, Any]:
           'markdown': md_path, 'plots': plot(spec, root),
           'missing': len(spec.points()) - len(rows)}
 
-
-def epochs_to_accuracy(runs: list[list[dict]], target: float) -> float:
-  """Mean epoch at which each run's test accuracy first reached `target`."""
-  firsts = []
-  for run in runs:
-    hits = [r['epoch'] for r in run if r['test_accuracy'] >= target]
-    firsts.append(hits[0] if hits else math.inf)
-  return float(np.mean(firsts))

@@ -1,0 +1,120 @@
+"""Sweeps: points, skipping finished ones, failures, the report."""
+
+import json
+import os
+import tempfile
+
+from absl.testing import absltest
+
+from hier_avg import sweep
+from hier_avg.errors import UserError
+
+
+def fake_run(root, point, accuracies, wall=10.0):
+  """A finished point's files, as train.py writes them."""
+  workdir = os.path.join(root, point.name)
+  os.makedirs(workdir)
+  rows = [dict(step=10 * (i + 1), epoch=0.5 * (i + 1), train_loss=1.0 / (i + 1),
+               test_accuracy=a, bytes_averaged_per_learner=100 * (i + 1),
+               wall_s=wall * (i + 1)) for i, a in enumerate(accuracies)]
+  with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
+    f.writelines(json.dumps(r) + '\n' for r in rows)
+  with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+    json.dump(dict(test_accuracy=accuracies[-1], test_loss=1.0,
+                   final_train_loss=rows[-1]['train_loss'], epochs=1.0,
+                   steps=20, bytes_averaged_per_learner=200,
+                   global_averagings=3, local_averagings=5,
+                   images_per_s=100.0, wall_s=2 * wall), f)
+
+
+class PointsTest(absltest.TestCase):
+
+  def test_variants_times_grid_cells_first(self):
+    spec = sweep.SweepSpec(
+        'configs/cifar10.py:cpu', overrides={'train.steps': 5},
+        variants={'a': {'hier.k1': 1}, 'b': {'hier.k1': 4}},
+        grid={'opt.lr': [0.1, 0.2], 'seed': [0, 1]},
+        restrict={'b': {'seed': [0]}})
+    names = [p.name for p in spec.points()]
+    self.assertEqual(names, [
+        'a,lr=0.1,seed=0', 'b,lr=0.1,seed=0', 'a,lr=0.1,seed=1',
+        'a,lr=0.2,seed=0', 'b,lr=0.2,seed=0', 'a,lr=0.2,seed=1'])
+    first = spec.points()[0]
+    self.assertEqual(first.group, 'a,lr=0.1')
+    self.assertEqual(dict(first.overrides),
+                     {'train.steps': 5, 'hier.k1': 1, 'opt.lr': 0.1,
+                      'seed': 0})
+    self.assertIn('--config.opt.lr=0.1', first.flags())
+
+  def test_bad_specs(self):
+    with self.assertRaisesRegex(UserError, 'not a unique folder name'):
+      sweep.SweepSpec('c.py', variants={'a/b': {}}).points()
+    with self.assertRaisesRegex(UserError, 'has no values'):
+      sweep.SweepSpec('c.py', grid={'seed': []}).points()
+    with self.assertRaisesRegex(UserError, 'restrict'):
+      sweep.SweepSpec('c.py', variants={'a': {}},
+                      restrict={'b': {'seed': [0]}}).points()
+    with self.assertRaisesRegex(UserError, 'key=value1,value2'):
+      sweep.parse_grid(['hier.k1'])
+
+  def test_parse_grid(self):
+    self.assertEqual(sweep.parse_grid(['hier.k1=1,4', 'opt.lr=0.1',
+                                       'data.name=synthetic', 'x=True']),
+                     {'hier.k1': [1, 4], 'opt.lr': [0.1],
+                      'data.name': ['synthetic'], 'x': [True]})
+
+
+class RunAndReportTest(absltest.TestCase):
+
+  def test_skips_finished_points_and_reports_failures(self):
+    root = tempfile.mkdtemp()
+    spec = sweep.SweepSpec(
+        'configs/cifar10.py:cpu',
+        variants={'done': {}, 'bad': {'opt.lr': -1.0}},
+        grid={'seed': [0]})
+    done, bad = spec.points()
+    fake_run(root, done, [0.5])
+    messages = []
+    failed = sweep.run(spec, root, echo=messages.append)
+    self.assertEqual(failed, [bad])
+    self.assertIn('1 finished, 1 to run', messages[0])
+    # The finished point was not started again; the failed one says why.
+    self.assertFalse(os.path.exists(os.path.join(root, 'logs',
+                                                 done.name + '.log')))
+    with open(os.path.join(root, 'logs', bad.name + '.log')) as f:
+      self.assertIn('opt.lr=-1.0 must be a number > 0', f.read())
+    result = sweep.report(spec, root)
+    self.assertEqual(result['missing'], 1)
+
+  def test_report_means_over_seeds(self):
+    root = tempfile.mkdtemp()
+    spec = sweep.SweepSpec('configs/cifar10.py:cpu',
+                           variants={'x': {}, 'y': {}},
+                           grid={'seed': [0, 1]})
+    accuracies = {'x,seed=0': 0.5, 'x,seed=1': 0.7, 'y,seed=0': 0.6,
+                  'y,seed=1': 0.6}
+    for point in spec.points():
+      fake_run(root, point, [0.1, accuracies[point.name]])
+    result = sweep.report(spec, root)
+    table = {e['group']: e for e in result['table']}
+    mean, std = table['x']['test_accuracy']
+    self.assertAlmostEqual(mean, 0.6)
+    self.assertAlmostEqual(std, 0.1414213562, places=6)  # ddof=1
+    self.assertEqual(table['y']['test_accuracy'], (0.6, 0.0))
+    with open(result['markdown']) as f:
+      markdown = f.read()
+    self.assertIn('| x | 2 | 1.00 | 0.6000 ± 0.1414 |', markdown)
+    with open(result['csv']) as f:
+      self.assertEqual(len(f.readlines()), 5)
+    self.assertEqual(
+        sorted(os.path.basename(p) for p in result['plots']),
+        sorted([p[0] for p in sweep.PLOTS] + [sweep.LOSS_PLOT]))
+
+  def test_report_without_results(self):
+    spec = sweep.SweepSpec('configs/cifar10.py:cpu')
+    with self.assertRaisesRegex(UserError, 'no finished sweep points'):
+      sweep.report(spec, tempfile.mkdtemp())
+
+
+if __name__ == '__main__':
+  absltest.main()
