@@ -198,7 +198,8 @@ def run(spec: SweepSpec, root: str, parallel: int = 1,
   while queue or running:
     while queue and len(running) < parallel:
       point = queue.pop(0)
-      log = open(os.path.join(root, LOG_DIR, point.name + '.log'), 'w')
+      # Appended: the log of an interrupted attempt stays readable.
+      log = open(os.path.join(root, LOG_DIR, point.name + '.log'), 'a')
       echo(f'sweep: start {point.name}')
       process = subprocess.Popen(_command(spec, root, point), env=env,
                                  stdout=log, stderr=subprocess.STDOUT,

@@ -130,6 +130,19 @@ def run(learner: Learner, learners: list[dict], levels, average, images,
   return losses
 
 
+def _learner_gradients(grad_fn, params, batch_stats, rngs, images, labels,
+                       sampler, t):
+  """Each learner's gradient and BatchNorm update at step t, at `params`."""
+  indices = sampler.indices(t)
+  grads, stats = [], []
+  for p, rng in enumerate(rngs):
+    _, new_stats, g = grad_fn(params, batch_stats, step_key(rng, t),
+                              images[indices[p]], labels[indices[p]])
+    grads.append(g)
+    stats.append(new_stats)
+  return grads, stats
+
+
 def run_sync_sgd(learner: Learner, params, batch_stats, opt_state, rngs,
                  images, labels, sampler, steps: int):
   """Synchronous SGD: one model, gradients all-reduced over P learners.
@@ -141,13 +154,8 @@ def run_sync_sgd(learner: Learner, params, batch_stats, opt_state, rngs,
   grad_fn = jax.jit(learner.loss_and_grads)
   apply_fn = jax.jit(learner.apply_gradients)
   for t in range(steps):
-    indices = sampler.indices(t)
-    grads, stats = [], []
-    for p, rng in enumerate(rngs):
-      _, new_stats, g = grad_fn(params, batch_stats, step_key(rng, t),
-                                images[indices[p]], labels[indices[p]])
-      grads.append(g)
-      stats.append(new_stats)
+    grads, stats = _learner_gradients(grad_fn, params, batch_stats, rngs,
+                                      images, labels, sampler, t)
     mean_grads = _group_mean(grads, range(len(rngs)))
     batch_stats = _group_mean(stats, range(len(rngs)))
     params, opt_state = apply_fn(params, opt_state, mean_grads)
@@ -167,14 +175,9 @@ def run_asgd(learner: Learner, params, batch_stats, opt_state, rngs, images,
   apply_fn = jax.jit(learner.apply_gradients)
   history = [params] * staleness  # history[0]: the model of step t - tau.
   for t in range(steps):
-    indices = sampler.indices(t)
     read = history[0] if staleness else params
-    grads, stats = [], []
-    for p, rng in enumerate(rngs):
-      _, new_stats, g = grad_fn(read, batch_stats, step_key(rng, t),
-                                images[indices[p]], labels[indices[p]])
-      grads.append(g)
-      stats.append(new_stats)
+    grads, stats = _learner_gradients(grad_fn, read, batch_stats, rngs,
+                                      images, labels, sampler, t)
     if staleness:
       history = history[1:] + [params]
     for g in grads:
