@@ -2,10 +2,15 @@
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import tempfile
+
 import jax
 import numpy as np
 
+from configs import cifar10
+from hier_avg import config_validation, train
 from hier_avg.asgd import AsgdEngine
+from hier_avg.errors import UserError
 from hier_avg.topology import hier_topology
 from tests import helpers
 from tests import reference
@@ -88,6 +93,43 @@ class AsgdTest(parameterized.TestCase):
     self.assertEqual(cost.bytes_per_learner, model_bytes)
     self.assertEqual(cost.collectives, 2)  # One all-gather per mesh axis.
     self.assertEqual(engine.event_counts(10), {'gradient': 10})
+
+
+def asgd_config(**hier):
+  config = cifar10.get_config('cpu')
+  config.data.name = 'synthetic'
+  config.data.synthetic_train_examples = 512
+  config.data.synthetic_test_examples = 64
+  config.data.batch_size = 8
+  config.model.name = 'mlp'
+  config.train.steps = 6
+  config.train.log_every = 3
+  config.hier.algorithm = 'asgd'
+  config.hier.update(hier)
+  return config
+
+
+class AsgdRunTest(absltest.TestCase):
+
+  def test_a_run_counts_gradient_exchanges(self):
+    summary = train.train_and_evaluate(asgd_config(staleness=2),
+                                       tempfile.mkdtemp())
+    self.assertEqual(summary['gradient_exchanges'], 6)
+    # mlp on 32x32x3: 3072*128 + 128 + 128*10 + 10 float32 parameters.
+    model_bytes = 4 * (3072 * 128 + 128 + 128 * 10 + 10)
+    self.assertEqual(summary['gradient_bytes_per_learner'], 6 * model_bytes)
+    self.assertEqual(summary['bytes_averaged_per_learner'], 6 * model_bytes)
+    self.assertNotIn('global_averagings', summary)
+    self.assertGreater(summary['test_accuracy'], 0.0)
+
+  def test_settings_that_need_averaging_are_refused(self):
+    for hier, message in (({'outer_lr': 0.5}, 'outer optimizer'),
+                          ({'opt_state': 'reset'}, 'hier.opt_state'),
+                          ({'batch_stats': 'local'}, 'hier.batch_stats'),
+                          ({'staleness': -1}, 'hier.staleness=-1')):
+      with self.subTest(**hier):
+        with self.assertRaisesRegex(UserError, message):
+          config_validation.validate(asgd_config(**hier))
 
 
 if __name__ == '__main__':
