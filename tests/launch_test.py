@@ -4,8 +4,6 @@ import concurrent.futures
 import glob
 import json
 import os
-import subprocess
-import sys
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -16,24 +14,12 @@ import numpy as np
 
 from hier_avg import cost_model
 from hier_avg import models
-from tests import conftest
+from tests import helpers
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ('--config.data.name=synthetic',
         '--config.data.synthetic_train_examples=1024',
         '--config.data.synthetic_test_examples=256',
         '--config.data.batch_size=8')
-
-
-def launch(workdir, *overrides, config='configs/cifar10.py:cpu', timeout=300):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count='
-             f'{conftest.NUM_CPU_DEVICES}', PYTHONPATH=REPO)
-  return subprocess.run(
-      [sys.executable, os.path.join(REPO, 'launch.py'),
-       f'--config={os.path.join(REPO, config)}', f'--workdir={workdir}',
-       *overrides], capture_output=True, text=True, env=env, timeout=timeout,
-      cwd=REPO)
-
 
 CLUSTER = cost_model.Cluster(cost_model.Link(1e-6, 1e10),
                              cost_model.Link(1e-5, 1e9), devices_per_node=4)
@@ -64,9 +50,10 @@ class EndToEndTest(absltest.TestCase):
 
   def test_cpu_preset_on_synthetic_data(self):
     workdir = os.path.join(self.create_tempdir().full_path, 'run')
-    result = launch(workdir, *FAST, '--config.train.steps=12',
-                    '--config.train.eval_every=6', '--config.train.log_every=4',
-                    '--config.hier.k2=2')
+    result = helpers.run_launch(
+        workdir, *FAST, '--config.train.steps=12',
+        '--config.train.eval_every=6', '--config.train.log_every=4',
+        '--config.hier.k2=2')
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
     self.assertIn('step 12/12', result.stderr)
     self.assertIn('ETA', result.stderr)
@@ -118,8 +105,8 @@ class MixedPrecisionTest(absltest.TestCase):
 
   def test_bfloat16_run_averages_float32_state(self):
     workdir = os.path.join(self.create_tempdir().full_path, 'run')
-    result = launch(workdir, *FAST, '--config.train.steps=4',
-                    '--config.model.dtype=bfloat16')
+    result = helpers.run_launch(workdir, *FAST, '--config.train.steps=4',
+                                '--config.model.dtype=bfloat16')
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
     with open(os.path.join(workdir, 'summary.json')) as f:
       summary = json.load(f)
@@ -256,7 +243,7 @@ class BadInputTest(parameterized.TestCase):
       targets = [o.split('=', 1)[1] for o in overrides
                  if o.startswith('--workdir=')] or [workdir]
       before = {t: snapshot(t) for t in targets if os.path.isdir(t)}
-      result = launch(workdir, *overrides)
+      result = helpers.run_launch(workdir, *overrides)
       after = {t: snapshot(t) for t in before}
       return name, (result, before, after)
 
@@ -286,7 +273,7 @@ class BadInputTest(parameterized.TestCase):
     with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
       f.write('{"step": 1}\n')
     before = snapshot(workdir)
-    result = launch(workdir, *FAST)
+    result = helpers.run_launch(workdir, *FAST)
     self.assertEqual(result.returncode, 2)
     self.assertIn('already holds a run', result.stderr)
     self.assertEqual(snapshot(workdir), before)

@@ -9,13 +9,13 @@ import json
 import os
 import socket
 import subprocess
-import sys
 
 from absl.testing import absltest
 import jax
 import numpy as np
 
 from hier_avg import export
+from tests import helpers
 from tests import launch_test
 
 DEADLINE_S = 400
@@ -31,13 +31,8 @@ def free_port() -> int:
 
 
 def start(workdir, devices, *flags, log):
-  env = dict(os.environ, PYTHONPATH=launch_test.REPO,
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
-  return subprocess.Popen(
-      [sys.executable, os.path.join(launch_test.REPO, 'launch.py'),
-       '--config=' + os.path.join(launch_test.REPO, 'configs/cifar10.py:cpu'),
-       f'--workdir={workdir}', *CONFIG, *flags],
-      stdout=log, stderr=subprocess.STDOUT, env=env, cwd=launch_test.REPO)
+  return helpers.start_launch(workdir, *CONFIG, *flags, devices=devices,
+                              stdout=log, stderr=subprocess.STDOUT)
 
 
 def wait_all(test, procs, logs):

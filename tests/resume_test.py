@@ -10,13 +10,13 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 
 from absl.testing import absltest
 from absl.testing import parameterized
 
 from hier_avg import export
+from tests import helpers
 from tests import launch_test
 
 # K1 = 2, K2 = 3: global averaging after steps 6 and 12, local after 2, 4,
@@ -31,14 +31,9 @@ DEADLINE_S = 300
 
 
 def start(workdir, *extra):
-  env = dict(os.environ, PYTHONPATH=launch_test.REPO,
-             XLA_FLAGS='--xla_force_host_platform_device_count=8')
-  return subprocess.Popen(
-      [sys.executable, os.path.join(launch_test.REPO, 'launch.py'),
-       '--config=' + os.path.join(launch_test.REPO, 'configs/cifar10.py:cpu'),
-       f'--workdir={workdir}', *RUN, *extra],
-      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-      cwd=launch_test.REPO)
+  return helpers.start_launch(workdir, *RUN, *extra,
+                              stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
 
 
 def rows(workdir):
@@ -65,11 +60,7 @@ def stop_at(proc, workdir, step, sig):
 
 
 def finish(test, proc):
-  try:
-    _, stderr = proc.communicate(timeout=DEADLINE_S)
-  except subprocess.TimeoutExpired:
-    proc.kill()
-    raise
+  _, stderr = helpers.finish_launch(proc, DEADLINE_S)
   test.assertEqual(proc.returncode, 0, stderr[-3000:])
   return stderr
 
