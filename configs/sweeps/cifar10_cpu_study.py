@@ -44,9 +44,10 @@ def get_sweep():
           'hier_s4_k4x16': hier(4, 4, 16),
           # Simulated ASGD (hier_avg/asgd.py): P = 8 sequential updates per
           # step, each gradient one step (8 updates) late plus its place in
-          # line. lr / P moves the model as far per step as one sync step.
-          'asgd_tau1': {'hier.algorithm': 'asgd', 'hier.staleness': 1,
-                        'opt.lr': 0.05 / 8},
+          # line. Without momentum and at half the lr: momentum 0.9 at
+          # lr 0.05 / 8, and plain SGD at lr 0.05, diverged within 60 steps.
+          'asgd': {'hier.algorithm': 'asgd', 'hier.staleness': 1,
+                   'opt.momentum': 0.0, 'opt.lr': 0.025},
       },
       grid={'seed': [0, 1, 2]},
       # Three seeds for the headline rows, one for the others (CPU time).
