@@ -254,6 +254,11 @@ def collect(spec: SweepSpec, root: str) -> list[dict]:
                 'steps', 'bytes_averaged_per_learner', 'global_averagings',
                 'local_averagings', 'images_per_s', 'wall_s'):
       row[key] = summary.get(key, '')
+    # What crosses the network between nodes: global averaging, or for
+    # ASGD every gradient.
+    row['global_bytes_per_learner'] = summary.get(
+        'global_bytes_per_learner',
+        summary.get('gradient_bytes_per_learner', ''))
     rows.append(row)
   return rows
 
@@ -268,9 +273,9 @@ def aggregate(rows: list[dict]) -> list[dict]:
     entry = {'group': group, 'runs': len(members)}
     for key in ('test_accuracy', 'final_train_loss', 'wall_s'):
       entry[key] = _mean_std([m[key] for m in members])
-    entry['bytes_averaged_per_learner'] = members[0][
-        'bytes_averaged_per_learner']
-    entry['global_averagings'] = members[0]['global_averagings']
+    for key in ('bytes_averaged_per_learner', 'global_bytes_per_learner',
+                'global_averagings'):
+      entry[key] = members[0][key]
     entry['epochs'] = members[0]['epochs']
     table.append(entry)
   return table
@@ -278,17 +283,20 @@ def aggregate(rows: list[dict]) -> list[dict]:
 
 def markdown_table(table: list[dict]) -> str:
   lines = ['| point | runs | epochs | test accuracy | final train loss | '
-           'MB averaged per learner | global averagings | wall s |',
+           'MB sent per learner (all / between nodes) | global averagings | '
+           'wall s |',
            '|---|---|---|---|---|---|---|---|']
   for e in table:
     acc, acc_std = e['test_accuracy']
     loss, loss_std = e['final_train_loss']
     wall, _ = e['wall_s']
     megabytes = (e['bytes_averaged_per_learner'] or 0) / 1e6
+    network = (e['global_bytes_per_learner'] or 0) / 1e6
     lines.append(
         f"| {e['group']} | {e['runs']} | {e['epochs']:.2f} | "
         f'{acc:.4f} ± {acc_std:.4f} | {loss:.4f} ± {loss_std:.4f} | '
-        f"{megabytes:,.1f} | {e['global_averagings']} | {wall:.0f} |")
+        f"{megabytes:,.1f} / {network:,.1f} | {e['global_averagings']} | "
+        f'{wall:.0f} |')
   return '\n'.join(lines) + '\n'
 
 

@@ -22,7 +22,8 @@ def fake_run(root, point, accuracies, wall=10.0):
   with open(os.path.join(workdir, 'summary.json'), 'w') as f:
     json.dump(dict(test_accuracy=accuracies[-1], test_loss=1.0,
                    final_train_loss=rows[-1]['train_loss'], epochs=1.0,
-                   steps=20, bytes_averaged_per_learner=200,
+                   steps=20, bytes_averaged_per_learner=3_000_000,
+                   global_bytes_per_learner=2_000_000,
                    global_averagings=3, local_averagings=5,
                    images_per_s=100.0, wall_s=2 * wall), f)
 
@@ -104,6 +105,7 @@ class RunAndReportTest(absltest.TestCase):
     with open(result['markdown']) as f:
       markdown = f.read()
     self.assertIn('| x | 2 | 1.00 | 0.6000 ± 0.1414 |', markdown)
+    self.assertIn('| 3.0 / 2.0 | 3 |', markdown)
     with open(result['csv']) as f:
       self.assertEqual(len(f.readlines()), 5)
     self.assertEqual(
