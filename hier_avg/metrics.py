@@ -21,7 +21,8 @@ def _plain(value):
   return value
 
 
-def _read_rows(path: str) -> list[dict]:
+def read_rows(path: str) -> list[dict]:
+  """The rows of a `metrics.jsonl` ([] if there is none)."""
   if not os.path.exists(path):
     return []
   with open(path) as f:
@@ -59,7 +60,7 @@ class MetricsWriter:
     self._tb = None
     if self.enabled:
       path = os.path.join(workdir, METRICS_FILE)
-      self.rows = [r for r in _read_rows(path)
+      self.rows = [r for r in read_rows(path)
                    if r['step'] <= keep_until_step]
       partial = path + '.partial'
       with open(partial, 'w') as f:

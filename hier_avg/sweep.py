@@ -13,7 +13,6 @@ with mean ± std over seeds, and comparison plots.
 import csv
 import dataclasses
 import itertools
-import json
 import os
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from hier_avg.errors import UserError, require
-from hier_avg.metrics import METRICS_FILE, SUMMARY_FILE, read_summary
+from hier_avg.metrics import METRICS_FILE, SUMMARY_FILE, read_rows, read_summary
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOG_DIR = 'logs'
@@ -226,13 +225,6 @@ def run(spec: SweepSpec, root: str, parallel: int = 1,
 
 # ---- Report -----------------------------------------------------------------
 
-def _read_rows(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
   values = np.asarray(values, np.float64)
   std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
@@ -306,7 +298,7 @@ def _curves(spec: SweepSpec, root: str, key: str
   curves: dict[str, list[list[dict]]] = {}
   for point in spec.points():
     if is_finished(root, point):
-      rows = _read_rows(os.path.join(root, point.name, METRICS_FILE))
+      rows = read_rows(os.path.join(root, point.name, METRICS_FILE))
       curves.setdefault(point.group, []).append(
           [r for r in rows if key in r])
   return curves
