@@ -48,13 +48,25 @@ def get_config(arg=None):
   # Convolution kernel: 'xla', 'im2col' (im2col + matmul; fast for vmapped
   # learners) or 'auto' (im2col when vmapped learners share a device).
   c.model.conv = 'auto'
+  # ResNet stem: 'cifar' (3x3 stride 1) for 32x32 images, or 'imagenet'
+  # (7x7 stride 2 and a 3x3 stride-2 max-pool) for 224x224.
+  c.model.stem = 'cifar'
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = 'cifar10'     # A tfds name, 'folder' or 'synthetic'.
+  # A tfds name held in memory ('cifar10', ...), 'imagenet2012' (streamed
+  # from tfds by every host: hier_avg/streaming.py), 'folder' or
+  # 'synthetic'.
+  c.data.name = 'cifar10'
   c.data.path = ''            # Folder root, or the tfds data_dir.
   c.data.batch_size = 128     # Per learner (B).
   c.data.sampling = 'partition'  # 'partition' or 'iid'.
-  c.data.augment = True       # Pad-4 random crop + horizontal flip (32x32).
+  # Random crop + horizontal flip: pad-4 crops on device for data sets in
+  # memory; Inception-style random-resized crops on the host for streamed
+  # ones.
+  c.data.augment = True
+  # Streamed data sets: the square size images are cropped and resized to
+  # (evaluation: a centre crop of image_size / (image_size + 32)).
+  c.data.image_size = 224
   # Synthetic data: class-dependent patterns plus noise (learnable).
   c.data.synthetic_train_examples = 4096
   c.data.synthetic_test_examples = 1024

@@ -7,7 +7,8 @@ batch against the data) live where that knowledge is.
 
 import numbers
 
-from hier_avg import datasets, models, optim, packing, policies, sampling
+from hier_avg import (datasets, models, optim, packing, policies, sampling,
+                      streaming)
 from hier_avg.errors import require
 
 ALGORITHMS = ('hier', 'asgd')
@@ -73,10 +74,22 @@ def validate(config) -> None:
             "hier.algorithm='asgd' shares one model and its BatchNorm "
             "statistics; hier.batch_stats='local' applies to Hier-AVG only.")
   _choice(config, 'model.name', sorted(models.MODELS))
-  _choice(config, 'data.name',
-          datasets.TFDS_NAMES + ('folder', 'synthetic'))
+  _choice(config, 'model.stem', models.STEMS)
+  require(config.model.stem == 'cifar' or
+          config.model.name in models.STEM_MODELS,
+          f'model.stem={config.model.stem!r} applies to '
+          f'{", ".join(models.STEM_MODELS)} only; leave it \'cifar\' for '
+          f'model.name={config.model.name!r}.')
+  _choice(config, 'data.name', datasets.TFDS_NAMES +
+          streaming.STREAMED_NAMES + ('folder', 'synthetic'))
   _integer(config, 'data.batch_size', 1)
+  _integer(config, 'data.image_size', 1)
   _choice(config, 'data.sampling', sampling.SAMPLING_MODES)
+  if config.data.name in streaming.STREAMED_NAMES:
+    require(config.data.sampling == 'partition',
+            f"data.sampling={config.data.sampling!r} needs random access, "
+            f"but {config.data.name} is streamed; use "
+            "data.sampling='partition'.")
   require(isinstance(config.data.augment, bool),
           f'data.augment={config.data.augment!r} must be True or False.')
   _number(config, 'opt.lr', 0, strict=True)

@@ -161,46 +161,89 @@ class Engine:
         (length,) + grid + (sampler.batch_size,),
         NamedSharding(self.topology.mesh, self._round_spec), shard)
 
+  def process_learner_ids(self) -> np.ndarray:
+    """Ids (row-major in the learner grid) of this process's learners."""
+    grid = self.topology.grid_shape
+    ids = np.arange(math.prod(grid)).reshape(grid)
+    sharding = NamedSharding(self.topology.mesh, self.topology.learner_spec)
+    mine = {int(i) for index in
+            sharding.addressable_devices_indices_map(grid).values()
+            for i in ids[index].reshape(-1)}
+    return np.asarray(sorted(mine))
+
+  def put_round_batches(self, images_KxLxB, labels_KxLxB):
+    """Streamed minibatches of a round, placed like the learners.
+
+    Row l of the inputs belongs to `process_learner_ids()[l]`; returns
+    [K, grid..., B, ...] arrays sharded over the learner axes, for
+    `train_round(..., streamed=True)`.
+    """
+    grid = self.topology.grid_shape
+    ids = np.arange(math.prod(grid)).reshape(grid)
+    row_of = {int(i): r for r, i in enumerate(self.process_learner_ids())}
+    sharding = NamedSharding(self.topology.mesh, self._round_spec)
+
+    def put(local):
+      def shard(index):
+        block = ids[index[1:1 + len(grid)]]
+        rows = local[:, [row_of[int(i)] for i in block.reshape(-1)]]
+        return rows.reshape(local.shape[:1] + block.shape + local.shape[2:])
+      return jax.make_array_from_callback(
+          local.shape[:1] + grid + local.shape[2:], sharding, shard)
+
+    return put(images_KxLxB), put(labels_KxLxB)
+
   # ---- Rounds ---------------------------------------------------------
 
-  def train_round(self, level: Level | None, length: int):
-    """The compiled round `(state, images, labels, indices) -> (state, loss)`.
+  def train_round(self, level: Level | None, length: int,
+                  streamed: bool = False):
+    """The compiled round `(state, *inputs) -> (state, loss)`.
 
     A round is `length` local steps on every learner (one program, so the
     host dispatches once per round, not once per step) followed by the
-    averaging of `level`, or none. `indices` comes from `put_round_indices`;
-    `loss` is every learner's minibatch loss per step, [length, grid...],
-    sharded: the mean over learners is left to the host, so rounds without
-    averaging need no collective at all. Compiled once per (level, length).
+    averaging of `level`, or none. `inputs` are `(images, labels, indices)`
+    for a resident data set (`put_train_data`, `put_round_indices`), or the
+    round's `(images, labels)` minibatches when `streamed`
+    (`put_round_batches`). `loss` is every learner's minibatch loss per
+    step, [length, grid...], sharded: the mean over learners is left to the
+    host, so rounds without averaging need no collective at all. Compiled
+    once per (level, length, streamed).
     """
     key = (None if level is None else level.name, length)
+    if streamed:
+      key += ('streamed',)
     if key not in self._rounds:
-      self._rounds[key] = self._build_round(level, key)
+      self._rounds[key] = self._build_round(level, key, streamed)
     return self._rounds[key]
 
-  def _build_round(self, level: Level | None, key):
+  def _build_round(self, level: Level | None, key, streamed: bool):
     """One round as a sharded, jitted function of the whole learner grid."""
 
-    def block_round(state, images, labels, indices_K):
+    def block_round(state, *inputs):
       self.trace_counts[key] += 1
-      # Gather the whole round's minibatches before the loop: indexing the
-      # resident data set inside the scan made XLA:CPU copy it every step.
-      batches = (images[indices_K], labels[indices_K])
+      if streamed:
+        batches = inputs
+      else:
+        # Gather the whole round's minibatches before the loop: indexing the
+        # resident data set inside the scan made XLA:CPU copy it every step.
+        images, labels, indices_K = inputs
+        batches = (images[indices_K], labels[indices_K])
       if self.round_loop == 'scan':
         state, losses = lax.scan(self._block_step, state, batches)
       else:
         losses = []
-        for k in range(indices_K.shape[0]):
+        for k in range(batches[1].shape[0]):
           state, loss = self._block_step(
               state, jax.tree.map(lambda x: x[k], batches))
           losses.append(loss)
         losses = jnp.stack(losses)
       return self._after_round(state, level), losses
 
+    data_specs = ((self._round_spec,) * 2 if streamed else
+                  (PartitionSpec(), PartitionSpec(), self._round_spec))
     mapped = jax.shard_map(
         block_round, mesh=self.topology.mesh,
-        in_specs=(self._state_specs, PartitionSpec(), PartitionSpec(),
-                  self._round_spec),
+        in_specs=(self._state_specs,) + data_specs,
         out_specs=(self._state_specs, self._round_spec))
     return jax.jit(mapped, donate_argnums=0,
                    out_shardings=(self._state_shardings,

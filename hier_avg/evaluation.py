@@ -1,6 +1,7 @@
 """Test-set evaluation of one (averaged) model, batch sharded over devices,
 and the recomputation of its BatchNorm statistics."""
 
+import itertools
 import math
 
 import jax
@@ -10,31 +11,75 @@ import numpy as np
 from hier_avg.engine import Engine
 
 
-def evaluate(engine: Engine, params, batch_stats, images: np.ndarray,
-             labels: np.ndarray, batch_size: int) -> dict[str, float]:
-  """Accuracy and mean cross-entropy of the model on `(images, labels)`."""
-  # Every device gets an equal slice of each batch; the last batch is padded
-  # by repeating its final example, and the padding is masked out.
-  devices = engine.num_devices
-  batch_size = math.ceil(batch_size / devices) * devices
+def evaluate_batches(engine: Engine, params, batch_stats, batches,
+                     global_batch: int, num_examples: int) -> dict[str, float]:
+  """Accuracy and mean cross-entropy over `batches`.
+
+  `batches` yields this process's `(images, labels, valid)` rows of each
+  global batch of `global_batch` examples (all of it when every process
+  holds the same batch); rows with `valid` unset are padding. Every process
+  must yield the same number of batches.
+  """
   correct, loss_sum = 0, 0.0
-  for start in range(0, len(images), batch_size):
-    x = images[start:start + batch_size]
-    y = labels[start:start + batch_size]
-    n = len(x)
-    pad = batch_size - n
-    if pad:
-      x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
-      y = np.concatenate([y, np.repeat(y[-1:], pad, axis=0)])
-    valid = np.arange(batch_size) < n
-    # Every process holds the whole test set: each places its own slices.
-    x, y, valid = jax.device_put((x, y, valid), engine.batch_sharding)
+  for x, y, valid in batches:
+    x, y, valid = (jax.make_array_from_process_local_data(
+        engine.batch_sharding, a, (global_batch,) + a.shape[1:])
+                   for a in (x, y, valid))
     batch_correct, batch_loss = engine.eval_sums(params, batch_stats, x, y,
                                                  valid)
     correct += int(batch_correct)
     loss_sum += float(batch_loss)
-  return {'test_accuracy': correct / len(images),
-          'test_loss': loss_sum / len(images)}
+  return {'test_accuracy': correct / num_examples,
+          'test_loss': loss_sum / num_examples}
+
+
+def global_eval_batch(engine: Engine, batch_size: int) -> int:
+  """`batch_size` rounded up so every device gets an equal slice."""
+  return math.ceil(batch_size / engine.num_devices) * engine.num_devices
+
+
+def evaluate(engine: Engine, params, batch_stats, images: np.ndarray,
+             labels: np.ndarray, batch_size: int) -> dict[str, float]:
+  """Accuracy and mean cross-entropy of the model on `(images, labels)`."""
+  batch_size = global_eval_batch(engine, batch_size)
+
+  def batches():
+    # Every process holds the whole test set and passes whole batches; the
+    # last one is padded by repeating its final example, masked out.
+    for start in range(0, len(images), batch_size):
+      x = images[start:start + batch_size]
+      y = labels[start:start + batch_size]
+      n = len(x)
+      pad = batch_size - n
+      if pad:
+        x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
+        y = np.concatenate([y, np.repeat(y[-1:], pad, axis=0)])
+      yield x, y, np.arange(batch_size) < n
+
+  return evaluate_batches(engine, params, batch_stats, batches(), batch_size,
+                          len(images))
+
+
+def recompute_calls(engine: Engine, num_batches: int) -> int:
+  """Calls of one batch per device that cover `num_batches` batches."""
+  return math.ceil(num_batches / engine.num_devices)
+
+
+def recompute_from_batches(engine: Engine, params, batch_stats, batches,
+                           calls: int):
+  """Mean BatchNorm statistics over `calls` calls of one batch per device.
+
+  `batches` yields this process's [local devices, B, H, W, C] images.
+  """
+  if not jax.tree.leaves(batch_stats):
+    return batch_stats  # No BatchNorm in the model.
+  total = None
+  for x in itertools.islice(batches, calls):
+    x = jax.make_array_from_process_local_data(
+        engine.batch_sharding, x, (engine.num_devices,) + x.shape[1:])
+    stats = engine.batch_statistics(params, batch_stats, x)
+    total = stats if total is None else jax.tree.map(jnp.add, total, stats)
+  return jax.tree.map(lambda x: x / calls, total)
 
 
 def recompute_batch_stats(engine: Engine, params, batch_stats,
@@ -48,19 +93,12 @@ def recompute_batch_stats(engine: Engine, params, batch_stats,
   pure function of the model and the data. Batches larger than the data
   set repeat it.
   """
-  if not jax.tree.leaves(batch_stats):
-    return batch_stats  # No BatchNorm in the model.
   devices = engine.num_devices
-  calls = math.ceil(num_batches / devices)
-  needed = calls * devices * batch_size
+  calls = recompute_calls(engine, num_batches)
   order = np.random.default_rng(seed).permutation(len(images))
-  order = np.resize(order, needed)  # Repeats the data if it is too small.
-  total = None
-  for call in range(calls):
-    chunk = order[call * devices * batch_size:(call + 1) * devices *
-                  batch_size]
-    x = images[chunk].reshape((devices, batch_size) + images.shape[1:])
-    stats = engine.batch_statistics(params, batch_stats,
-                                    jax.device_put(x, engine.batch_sharding))
-    total = stats if total is None else jax.tree.map(jnp.add, total, stats)
-  return jax.tree.map(lambda x: x / calls, total)
+  # Repeats the data if it is too small.
+  order = np.resize(order, calls * devices * batch_size)
+  # Every process holds the data set and passes every device's batch.
+  batches = (images[chunk].reshape((devices, batch_size) + images.shape[1:])
+             for chunk in order.reshape(calls, devices * batch_size))
+  return recompute_from_batches(engine, params, batch_stats, batches, calls)

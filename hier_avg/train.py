@@ -17,12 +17,11 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
-from hier_avg import (checkpoint, config_validation, datasets, export, models,
-                      optim, outer, packing, policies, preemption, sampling)
+from hier_avg import (checkpoint, config_validation, export, feeds, models,
+                      optim, outer, packing, policies, preemption)
 from hier_avg.asgd import AsgdEngine
 from hier_avg.engine import Engine
 from hier_avg.errors import UserError, require
-from hier_avg.evaluation import evaluate, recompute_batch_stats
 from hier_avg.learner import Learner
 from hier_avg.metrics import METRICS_FILE, MetricsWriter, read_summary
 from hier_avg.schedule import hier_schedule
@@ -103,10 +102,13 @@ def build_engine(config, data, topology, num_steps, steps_per_epoch):
   conv = packing.resolve_conv(config.model.conv, pack,
                               topology.learners_per_device)
   model = models.get_model(config.model.name, data.num_classes, conv,
-                           config.model.dtype)
+                           config.model.dtype, config.model.stem)
   tx = optim.make_optimizer(
       config.opt, lambda count: lr_schedule(count // updates_per_step))
-  learner = Learner(model, tx, data.mean, data.std, config.data.augment)
+  # Streamed images come augmented from the host (`streaming.py`).
+  augment_on_device = config.data.augment and not feeds.is_streamed(
+      config.data)
+  learner = Learner(model, tx, data.mean, data.std, augment_on_device)
   if hier.algorithm == 'asgd':
     engine = AsgdEngine(learner, topology, hier.staleness,
                         config.mesh.round_loop, config.mesh.max_unrolled_steps,
@@ -141,11 +143,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   logging.info('hier_avg: %s; %s', topology.describe(), algorithm)
 
   # ---- Data (before the workdir: bad data must leave it untouched) --------
-  data = datasets.load(config.data, config.seed)
-  sampler = sampling.Sampler(len(data.train_images), topology.num_learners,
-                             config.data.batch_size, config.data.sampling,
-                             config.seed)
-  num_steps = total_steps(config.train, sampler.steps_per_epoch)
+  feed = feeds.load(config, topology.num_learners)
+  data = feed.data
+  steps_per_epoch = feed.steps_per_epoch
+  num_steps = total_steps(config.train, steps_per_epoch)
 
   # ---- Workdir and checkpoints ------------------------------------------
   if jax.process_index() == 0:
@@ -155,7 +156,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   # ---- Learner, engine and state (fresh, or resumed) ---------------------
   engine, lr_schedule = build_engine(config, data, topology, num_steps,
-                                     sampler.steps_per_epoch)
+                                     steps_per_epoch)
   schedule = engine.schedule
   state = engine.init_state(config.seed, data.image_shape)
   fingerprint = checkpoint.fingerprint(config)
@@ -173,8 +174,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if first_step:
     logging.info('hier_avg: resuming at step %d from %s', first_step,
                  checkpoints.directory)
-  images, labels = engine.put_train_data(data.train_images,
-                                         data.train_labels)
+  feed.start(engine, first_step)
   level_costs = engine.communication(state)
   # XLA:CPU collectives across fake devices can deadlock when several steps
   # with a pmean are in flight; waiting after each averaging step avoids it.
@@ -205,7 +205,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return row
 
   def epoch(step):
-    return step / sampler.steps_per_epoch
+    return step / steps_per_epoch
 
   def save_checkpoint(state, step):
     # Never keep a diverged state: the last good checkpoint must stay good.
@@ -222,9 +222,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
       cut_every = (config.train.log_every, config.train.eval_every,
                    checkpoint_every, engine.max_round_length)
       for round_ in schedule.rounds(first_step, num_steps, cut_every):
-        state, loss = engine.train_round(round_.level, round_.length)(
-            state, images, labels, engine.put_round_indices(
-                sampler, round_.first, round_.length))
+        state, loss = engine.train_round(
+            round_.level, round_.length, feed.streamed)(
+                state, *feed.round_inputs(round_.first, round_.length))
         pending.append((round_.first, loss))
         if round_.level is not None and wait_after_averaging:
           jax.block_until_ready(state)
@@ -264,12 +264,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if eval_now:
           params, batch_stats = engine.global_average(state)
           if hier.batch_stats == 'recompute':
-            batch_stats = recompute_batch_stats(
-                engine, params, batch_stats, data.train_images,
-                hier.recompute_batches, config.data.batch_size, config.seed)
-          last_eval = evaluate(engine, params, batch_stats, data.test_images,
-                               data.test_labels,
-                               config.train.eval_batch_size)
+            batch_stats = feed.recompute_batch_stats(
+                params, batch_stats, hier.recompute_batches,
+                config.data.batch_size)
+          last_eval = feed.evaluate(params, batch_stats,
+                                    config.train.eval_batch_size)
           if done == num_steps:
             export.save_model(workdir, params, batch_stats)
           row.update(last_eval)

@@ -2,6 +2,7 @@
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import chex
 import jax
 import numpy as np
 import optax
@@ -144,6 +145,19 @@ class OracleTest(parameterized.TestCase):
                       (None, 1), ('local', 1), ('global', 1)})
     helpers.assert_trees_close(self, per_round.params, per_step.params,
                                atol=1e-6)
+
+  def test_streamed_rounds_equal_resident_rounds(self):
+    # A round fed the minibatches themselves (streamed data) computes what a
+    # round that gathers them from resident data by index computes.
+    data = helpers.tiny_data()
+    engine = helpers.make_engine(helpers.make_learner('bn', data), 8, 4, 3,
+                                 2, (2, 2))
+    sampler = helpers.make_sampler(data, 8)
+    resident = helpers.run_engine(engine, data, sampler, 7)
+    streamed = helpers.run_engine(engine, data, sampler, 7, streamed=True)
+    self.assertIn(('global', 3, 'streamed'), engine.trace_counts)
+    self.assertEqual(engine.process_learner_ids().tolist(), list(range(8)))
+    chex.assert_trees_all_equal(resident, streamed)
 
   def test_learners_diverge_between_averagings(self):
     # Guards the oracle itself: without averaging, learners must differ, so

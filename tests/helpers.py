@@ -80,15 +80,26 @@ def make_engine(learner, num_learners, group_size, k1, k2, mesh=(-1, -1),
 
 
 def run_engine(engine, data, sampler, steps, seed=0, state=None,
-               cut_every=()):
-  """Trains round by round with the engine's schedule; the final state."""
+               cut_every=(), streamed=False):
+  """Trains round by round with the engine's schedule; the final state.
+
+  `streamed`: the host gathers each round's minibatches and passes them, as
+  for a streamed data set, instead of the indices into resident data.
+  """
   if state is None:
     state = engine.init_state(seed, data.image_shape)
   images, labels = engine.put_train_data(data.train_images, data.train_labels)
   for round_ in engine.schedule.rounds(0, steps, cut_every):
-    state, _ = engine.train_round(round_.level, round_.length)(
-        state, images, labels, engine.put_round_indices(
-            sampler, round_.first, round_.length))
+    if streamed:
+      # [K, P, B]: learner ids in order, as one process holding all.
+      indices = sampler.round_indices(round_.first, round_.length)
+      inputs = engine.put_round_batches(data.train_images[indices],
+                                        data.train_labels[indices])
+    else:
+      inputs = (images, labels, engine.put_round_indices(
+          sampler, round_.first, round_.length))
+    state, _ = engine.train_round(round_.level, round_.length, streamed)(
+        state, *inputs)
     jax.block_until_ready(state)
   return state
 

@@ -10,6 +10,7 @@ from hier_avg.models.googlenet import GoogLeNet
 from hier_avg.models.mlp import MLP
 from hier_avg.models.mobilenet_v2 import MobileNetV2
 from hier_avg.models.resnet import ResNet18
+from hier_avg.models.resnet import STEMS  # pylint: disable=unused-import
 from hier_avg.models.resnet import ResNet34
 from hier_avg.models.resnet import ResNet50
 from hier_avg.models.vgg import VGG16
@@ -29,14 +30,26 @@ MODELS = {
 }
 
 
+# The models that take `model.stem` ('imagenet': 7x7 stride-2 + max-pool).
+STEM_MODELS = ('resnet18', 'resnet34', 'resnet50')
+
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 def get_model(name: str, num_classes: int, conv: str = 'xla',
-              dtype: str = 'float32') -> nn.Module:
+              dtype: str = 'float32', stem: str = 'cifar') -> nn.Module:
   """`model.name` with `conv` kernels, computing in `dtype` (params fp32)."""
   if name not in MODELS:
     raise UserError(f'unknown model.name={name!r}; choose one of '
                     f'{", ".join(sorted(MODELS))}.')
+  if stem not in STEMS:
+    raise UserError(f'unknown model.stem={stem!r}; choose one of '
+                    f'{", ".join(map(repr, STEMS))}.')
+  kwargs = {}
+  if name in STEM_MODELS:
+    kwargs['stem'] = stem
+  elif stem != 'cifar':
+    raise UserError(f"model.stem={stem!r} applies to {', '.join(STEM_MODELS)}"
+                    f" only; leave it 'cifar' for model.name={name!r}.")
   return MODELS[name](num_classes=num_classes, conv=conv,
-                      dtype=DTYPES[dtype])
+                      dtype=DTYPES[dtype], **kwargs)

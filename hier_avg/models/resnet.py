@@ -1,10 +1,14 @@
-"""ResNets for 32x32 images (CIFAR variant: 3x3 stem, no max-pool).
+"""ResNet-18/34/50 with a CIFAR stem (default) or the ImageNet stem.
 
-kuangliu/pytorch-cifar's ResNet-18/34/50, as many 2018-2019 CIFAR-10
-papers train them: He et al. (2016) ResNets with ImageNet widths (64-512) and
-a 3x3 stride-1 stem, stages at 32, 16, 8 and 4 pixels, projection shortcuts
-(1x1 conv + BatchNorm, option B) where the shape changes, global average
-pool, one Dense layer.
+`stem='cifar'`: kuangliu/pytorch-cifar's networks, as many 2018-2019
+CIFAR-10 papers train them: He et al. (2016) ResNets with ImageNet widths
+(64-512) and a 3x3 stride-1 stem, stages at 32, 16, 8 and 4 pixels for
+32x32 images.
+`stem='imagenet'`: He et al.'s 7x7 stride-2 convolution and 3x3 stride-2
+max-pool, for 224x224 images (stages at 56, 28, 14 and 7 pixels); with
+1000 classes ResNet-50 is torchvision's `resnet50` (25,557,032 parameters).
+Both: projection shortcuts (1x1 conv + BatchNorm, option B) where the shape
+changes, global average pool, one Dense layer.
 """
 
 import functools
@@ -65,17 +69,27 @@ class Bottleneck(nn.Module):
     return nn.relu(x + y)
 
 
-class CifarResNet(nn.Module):
+STEMS = ('cifar', 'imagenet')
+
+
+class ResNet(nn.Module):
   stage_sizes: Sequence[int]
   num_classes: int = 10
   conv: str = 'xla'            # Convolution kernel: 'xla' or 'im2col'.
   dtype: Any = jnp.float32     # Compute dtype; parameters stay float32.
   block: type[nn.Module] = BasicBlock  # Or Bottleneck.
+  stem: str = 'cifar'          # One of STEMS.
 
   @nn.compact
   def __call__(self, x_NxHxWxC, train: bool = False):
-    x = layers.conv(self.conv, self.dtype)(64, (3, 3), padding=1)(x_NxHxWxC)
+    conv = layers.conv(self.conv, self.dtype)
+    if self.stem == 'imagenet':
+      x = conv(64, (7, 7), 2, padding=3)(x_NxHxWxC)
+    else:
+      x = conv(64, (3, 3), padding=1)(x_NxHxWxC)
     x = nn.relu(layers.batch_norm(train, self.dtype)()(x))
+    if self.stem == 'imagenet':
+      x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         strides = 2 if i > 0 and j == 0 else 1
@@ -84,7 +98,7 @@ class CifarResNet(nn.Module):
     return nn.Dense(self.num_classes, dtype=self.dtype)(x)
 
 
-ResNet18 = functools.partial(CifarResNet, stage_sizes=(2, 2, 2, 2))
-ResNet34 = functools.partial(CifarResNet, stage_sizes=(3, 4, 6, 3))
-ResNet50 = functools.partial(CifarResNet, stage_sizes=(3, 4, 6, 3),
+ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2))
+ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3))
+ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3),
                              block=Bottleneck)

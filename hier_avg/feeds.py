@@ -1,0 +1,136 @@
+"""Where a run's minibatches and test set come from: resident or streamed.
+
+`ResidentFeed`: a data set small enough to sit whole on every device
+(CIFAR, MNIST, folders, synthetic). A round carries only example indices;
+minibatches are gathered and augmented on device.
+`StreamedFeed`: a tfds data set read, decoded and augmented on each host
+(ImageNet, `streaming.py`). A round carries its minibatches.
+
+Both give the train loop the same four things: `steps_per_epoch`,
+`round_inputs(first, length)` for `Engine.train_round`, `evaluate` and
+`recompute_batch_stats`.
+"""
+
+import itertools
+
+import jax
+import numpy as np
+
+from hier_avg import datasets, sampling, streaming
+from hier_avg.engine import Engine
+from hier_avg.errors import require
+from hier_avg.evaluation import (evaluate, evaluate_batches,
+                                 global_eval_batch, recompute_batch_stats,
+                                 recompute_calls, recompute_from_batches)
+
+
+def is_streamed(data_config) -> bool:
+  return data_config.name in streaming.STREAMED_NAMES
+
+
+class ResidentFeed:
+  """The whole data set on every device; rounds carry example indices."""
+  streamed = False
+
+  def __init__(self, data: datasets.Dataset, data_config, num_learners: int,
+               seed: int):
+    self.data = data
+    self._sampler = sampling.Sampler(
+        len(data.train_images), num_learners, data_config.batch_size,
+        data_config.sampling, seed)
+    self.steps_per_epoch = self._sampler.steps_per_epoch
+    self._seed = seed
+    self._engine = self._images = self._labels = None
+
+  def start(self, engine: Engine, first_step: int) -> None:
+    del first_step  # Indices are a pure function of the step.
+    self._engine = engine
+    self._images, self._labels = engine.put_train_data(
+        self.data.train_images, self.data.train_labels)
+
+  def round_inputs(self, first: int, length: int) -> tuple:
+    return (self._images, self._labels, self._engine.put_round_indices(
+        self._sampler, first, length))
+
+  def evaluate(self, params, batch_stats, batch_size: int) -> dict:
+    return evaluate(self._engine, params, batch_stats, self.data.test_images,
+                    self.data.test_labels, batch_size)
+
+  def recompute_batch_stats(self, params, batch_stats, num_batches: int,
+                            batch_size: int):
+    return recompute_batch_stats(self._engine, params, batch_stats,
+                                 self.data.train_images, num_batches,
+                                 batch_size, self._seed)
+
+
+class StreamedFeed:
+  """Each host streams its learners' minibatches; rounds carry them."""
+  streamed = True
+
+  def __init__(self, data: streaming.StreamedDataset, data_config,
+               num_learners: int, seed: int):
+    # config_validation refuses data.sampling='iid' for streamed sets.
+    self.data = data
+    self.steps_per_epoch = streaming.steps_per_epoch(
+        data, num_learners, data_config.batch_size)
+    self._num_learners = num_learners
+    self._batch_size = data_config.batch_size
+    self._augment = data_config.augment
+    self._seed = seed
+    self._engine = self._batches = None
+    self._next_step = 0
+
+  def start(self, engine: Engine, first_step: int) -> None:
+    self._engine = engine
+    self._next_step = first_step
+    self._batches = streaming.train_batches(
+        self.data, self._num_learners, self._batch_size,
+        len(engine.process_learner_ids()), first_step, self._seed,
+        self._augment, jax.process_index(), jax.process_count())
+
+  def round_inputs(self, first: int, length: int) -> tuple:
+    # A stream is read in order: rounds must come one after another.
+    assert first == self._next_step, (first, self._next_step)
+    self._next_step += length
+    images, labels = zip(*(next(self._batches) for _ in range(length)))
+    return self._engine.put_round_batches(np.stack(images), np.stack(labels))
+
+  def evaluate(self, params, batch_stats, batch_size: int) -> dict:
+    global_batch = global_eval_batch(self._engine, batch_size)
+    per_process = global_batch // jax.process_count()
+    return evaluate_batches(
+        self._engine, params, batch_stats,
+        streaming.eval_batches(self.data, per_process, jax.process_index(),
+                               jax.process_count()),
+        global_batch, self.data.num_test)
+
+  def recompute_batch_stats(self, params, batch_stats, num_batches: int,
+                            batch_size: int):
+    # The first batches of each process's shard of the training split, in
+    # file order (tfds shuffled ImageNet when preparing it), unaugmented.
+    engine = self._engine
+    calls = recompute_calls(engine, num_batches)
+    local_devices = len(engine.topology.mesh.local_devices)
+    needed = calls * local_devices * batch_size
+    available = self.data.num_train // jax.process_count()
+    require(needed <= available,
+            f'hier.recompute_batches={num_batches} batches of {batch_size} '
+            f'need {needed} training examples per process, more than the '
+            f'{available} there are; lower hier.recompute_batches.')
+    batches = streaming.eval_batches(
+        self.data, local_devices * batch_size, jax.process_index(),
+        jax.process_count(), split=streaming.TRAIN_SPLIT)
+    return recompute_from_batches(
+        engine, params, batch_stats,
+        (images.reshape((local_devices, batch_size) + images.shape[1:])
+         for images, _, _ in itertools.islice(batches, calls)), calls)
+
+
+def load(config, num_learners: int):
+  """The feed of `config.data`: streamed for tfds ImageNet, else resident."""
+  if is_streamed(config.data):
+    data = streaming.load(config.data.name, config.data.path,
+                          config.data.image_size)
+    return StreamedFeed(data, config.data, num_learners, config.seed)
+  return ResidentFeed(datasets.load(config.data, config.seed), config.data,
+                      num_learners, config.seed)
