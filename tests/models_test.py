@@ -60,6 +60,12 @@ PARAM_COUNTS = (('cnn_small', 896 + 18496 + 73856 + 524544 + 2570),
                 ('mobilenet_v2', 2_296_922),
                 ('googlenet', 6_166_250),
                 ('densenet121', 6_956_298))
+# ImageNet stem (7x7 stride-2 conv + max-pool) at 224x224 with 1000 classes:
+# torchvision's resnet18 and resnet50. The stem is 7*7*3*64 + 2*64 = 9,536
+# instead of 1,856 (+7,680), and the classifier 1000f + 1000 instead of
+# 10f + 10: resnet18 11,173,962 + 7,680 + 990*513 = 11,689,512; resnet50
+# 23,520,842 + 7,680 + 990*2,049 = 25,557,032.
+IMAGENET_PARAM_COUNTS = (('resnet18', 11_689_512), ('resnet50', 25_557_032))
 BATCH_NORM_MODELS = ('resnet18', 'resnet34', 'resnet50', 'vgg16', 'vgg19',
                      'mobilenet_v2', 'googlenet', 'densenet121')
 
@@ -96,6 +102,27 @@ class ModelsTest(parameterized.TestCase):
     shapes, _ = _init_shapes(name, 10)
     self.assertEqual(sum(x.size for x in jax.tree.leaves(shapes['params'])),
                      count)
+
+  @parameterized.parameters(*IMAGENET_PARAM_COUNTS)
+  def test_imagenet_stem_parameter_count_and_shapes(self, name, count):
+    model = models.get_model(name, 1000, stem='imagenet')
+    x = jnp.zeros((2, 224, 224, 3))
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    self.assertEqual(
+        sum(v.size for v in jax.tree.leaves(variables['params'])), count)
+    # 224 -> 112 (stem) -> 56 (pool) -> 7 after the stages.
+    features = jax.eval_shape(
+        lambda v, x: model.apply(v, x, capture_intermediates=True),
+        variables, x)[1]['intermediates']
+    blocks = [k for k in features if k.startswith(('BasicBlock',
+                                                   'Bottleneck'))]
+    last = max(blocks, key=lambda k: int(k.split('_')[1]))
+    self.assertEqual(features[last]['__call__'][0].shape[1:3], (7, 7))
+
+  def test_stem_is_for_resnets_only(self):
+    with self.assertRaisesRegex(UserError, "model.stem='imagenet' applies "
+                                'to resnet18, resnet34, resnet50 only'):
+      models.get_model('vgg16', 10, stem='imagenet')
 
   @parameterized.parameters(*models.MODELS)
   def test_output_is_one_logit_per_class(self, name):

@@ -1,20 +1,27 @@
-"""Streamed ImageNet (tfds imagenet2012) on `tfds.testing.mock_data`.
+"""Streamed ImageNet (tfds imagenet2012): mocked, and prepared for real.
 
-The mock serves random JPEGs of random sizes for any split. The data_dir
-holds real tfds metadata (features, split sizes), written by `_mock_dir`, so
-the code under test reads split sizes exactly as from a prepared ImageNet.
+`tfds.testing.mock_data` serves random JPEGs of random sizes for any split;
+its data_dir holds real tfds metadata (features, split sizes), written by
+`_mock_dir`, so the code under test reads split sizes exactly as from a
+prepared ImageNet. The mock ignores which part of a split is asked for, so
+the per-host reading is tested on a real imagenet2012 that tfds prepares
+from tiny ILSVRC2012 archives (`fake_imagenet_archives`), as a user's
+would be.
 """
 
 import contextlib
 import hashlib
+import io
 import json
 import os
+import tarfile
 import shutil
 import tempfile
 
 from absl.testing import absltest
 import jax
 import numpy as np
+from PIL import Image
 
 from hier_avg import streaming
 from hier_avg.errors import UserError
@@ -54,6 +61,44 @@ def _mocked(root):
   with tfds.testing.mock_data(num_examples=NUM_EXAMPLES, data_dir=root,
                               policy=tfds.testing.MockPolicy.USE_FILES):
     yield
+
+
+def fake_imagenet_archives(root, synsets=('n01440764', 'n01443537'),
+                           per_class=12, num_validation=10, seed=0) -> str:
+  """ILSVRC2012_img_{train,val}.tar of random JPEGs in root/downloads/manual.
+
+  The layout of the real archives: the train tar holds one tar per synset
+  (the first two of ImageNet's classes here), the val tar flat files whose
+  labels tfds takes from its own list. Returns `root`, the tfds data_dir.
+  """
+  rng = np.random.default_rng(seed)
+
+  def add(tar, name, data):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+  def jpeg():
+    size = tuple(int(n) for n in rng.integers(20, 60, 2)) + (3,)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, size, np.uint8)).save(buffer, 'JPEG')
+    return buffer.getvalue()
+
+  manual = os.path.join(root, 'downloads', 'manual')
+  os.makedirs(manual)
+  with tarfile.open(os.path.join(manual, 'ILSVRC2012_img_train.tar'),
+                    'w') as train:
+    for synset in synsets:
+      inner = io.BytesIO()
+      with tarfile.open(fileobj=inner, mode='w') as images:
+        for i in range(per_class):
+          add(images, f'{synset}_{i}.JPEG', jpeg())
+      add(train, f'{synset}.tar', inner.getvalue())
+  with tarfile.open(os.path.join(manual, 'ILSVRC2012_img_val.tar'),
+                    'w') as validation:
+    for i in range(num_validation):
+      add(validation, f'ILSVRC2012_val_{i + 1:08d}.JPEG', jpeg())
+  return root
 
 
 def _digest(image) -> str:
@@ -126,6 +171,57 @@ class StreamTest(absltest.TestCase):
     self.assertEqual([int(v.sum()) for _, _, v in batches], [16, 16, 8])
     self.assertTrue(all(x.shape == (16, IMAGE_SIZE, IMAGE_SIZE, 3)
                         for x, _, _ in batches))
+
+
+class PerHostTest(absltest.TestCase):
+  """Two processes' shares of a real prepared imagenet2012 (24 + 10)."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    root = tempfile.mkdtemp(prefix='fake_imagenet_')
+    cls.addClassCleanup(shutil.rmtree, root, ignore_errors=True)
+    # Prepares it, as the first run on a user's archives does.
+    cls.data = streaming.load('imagenet2012',
+                              fake_imagenet_archives(root), IMAGE_SIZE)
+
+  def _split(self, split):
+    return [(_digest(x), int(y)) for images, labels, valid in
+            streaming.eval_batches(self.data, 8, 0, 1, split=split)
+            for x, y, ok in zip(images, labels, valid) if ok]
+
+  def test_prepared_from_the_manual_archives(self):
+    self.assertEqual((self.data.num_train, self.data.num_test), (24, 10))
+    train = self._split(streaming.TRAIN_SPLIT)
+    self.assertLen({d for d, _ in train}, 24)
+    # Labels are the synsets' indices among ImageNet's 1000 classes.
+    self.assertCountEqual([y for _, y in train], [0] * 12 + [1] * 12)
+
+  def test_processes_read_disjoint_halves_each_epoch(self):
+    # P = 4 learners, 2 per process, B = 3: (24 // 4) // 3 = 2 steps per
+    # epoch, 6 examples per process per step.
+    shares = []
+    for process in range(2):
+      batches = streaming.train_batches(self.data, 4, 3, 2, 0, 0, False,
+                                        process, 2)
+      epoch = [next(batches) for _ in range(2)]
+      shares.append([(_digest(x), int(y)) for images, labels in epoch
+                     for x, y in zip(images.reshape((-1,) + images.shape[2:]),
+                                     labels.reshape(-1))])
+    self.assertLen(set(shares[0]), 12)
+    self.assertLen(set(shares[1]), 12)
+    self.assertCountEqual(shares[0] + shares[1],
+                          self._split(streaming.TRAIN_SPLIT))
+
+  def test_processes_evaluate_the_validation_split_once(self):
+    seen, counts = [], []
+    for process in range(2):
+      batches = list(streaming.eval_batches(self.data, 4, process, 2))
+      counts.append(len(batches))
+      seen += [(_digest(x), int(y)) for images, labels, valid in batches
+               for x, y, ok in zip(images, labels, valid) if ok]
+    self.assertEqual(counts, [2, 2])  # 5 each, in batches of 4.
+    self.assertCountEqual(seen, self._split(streaming.TEST_SPLIT))
 
 
 class NotPreparedTest(absltest.TestCase):
