@@ -130,7 +130,7 @@ def load(config, num_learners: int):
   """The feed of `config.data`: streamed for tfds ImageNet, else resident."""
   if is_streamed(config.data):
     data = streaming.load(config.data.name, config.data.path,
-                          config.data.image_size)
+                          config.data.image_size, jax.process_count())
     return StreamedFeed(data, config.data, num_learners, config.seed)
   return ResidentFeed(datasets.load(config.data, config.seed), config.data,
                       num_learners, config.seed)

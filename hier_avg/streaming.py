@@ -73,28 +73,41 @@ def _tfds():
   return tf, tfds
 
 
-def load(name: str, data_dir: str, image_size: int) -> StreamedDataset:
-  """The prepared tfds data set `name` in `data_dir`; reads no examples."""
+def load(name: str, data_dir: str, image_size: int,
+         process_count: int = 1) -> StreamedDataset:
+  """The prepared tfds data set `name` in `data_dir`; reads no examples.
+
+  A single process prepares it first if needed (for imagenet2012, from the
+  archives in `data_dir/downloads/manual`; nothing is downloaded). Several
+  processes must find it prepared: preparing it on each at once would make
+  them write over one another.
+  """
   require(name in STREAMED_NAMES, f'{name!r} is not a streamed data set; '
           f'choose one of {", ".join(STREAMED_NAMES)}.')
   require(image_size >= 1, f'data.image_size={image_size} must be >= 1.')
   _, tfds = _tfds()
   where = data_dir or 'the default tfds data_dir (~/tensorflow_datasets)'
+  fix = (f'put ILSVRC2012_img_{{train,val}}.tar in <data.path>/downloads/'
+         f'manual/ and run `tfds build {name} --data_dir=<data.path>`, then '
+         'set data.path.')
   try:
     builder = tfds.builder(name, data_dir=data_dir or None)
-    # For imagenet2012 this only prepares from the manually downloaded
-    # archives; it never downloads.
-    builder.download_and_prepare()
+    if not builder.is_prepared():
+      require(process_count == 1,
+              f'tfds data set {name!r} is not prepared in {where}; with '
+              f'{process_count} processes, prepare it once before the run: '
+              + fix)
+      builder.download_and_prepare()
     splits = builder.info.splits
     num_train = splits[TRAIN_SPLIT].num_examples
     num_test = splits[TEST_SPLIT].num_examples
+  except UserError:
+    raise
   except Exception as e:  # tfds raises many types for missing/bad data.
     raise UserError(
         f'tfds data set {name!r} is not prepared in {where}: '
         f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}; '
-        f'put ILSVRC2012_img_{{train,val}}.tar in <data.path>/downloads/'
-        f'manual/ and run `tfds build {name} --data_dir=<data.path>`, then '
-        'set data.path.') from None
+        + fix) from None
   return StreamedDataset(
       name, builder, builder.info.features['label'].num_classes, num_train,
       num_test, image_size, np.asarray(IMAGENET_MEAN, np.float32),

@@ -91,5 +91,54 @@ class MultiProcessTest(absltest.TestCase):
                      jax.tree.structure(single_model))
 
 
+class StreamedMultiProcessTest(absltest.TestCase):
+  """Streamed ImageNet on 2 processes x 4 devices, each reading its half."""
+
+  def test_two_processes_train_and_evaluate_every_example_once(self):
+    from hier_avg import models, streaming  # pylint: disable=g-import-not-at-top
+    from tests import streaming_test  # pylint: disable=g-import-not-at-top
+    tmp = self.create_tempdir().full_path
+    data_dir = streaming_test.fake_imagenet_archives(
+        os.path.join(tmp, 'tfds'))
+    image_size = 16
+    # Prepared once before the run, as several hosts need it.
+    data = streaming.load('imagenet2012', data_dir, image_size)
+    workdir = os.path.join(tmp, 'run')
+    logs = [open(os.path.join(tmp, f'log{i}.txt'), 'w') for i in range(2)]
+    port = free_port()
+    # P = 8 (2 groups of 4), B = 2: (24 // 8) // 2 = 1 step per epoch.
+    flags = (f'--config.data.path={data_dir}',
+             f'--config.data.image_size={image_size}',
+             '--config.data.batch_size=2', '--config.model.name=cnn_small',
+             '--config.model.stem=cifar', '--config.opt.warmup_epochs=0',
+             '--config.opt.lr=0.05', '--config.hier.k1=1',
+             '--config.hier.k2=2', '--config.train.steps=3',
+             '--config.train.eval_batch_size=8')
+    procs = [helpers.start_launch(
+        workdir, *flags, f'--coordinator_address=127.0.0.1:{port}',
+        '--num_processes=2', f'--process_id={i}', devices=4,
+        config='configs/imagenet.py', stdout=logs[i],
+        stderr=subprocess.STDOUT) for i in range(2)]
+    wait_all(self, procs, logs)
+    with open(os.path.join(workdir, 'summary.json')) as f:
+      summary = json.load(f)
+    self.assertEqual((summary['steps'], summary['epochs']), (3, 3.0))
+
+    # The run's evaluation, over 2 processes in padded batches, equals the
+    # saved model scored here on the 10 validation images read in one go.
+    variables = export.load_model(os.path.join(workdir, export.MODEL_FILE))
+    model = models.get_model('cnn_small', 1000)
+    images, labels, valid = next(streaming.eval_batches(data, 10, 0, 1))
+    self.assertTrue(valid.all())
+    x = (images / 255.0 - data.mean) / data.std
+    logits = model.apply(variables, x, train=False)
+    log_probs = np.asarray(jax.nn.log_softmax(logits))
+    self.assertAlmostEqual(summary['test_accuracy'],
+                           float((logits.argmax(-1) == labels).mean()))
+    self.assertAlmostEqual(summary['test_loss'],
+                           float(-log_probs[np.arange(10), labels].mean()),
+                           places=4)
+
+
 if __name__ == '__main__':
   absltest.main()

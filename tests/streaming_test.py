@@ -232,6 +232,29 @@ class NotPreparedTest(absltest.TestCase):
                                 'imagenet2012'):
       streaming.load('imagenet2012', empty, IMAGE_SIZE)
 
+  def test_several_processes_never_prepare_it_at_once(self):
+    root = fake_imagenet_archives(self.create_tempdir().full_path)
+    with self.assertRaisesRegex(UserError, 'with 2 processes, prepare it '
+                                'once before the run'):
+      streaming.load('imagenet2012', root, IMAGE_SIZE, process_count=2)
+    self.assertFalse(os.path.exists(os.path.join(root, 'imagenet2012')))
+
+
+class ImagenetConfigTest(absltest.TestCase):
+
+  def test_presets_are_valid_and_keep_the_recipe(self):
+    from configs import imagenet  # pylint: disable=g-import-not-at-top
+    from hier_avg import config_validation  # pylint: disable=g-import-not-at-top
+    for preset, levels in (('', (4, 4, 4)), ('kavg', (1, 16, 1)),
+                           ('sync', (4, 1, 1))):
+      c = imagenet.get_config(preset)
+      config_validation.validate(c)
+      self.assertEqual((c.hier.group_size, c.hier.k1, c.hier.k2), levels)
+      self.assertEqual((c.data.name, c.data.image_size, c.model.name,
+                        c.model.stem), ('imagenet2012', 224, 'resnet50',
+                                        'imagenet'))
+      self.assertEqual(c.hier.num_learners * c.data.batch_size, 1024)
+
 
 class StreamedRunTest(absltest.TestCase):
   """train_and_evaluate on the mocked ImageNet, in this process."""
