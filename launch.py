@@ -58,12 +58,12 @@ def main(argv):
     logging.flush()
     print(f'preempted: {e}', file=sys.stderr)
     sys.exit(0)
-  except jax.errors.JaxRuntimeError as e:
+  except (jax.errors.JaxRuntimeError, TimeoutError) as e:
     if jax.process_count() == 1:
       raise
-    # A collective failed because a peer process died. The runtime's
-    # shutdown barrier at exit would wait for the dead peer's heartbeat
-    # timeout and then abort, so leave at once.
+    # A collective, or a checkpoint's commit barrier, failed because a peer
+    # process died. The runtime's shutdown barrier at exit would wait for
+    # the dead peer's heartbeat timeout and then abort, so leave at once.
     logging.flush()
     print('error: lost contact with another process '
           f'({_first_line(e)}); restart every process with the same command '

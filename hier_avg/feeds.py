@@ -6,8 +6,9 @@ minibatches are gathered and augmented on device.
 `StreamedFeed`: a tfds data set read, decoded and augmented on each host
 (ImageNet, `streaming.py`). A round carries its minibatches.
 
-Both give the train loop the same four things: `steps_per_epoch`,
-`round_inputs(first, length)` for `Engine.train_round`, `evaluate` and
+Both give the train loop the same things: `steps_per_epoch`,
+`start(engine, first_step)`, `round_inputs(first, length)` for
+`Engine.train_round`, `max_round_length`, `evaluate` and
 `recompute_batch_stats`.
 """
 
@@ -28,9 +29,15 @@ def is_streamed(data_config) -> bool:
   return data_config.name in streaming.STREAMED_NAMES
 
 
+# A streamed round's minibatches are held whole on the host and the devices:
+# rounds are cut so that one process's share stays under this.
+MAX_ROUND_BYTES = 1 << 30
+
+
 class ResidentFeed:
   """The whole data set on every device; rounds carry example indices."""
   streamed = False
+  max_round_length = 0  # Rounds carry indices only: no limit.
 
   def __init__(self, data: datasets.Dataset, data_config, num_learners: int,
                seed: int):
@@ -79,6 +86,13 @@ class StreamedFeed:
     self._seed = seed
     self._engine = self._batches = None
     self._next_step = 0
+
+  @property
+  def max_round_length(self) -> int:
+    """Most steps per round, so a round's images fit in MAX_ROUND_BYTES."""
+    step_bytes = (len(self._engine.process_learner_ids()) * self._batch_size
+                  * int(np.prod(self.data.image_shape)))
+    return max(1, MAX_ROUND_BYTES // step_bytes)
 
   def start(self, engine: Engine, first_step: int) -> None:
     self._engine = engine

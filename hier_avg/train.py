@@ -220,7 +220,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       segment_start = time.perf_counter()
       checkpoint_every = config.train.checkpoint_every
       cut_every = (config.train.log_every, config.train.eval_every,
-                   checkpoint_every, engine.max_round_length)
+                   checkpoint_every, engine.max_round_length,
+                   feed.max_round_length)
       for round_ in schedule.rounds(first_step, num_steps, cut_every):
         state, loss = engine.train_round(
             round_.level, round_.length, feed.streamed)(
@@ -302,8 +303,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
     }
     writer.write_summary(summary)
     save_checkpoint(state, num_steps)
-  finally:
-    checkpoints.wait()
-    checkpoints.close()
+  except BaseException:
+    # Report the first error: after a peer process dies, the checkpoint
+    # barriers fail too, and their timeout must not replace the real cause.
+    try:
+      checkpoints.wait()
+      checkpoints.close()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning('hier_avg: closing the checkpoints failed too: %s', e)
     writer.close()
+    raise
+  checkpoints.wait()
+  checkpoints.close()
+  writer.close()
   return summary

@@ -10,6 +10,7 @@ would be.
 """
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -17,6 +18,7 @@ import os
 import tarfile
 import shutil
 import tempfile
+import types
 
 from absl.testing import absltest
 import jax
@@ -165,6 +167,18 @@ class StreamTest(absltest.TestCase):
     base = self._steps(0, 1)[0][0]
     self.assertFalse((self._steps(0, 1, seed=1)[0][0] == base).all())
     self.assertFalse((self._steps(0, 1, augment=False)[0][0] == base).all())
+
+  def test_rounds_are_cut_to_a_gigabyte_of_images(self):
+    from hier_avg import feeds  # pylint: disable=g-import-not-at-top
+    from configs import imagenet  # pylint: disable=g-import-not-at-top
+    config = imagenet.get_config()  # 8 learners x 128 images of 224x224.
+    data = dataclasses.replace(self.data, image_size=224,
+                               num_train=1_281_167)
+    feed = feeds.StreamedFeed(data, config.data, 8, 0)
+    engine = types.SimpleNamespace(process_learner_ids=lambda: np.arange(8))
+    feed.start(engine, 0)
+    # One step is 8 * 128 * 224 * 224 * 3 = 154 MB: 6 steps stay under 1 GiB.
+    self.assertEqual(feed.max_round_length, 6)
 
   def test_eval_batches_are_padded_to_equal_counts(self):
     batches = list(streaming.eval_batches(self.data, 16, 0, 1))
