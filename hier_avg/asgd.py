@@ -62,15 +62,9 @@ class AsgdEngine(Engine):
 
   def communication(self, state: TrainState) -> dict[str, LevelCost]:
     """Per step each learner sends one gradient (the size of its model)."""
-    nblock = len(self.topology.grid_shape)
-    one_learner = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape[nblock:], x.dtype),
-        state.params)
-    all_axes = self.topology.axis_names
+    one_learner = self.one_learner(state.params)
     return {EXCHANGE: LevelCost(
-        averaging.collectives_per_event(one_learner, all_axes,
-                                        self.topology) *
-        sum(self.topology.mesh.shape[a] > 1 for a in all_axes),
+        averaging.gathers_per_event(one_learner, self.topology),
         averaging.bytes_per_learner(one_learner))}
 
   def _after_round(self, state, level):

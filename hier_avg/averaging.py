@@ -4,7 +4,9 @@ Inside the mapped function every array carries the device's block of learners
 as its leading axes (one per grid axis). Averaging over a set of grid axes is
 a mean over those block axes followed by a `lax.pmean` over the mesh axes of
 the same names. The pytree is flattened into one vector per dtype first, so
-an averaging event costs one all-reduce per dtype, not one per leaf.
+an averaging event costs one all-reduce per dtype, not one per leaf; the
+same packing makes gathering every learner's leaves (simulated ASGD) one
+all-gather per dtype and mesh axis.
 """
 
 import collections
@@ -22,13 +24,37 @@ def _is_averaged(x) -> bool:
   return jnp.issubdtype(x.dtype, jnp.floating)
 
 
-def _dtype_groups(leaves) -> dict:
-  """Indices of the averaged leaves, per dtype: one fused buffer each."""
+def _dtype_groups(leaves, select=_is_averaged) -> dict:
+  """Indices of the selected leaves, per dtype: one fused buffer each."""
   groups = collections.defaultdict(list)
   for i, leaf in enumerate(leaves):
-    if _is_averaged(leaf):
+    if select(leaf):
       groups[jnp.dtype(leaf.dtype)].append(i)
   return groups
+
+
+def _pack(leaves, groups, nblock: int) -> dict:
+  """One [block..., n] buffer per dtype: the group's leaves side by side."""
+  return {dtype: jnp.concatenate(
+      [leaves[i].reshape(leaves[i].shape[:nblock] + (-1,)) for i in indices],
+      axis=-1) for dtype, indices in groups.items()}
+
+
+def _unpack(buffers: dict, leaves, groups, nblock: int) -> list:
+  """`leaves` with each grouped leaf cut back out of its dtype's buffer.
+
+  A buffer's leading axes may differ from the leaves' block axes (an
+  all-gather widens them); every cut leaf takes the buffer's.
+  """
+  out = list(leaves)
+  for dtype, indices in groups.items():
+    buffer, start = buffers[dtype], 0
+    for i in indices:
+      shape = leaves[i].shape[nblock:]
+      stop = start + math.prod(shape)
+      out[i] = buffer[..., start:stop].reshape(buffer.shape[:-1] + shape)
+      start = stop
+  return out
 
 
 def _mesh_axes(axes: tuple[str, ...], topology: Topology) -> tuple[str, ...]:
@@ -53,22 +79,13 @@ def average_block(tree, axes: tuple[str, ...], topology: Topology):
   mesh_axes = _mesh_axes(axes, topology)
   leaves, treedef = jax.tree.flatten(tree)
   groups = _dtype_groups(leaves)
-  out = list(leaves)
-  for indices in groups.values():
-    block = leaves[indices[0]].shape[:nblock]
-    sizes = [math.prod(leaves[i].shape[nblock:]) for i in indices]
-    flat = jnp.concatenate(
-        [leaves[i].reshape(block + (-1,)) for i in indices], axis=-1)
+  means = {}
+  for dtype, flat in _pack(leaves, groups, nblock).items():
     mean = flat.mean(axis=block_dims, keepdims=True)
     if mesh_axes:
       mean = lax.pmean(mean, mesh_axes)
-    mean = jnp.broadcast_to(mean, flat.shape)
-    offsets = [0]
-    for s in sizes:
-      offsets.append(offsets[-1] + s)
-    for i, start, stop in zip(indices, offsets, offsets[1:]):
-      out[i] = mean[..., start:stop].reshape(leaves[i].shape)
-  return jax.tree.unflatten(treedef, out)
+    means[dtype] = jnp.broadcast_to(mean, flat.shape)
+  return jax.tree.unflatten(treedef, _unpack(means, leaves, groups, nblock))
 
 
 def collectives_per_event(tree, axes: tuple[str, ...],
@@ -93,11 +110,22 @@ def gather_learners(tree, topology: Topology):
   """Every learner's leaves on every device: block axes -> whole grid axes.
 
   Inside `shard_map`, leaves [block..., x] become [grid..., x], in learner
-  order, by one all-gather per mesh axis of size > 1.
+  order. Leaves are packed into one buffer per dtype first, so this is one
+  all-gather per dtype per mesh axis of size > 1 (`gathers_per_event`).
   """
+  nblock = len(topology.axis_names)
+  leaves, treedef = jax.tree.flatten(tree)
+  groups = _dtype_groups(leaves, select=lambda leaf: True)
+  buffers = _pack(leaves, groups, nblock)
   for i, axis in enumerate(topology.axis_names):
     if topology.mesh.shape[axis] > 1:
-      tree = jax.tree.map(
-          lambda x, i=i, axis=axis: lax.all_gather(x, axis, axis=i,
-                                                   tiled=True), tree)
-  return tree
+      buffers = {dtype: lax.all_gather(x, axis, axis=i, tiled=True)
+                 for dtype, x in buffers.items()}
+  return jax.tree.unflatten(treedef, _unpack(buffers, leaves, groups, nblock))
+
+
+def gathers_per_event(tree, topology: Topology) -> int:
+  """All-gathers `gather_learners(tree, topology)` issues."""
+  dtypes = len(_dtype_groups(jax.tree.leaves(tree), select=lambda leaf: True))
+  return dtypes * sum(topology.mesh.shape[a] > 1
+                      for a in topology.axis_names)

@@ -115,10 +115,8 @@ class Engine:
 
   def communication(self, state: TrainState) -> dict[str, LevelCost]:
     """What one averaging event of each level costs, by level name."""
-    nblock = len(self.topology.grid_shape)
-    parts = {p: getattr(state, p) for p in self.average}
-    one_learner = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape[nblock:], x.dtype), parts)
+    one_learner = self.one_learner(
+        {p: getattr(state, p) for p in self.average})
     nbytes = averaging.bytes_per_learner(one_learner)
     grid = dict(zip(self.topology.axis_names, self.topology.grid_shape))
     costs = {}
@@ -129,6 +127,12 @@ class Engine:
                                           self.topology),
           nbytes if group > 1 else 0)
     return costs
+
+  def one_learner(self, tree):
+    """Shapes and dtypes of one learner's share of a learner-grid tree."""
+    nblock = len(self.topology.grid_shape)
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape[nblock:], x.dtype), tree)
 
   # ---- Data -----------------------------------------------------------
 

@@ -1,14 +1,13 @@
 """`train_and_evaluate(config, workdir)`: the whole run, top to bottom.
 
 Stages: check the config -> lay out learners on devices -> load data ->
-build learner and engine -> create the sharded state, or resume it from the
-newest checkpoint -> train round by round with the averaging schedule,
-logging, evaluating the globally averaged model and checkpointing -> write
-the summary, plots and final model.
+take the workdir (one run at a time) -> build learner and engine -> create
+the sharded state, or resume it from the newest checkpoint -> train round by
+round with the averaging schedule, logging, evaluating the globally averaged
+model and checkpointing -> write the summary, plots and final model.
 """
 
 import math
-import os
 import time
 
 from absl import logging
@@ -18,12 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from hier_avg import (checkpoint, config_validation, export, feeds, models,
-                      optim, outer, packing, policies, preemption)
+                      optim, outer, packing, policies, preemption, workdirs)
 from hier_avg.asgd import AsgdEngine
 from hier_avg.engine import Engine
-from hier_avg.errors import UserError, require
+from hier_avg.errors import UserError
 from hier_avg.learner import Learner
-from hier_avg.metrics import METRICS_FILE, MetricsWriter, read_summary
+from hier_avg.metrics import MetricsWriter, read_summary
 from hier_avg.schedule import hier_schedule
 from hier_avg.topology import hier_topology
 
@@ -34,38 +33,6 @@ class TrainingDiverged(UserError):
 
 class Preempted(Exception):
   """SIGTERM/SIGINT stopped the run after saving a checkpoint."""
-
-
-def check_workdir(workdir: str) -> None:
-  """Refuses a workdir that is a file or holds a run we cannot continue.
-
-  A run of ours creates `checkpoints/` before its first row, so a workdir
-  with rows but without that folder holds something else; it is kept as it
-  is. (A run of ours killed before its first checkpoint starts over.)
-  """
-  require(bool(workdir), 'set --workdir to the folder for this run\'s '
-          'outputs.')
-  require(not os.path.exists(workdir) or os.path.isdir(workdir),
-          f'--workdir={workdir} is a file; choose a folder.')
-  require(not (os.path.exists(os.path.join(workdir, METRICS_FILE)) and
-               not os.path.isdir(os.path.join(workdir,
-                                              checkpoint.CHECKPOINT_DIR))),
-          f'--workdir={workdir} already holds a run ({METRICS_FILE}) but no '
-          'checkpoint to resume from; choose a new folder so nothing there is '
-          'overwritten.')
-
-
-def prepare_workdir(workdir: str) -> None:
-  """Creates `workdir`; refuses one that is not writable."""
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, '.write_test')
-    with open(probe, 'w'):
-      pass
-    os.remove(probe)
-  except OSError as e:
-    raise UserError(f'cannot write to --workdir={workdir}: {e.strerror}; '
-                    'choose a writable folder.') from None
 
 
 def total_steps(train_config, steps_per_epoch: int) -> int:
@@ -139,18 +106,32 @@ def train_and_evaluate(config, workdir: str) -> dict:
   algorithm = (f'simulated ASGD with staleness {hier.staleness}'
                if hier.algorithm == 'asgd' else
                hier_schedule(hier.k1, hier.k2).describe())
-  check_workdir(workdir)
+  workdirs.check(workdir)
   logging.info('hier_avg: %s; %s', topology.describe(), algorithm)
 
   # ---- Data (before the workdir: bad data must leave it untouched) --------
   feed = feeds.load(config, topology.num_learners)
+
+  # ---- Workdir: created, and held by this run alone ----------------------
+  workdir_lock = None
+  if jax.process_index() == 0:
+    workdirs.prepare(workdir)
+    workdir_lock = workdirs.Lock(workdir)
+  try:
+    return _run(config, workdir, topology, feed)
+  finally:
+    if workdir_lock is not None:
+      workdir_lock.release()
+
+
+def _run(config, workdir, topology, feed) -> dict:
+  """`train_and_evaluate` once the config, data and workdir are in hand."""
+  hier = config.hier
   data = feed.data
   steps_per_epoch = feed.steps_per_epoch
   num_steps = total_steps(config.train, steps_per_epoch)
 
-  # ---- Workdir and checkpoints ------------------------------------------
-  if jax.process_index() == 0:
-    prepare_workdir(workdir)
+  # ---- Checkpoints -------------------------------------------------------
   checkpoints = checkpoint.Checkpoints(workdir,
                                        config.train.keep_checkpoints)
 

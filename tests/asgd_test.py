@@ -12,6 +12,7 @@ from hier_avg import config_validation, train
 from hier_avg.asgd import AsgdEngine
 from hier_avg.errors import UserError
 from hier_avg.topology import hier_topology
+from tests import averaging_test
 from tests import helpers
 from tests import reference
 
@@ -84,6 +85,23 @@ class AsgdTest(parameterized.TestCase):
                zip(jax.tree.leaves(finals[0]), jax.tree.leaves(finals[1])))
     self.assertGreater(diff, 1e-4)
 
+  def test_compiled_step_gathers_as_counted(self):
+    # The 'bn' model's gradients (conv, BatchNorm and dense leaves, all
+    # float32) travel as one buffer: one all-gather per mesh axis, as
+    # `communication` reports, not one per leaf.
+    data = helpers.tiny_data()
+    engine = make_asgd(helpers.make_learner('bn', data), 8, 1, (2, 4),
+                       group_size=4)
+    state = engine.init_state(0, data.image_shape)
+    images, labels = engine.put_train_data(data.train_images,
+                                           data.train_labels)
+    indices = engine.put_round_indices(helpers.make_sampler(data, 8), 0, 1)
+    gathers = averaging_test._collectives(  # pylint: disable=protected-access
+        'all-gather', engine.train_round(None, 1), state, images, labels,
+        indices)
+    self.assertEqual(gathers, 2)
+    self.assertEqual(engine.communication(state)['gradient'].collectives, 2)
+
   def test_communication(self):
     data = helpers.tiny_data()
     engine = make_asgd(helpers.make_learner('mlp', data), 8, 1, (2, 4),
@@ -92,7 +110,8 @@ class AsgdTest(parameterized.TestCase):
     model_bytes = sum(x.nbytes // 8 for x in jax.tree.leaves(state.params))
     cost = engine.communication(state)['gradient']
     self.assertEqual(cost.bytes_per_learner, model_bytes)
-    self.assertEqual(cost.collectives, 2)  # One all-gather per mesh axis.
+    # One all-gather per dtype (float32) and mesh axis.
+    self.assertEqual(cost.collectives, 2)
     self.assertEqual(engine.event_counts(10), {'gradient': 10})
 
 

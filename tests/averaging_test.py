@@ -5,7 +5,7 @@ import re
 from absl.testing import absltest
 from absl.testing import parameterized
 import jax
-import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 import numpy as np
 
 from hier_avg import averaging
@@ -78,9 +78,13 @@ class AveragingTest(parameterized.TestCase):
     self.assertEqual(averaging.bytes_per_learner(one), 11 * 4 + 4 * 2)
 
 
-def _all_reduces(step_fn, *args) -> int:
+def _collectives(kind, step_fn, *args) -> int:
   hlo = step_fn.lower(*args).compile().as_text()
-  return len(re.findall(r'= \S+ all-reduce(?:-start)?\(', hlo))
+  return len(re.findall(rf'= \S+ {kind}(?:-start)?\(', hlo))
+
+
+def _all_reduces(step_fn, *args) -> int:
+  return _collectives('all-reduce', step_fn, *args)
 
 
 # (grid, mesh, averaged axes, all-reduces for _tree's float32 + float16)
@@ -108,6 +112,25 @@ class CollectivesTest(parameterized.TestCase):
     one = jax.tree.map(lambda x: x[0, 0], _tree(grid))
     self.assertEqual(averaging.collectives_per_event(one, axes, topology),
                      expected)
+
+  @parameterized.parameters(((2, 4), (2, 4), 6), ((2, 4), (2, 1), 3),
+                            ((4, 2), (1, 1), 0))
+  def test_gather_is_one_all_gather_per_dtype_and_mesh_axis(self, grid, mesh,
+                                                            expected):
+    # _tree has float32, float16 and int32 leaves: 3 buffers.
+    topology = make_topology(grid, ('node', 'local'), mesh)
+    tree = _tree(grid)
+    # The gathered grid is the same on every device.
+    mapped = jax.jit(jax.shard_map(
+        lambda t: averaging.gather_learners(t, topology),
+        mesh=topology.mesh, in_specs=topology.learner_spec,
+        out_specs=PartitionSpec(), check_vma=False))
+    placed = jax.device_put(tree, topology.learner_sharding())
+    self.assertEqual(_collectives('all-gather', mapped, placed), expected)
+    one = jax.tree.map(lambda x: x[0, 0], tree)
+    self.assertEqual(averaging.gathers_per_event(one, topology), expected)
+    for key, value in mapped(placed).items():
+      np.testing.assert_array_equal(np.asarray(value), tree[key])
 
   def test_one_all_reduce_per_dtype_per_averaging(self):
     data = helpers.tiny_data()
