@@ -1,11 +1,15 @@
 """Averaging policies for BatchNorm statistics and optimizer state."""
 
+import os
+from unittest import mock
+
 from absl.testing import absltest
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hier_avg import evaluation, policies
+from configs import cifar10
+from hier_avg import datasets, evaluation, export, models, policies, train
 from hier_avg.errors import UserError
 from tests import helpers
 from tests import reference
@@ -15,6 +19,27 @@ STEPS = 12
 
 def setUpModule():
   helpers.set_up_devices()
+
+
+def _conv_batch_moments(params, data, seed, num_batches, batch_size):
+  """TinyBNNet's BatchNorm statistics recomputed independently, in numpy.
+
+  The convolution's output per batch (in `default_rng(seed)`'s order), its
+  mean and biased variance over N, H, W, averaged over the batches.
+  """
+  order = np.random.default_rng(seed).permutation(len(data.train_images))
+  conv = jax.tree.map(np.asarray, params['Conv_0'])
+  means, variances = [], []
+  for b in range(num_batches):
+    x = data.train_images[order[b * batch_size:(b + 1) * batch_size]]
+    x = (x / 255.0 - data.mean) / data.std
+    y = jax.lax.conv_general_dilated(
+        jnp.asarray(x, jnp.float32), conv['kernel'], (1, 1), 'SAME',
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    y = np.asarray(y, np.float64) + conv['bias']
+    means.append(y.mean(axis=(0, 1, 2)))
+    variances.append(y.var(axis=(0, 1, 2)))
+  return np.mean(means, 0), np.mean(variances, 0)
 
 
 class PoliciesTest(absltest.TestCase):
@@ -96,26 +121,11 @@ class PoliciesTest(absltest.TestCase):
         engine, params, batch_stats, data.train_images, num_batches=5,
         batch_size=16, seed=3)
 
-    # Independently: the convolution's output per batch, its mean and
-    # (biased) variance over N, H, W, averaged over the batches. 5 batches
-    # round up to one per device: 8.
-    order = np.random.default_rng(3).permutation(len(data.train_images))
-    conv = jax.tree.map(np.asarray, params['Conv_0'])
-    means, variances = [], []
-    for b in range(8):
-      x = data.train_images[order[b * 16:(b + 1) * 16]]
-      x = (x / 255.0 - data.mean) / data.std
-      y = jax.lax.conv_general_dilated(
-          jnp.asarray(x, jnp.float32), conv['kernel'], (1, 1), 'SAME',
-          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-      y = np.asarray(y, np.float64) + conv['bias']
-      means.append(y.mean(axis=(0, 1, 2)))
-      variances.append(y.var(axis=(0, 1, 2)))
     bn = got['BatchNorm_0']
-    np.testing.assert_allclose(bn['mean'], np.mean(means, 0), rtol=1e-4,
-                               atol=1e-5)
-    np.testing.assert_allclose(bn['var'], np.mean(variances, 0), rtol=1e-4,
-                               atol=1e-5)
+    want_mean, want_var = _conv_batch_moments(params, data, seed=3,
+                                              num_batches=8, batch_size=16)
+    np.testing.assert_allclose(bn['mean'], want_mean, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(bn['var'], want_var, rtol=1e-4, atol=1e-5)
     # Unlike the running averages the learners carried.
     self.assertGreater(
         float(np.abs(bn['mean'] - batch_stats['BatchNorm_0']['mean']).max()),
@@ -130,6 +140,38 @@ class PoliciesTest(absltest.TestCase):
     self.assertEqual(
         evaluation.recompute_batch_stats(engine, params, batch_stats,
                                          data.train_images, 4, 16, 0), {})
+
+
+
+def _tiny_bn(num_classes, conv, dtype):
+  del dtype  # float32 only.
+  return helpers.TinyBNNet(num_classes=num_classes, conv=conv)
+
+
+class RecomputeRunTest(absltest.TestCase):
+
+  def test_whole_run_exports_the_recomputed_statistics(self):
+    config = cifar10.get_config('cpu')
+    config.model.name = 'tiny_bn'
+    config.data.name = 'synthetic'
+    config.data.synthetic_image_size = helpers.IMAGE_SIZE
+    config.data.synthetic_train_examples = 512
+    config.data.synthetic_test_examples = 64
+    config.data.batch_size = 16
+    config.hier.batch_stats = 'recompute'
+    config.hier.recompute_batches = 5  # One per device: 8.
+    config.train.steps = 4
+    workdir = self.create_tempdir().full_path
+    with mock.patch.dict(models.MODELS, {'tiny_bn': _tiny_bn}):
+      summary = train.train_and_evaluate(config, workdir)
+    self.assertTrue(np.isfinite(summary['test_loss']))
+    model = export.load_model(os.path.join(workdir, export.MODEL_FILE))
+    data = datasets.load(config.data, config.seed)
+    want_mean, want_var = _conv_batch_moments(
+        model['params'], data, config.seed, num_batches=8, batch_size=16)
+    bn = model['batch_stats']['BatchNorm_0']
+    np.testing.assert_allclose(bn['mean'], want_mean, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(bn['var'], want_var, rtol=1e-4, atol=1e-5)
 
 
 if __name__ == '__main__':

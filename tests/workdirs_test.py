@@ -33,8 +33,8 @@ class LockTest(absltest.TestCase):
     workdir = self.create_tempdir().full_path
     holder = subprocess.Popen(
         [sys.executable, '-c', 'import sys, time; from hier_avg import '
-         'workdirs; workdirs.Lock(sys.argv[1]); print("held", flush=True); '
-         'time.sleep(600)', workdir],
+         'workdirs; lock = workdirs.Lock(sys.argv[1]); '
+         'print("held", flush=True); time.sleep(600)', workdir],
         env=dict(os.environ, PYTHONPATH=helpers.REPO), stdout=subprocess.PIPE,
         text=True)
     self.assertEqual(holder.stdout.readline().strip(), 'held')
