@@ -36,7 +36,7 @@ _IMAGES = flags.DEFINE_integer('images', 2000, 'Training images to build.')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Output crop size.')
 _LEARNERS = flags.DEFINE_integer('learners', 8, 'Learners on this host.')
 _BATCH = flags.DEFINE_integer('batch_size', 32, 'Per learner.')
-_STEPS = flags.DEFINE_integer('steps', 6, 'Timed steps per stream.')
+_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per stream.')
 
 SYNSETS = ('n01440764', 'n01443537', 'n01484850', 'n01491361', 'n01494475',
            'n01496331', 'n01498041', 'n01514668', 'n01514859', 'n01518878')
@@ -75,7 +75,7 @@ def build(root: str, num_images: int) -> None:
       _add(train, f'{synset}.tar', inner.getvalue())
   with tarfile.open(os.path.join(manual, 'ILSVRC2012_img_val.tar'),
                     'w') as validation:
-    for i in range(max(1, num_images // 5)):
+    for i in range(max(1, num_images // 2)):
       _add(validation, f'ILSVRC2012_val_{i + 1:08d}.JPEG', _jpeg(rng))
 
 
