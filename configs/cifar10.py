@@ -16,7 +16,7 @@ each learner is a plain B = 128 SGD run. 100 epochs.
 
 from configs import default
 
-PRESETS = ('', 'kavg', 'sync', 'cpu')
+PRESETS = default.ALGORITHM_PRESETS + ('cpu',)
 
 
 def get_config(arg=None):
@@ -25,17 +25,7 @@ def get_config(arg=None):
   c.model.name = 'resnet18'
   c.opt.warmup_epochs = 2.0
   c.train.eval_every = 500
-  arg = arg or ''
-  if arg not in PRESETS:
-    raise ValueError(f'unknown preset {arg!r}; choose one of {PRESETS}')
-  if arg == 'kavg':
-    # K-AVG (local SGD): one level, every learner averages every K steps.
-    c.hier.group_size = 1
-    c.hier.k1, c.hier.k2 = 16, 1
-  elif arg == 'sync':
-    # Synchronous SGD: averaging after every step == gradient all-reduce.
-    c.hier.k1, c.hier.k2 = 1, 1
-  elif arg == 'cpu':
+  if default.apply_preset(c, arg, PRESETS) == 'cpu':
     # A laptop-sized run: cnn_small, no augmentation, 400 steps.
     c.model.name = 'cnn_small'
     c.data.batch_size = 32

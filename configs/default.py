@@ -10,6 +10,29 @@ Launch any of them as
 import ml_collections
 
 
+# The algorithm presets every data set's config offers (`:kavg`, `:sync`).
+ALGORITHM_PRESETS = ('', 'kavg', 'sync')
+
+
+def apply_preset(c, arg, presets=ALGORITHM_PRESETS):
+  """Checks `arg` against `presets` and applies 'kavg' or 'sync' to `c`.
+
+  '' keeps Hier-AVG as configured; presets of the caller's own are left to
+  it. Returns `arg` ('' for None).
+  """
+  arg = arg or ''
+  if arg not in presets:
+    raise ValueError(f'unknown preset {arg!r}; choose one of {presets}')
+  if arg == 'kavg':
+    # K-AVG (local SGD): one level, every learner averages every K steps.
+    c.hier.group_size = 1
+    c.hier.k1, c.hier.k2 = 16, 1
+  elif arg == 'sync':
+    # Synchronous SGD: averaging after every step == gradient all-reduce.
+    c.hier.k1, c.hier.k2 = 1, 1
+  return arg
+
+
 def get_config(arg=None):
   del arg
   c = ml_collections.ConfigDict()

@@ -21,9 +21,6 @@ step decay by 10 at epochs 30, 60 and 80 of 90.
 
 from configs import default
 
-PRESETS = ('', 'kavg', 'sync')
-
-
 def get_config(arg=None):
   c = default.get_config()
   c.data.name = 'imagenet2012'
@@ -44,12 +41,5 @@ def get_config(arg=None):
   c.train.log_every = 100
   c.train.eval_batch_size = 1024
   c.train.checkpoint_every = 1250
-  arg = arg or ''
-  if arg not in PRESETS:
-    raise ValueError(f'unknown preset {arg!r}; choose one of {PRESETS}')
-  if arg == 'kavg':
-    c.hier.group_size = 1
-    c.hier.k1, c.hier.k2 = 16, 1
-  elif arg == 'sync':
-    c.hier.k1, c.hier.k2 = 1, 1
+  default.apply_preset(c, arg)
   return c

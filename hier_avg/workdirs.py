@@ -3,21 +3,19 @@
 Two runs on one workdir would interleave their metrics rows and write and
 prune each other's checkpoints (`keep_checkpoints`), so one could resume
 from the other's state or lose its own. Process 0 of a run holds an
-exclusive `flock` on `WORKDIR/.lock` for as long as it runs; a second run
-is refused with one line. The kernel drops the lock when the process ends,
-however it ends, so a killed run never leaves a stale lock behind.
+exclusive `flock` on the workdir folder itself for as long as it runs; a
+second run is refused with one line. No file is written for it, and the
+kernel drops the lock when the process ends, however it ends, so a killed
+run never leaves a stale lock behind. (flock works on local file systems;
+on NFS it may not exclude a run on another host.)
 """
 
 import fcntl
 import os
-import socket
 
 from hier_avg import checkpoint
 from hier_avg.errors import UserError, require
 from hier_avg.metrics import METRICS_FILE
-
-LOCK_FILE = '.lock'
-
 
 def check(workdir: str) -> None:
   """Refuses a workdir that is a file or holds a run we cannot continue.
@@ -52,25 +50,23 @@ def prepare(workdir: str) -> None:
 
 
 class Lock:
-  """This process's hold on a workdir; `release()` or exit ends it."""
+  """This process's hold on a workdir; `release()` or exit ends it.
+
+  The lock is on the folder itself, so taking it, or being refused it,
+  changes nothing in the workdir.
+  """
 
   def __init__(self, workdir: str):
-    self._file = open(os.path.join(workdir, LOCK_FILE), 'a+')
+    self._fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY)
     try:
-      fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-      self._file.seek(0)
-      holder = self._file.read().strip() or 'another process'
-      self._file.close()
-      raise UserError(f'--workdir={workdir} is in use by another run '
-                      f'({holder}); wait for it to end, or choose another '
-                      'folder.') from None
-    self._file.seek(0)
-    self._file.truncate()
-    self._file.write(f'pid {os.getpid()} on {socket.gethostname()}\n')
-    self._file.flush()
+      os.close(self._fd)
+      raise UserError(f'--workdir={workdir} is in use by another run (it '
+                      'holds the folder\'s lock); wait for it to end, or '
+                      'choose another folder.') from None
 
   def release(self) -> None:
-    if not self._file.closed:
-      fcntl.flock(self._file, fcntl.LOCK_UN)
-      self._file.close()
+    if self._fd is not None:
+      os.close(self._fd)  # Closing the last descriptor drops the lock.
+      self._fd = None
