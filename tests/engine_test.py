@@ -150,13 +150,14 @@ class OracleTest(parameterized.TestCase):
     # A round fed the minibatches themselves (streamed data) computes what a
     # round that gathers them from resident data by index computes.
     data = helpers.tiny_data()
-    engine = helpers.make_engine(helpers.make_learner('bn', data), 8, 4, 3,
+    engine = helpers.make_engine(helpers.make_learner('bn', data), 4, 2, 2,
                                  2, (2, 2))
-    sampler = helpers.make_sampler(data, 8)
-    resident = helpers.run_engine(engine, data, sampler, 7)
-    streamed = helpers.run_engine(engine, data, sampler, 7, streamed=True)
-    self.assertIn(('global', 3, 'streamed'), engine.trace_counts)
-    self.assertEqual(engine.process_learner_ids().tolist(), list(range(8)))
+    sampler = helpers.make_sampler(data, 4)
+    # Local averaging after step 2, global after 4, a lone step 5.
+    resident = helpers.run_engine(engine, data, sampler, 5)
+    streamed = helpers.run_engine(engine, data, sampler, 5, streamed=True)
+    self.assertIn(('global', 2, 'streamed'), engine.trace_counts)
+    self.assertEqual(engine.process_learner_ids().tolist(), list(range(4)))
     chex.assert_trees_all_equal(resident, streamed)
 
   def test_learners_diverge_between_averagings(self):
