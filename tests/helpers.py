@@ -47,6 +47,26 @@ class TinyBNNet(nn.Module):
     return nn.Dense(self.num_classes)(x)
 
 
+def tiny_bn_batch_moments(params, images, mean, std, batch_size):
+  """TinyBNNet's BatchNorm statistics recomputed independently, in numpy.
+
+  The convolution's output on each batch of `batch_size` of `images` (in
+  order, normalized by `mean` and `std`), its mean and biased variance over
+  N, H, W, averaged over the batches.
+  """
+  conv = jax.tree.map(np.asarray, params['Conv_0'])
+  means, variances = [], []
+  for start in range(0, len(images), batch_size):
+    x = (images[start:start + batch_size] / 255.0 - mean) / std
+    y = jax.lax.conv_general_dilated(
+        np.asarray(x, np.float32), conv['kernel'], (1, 1), 'SAME',
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    y = np.asarray(y, np.float64) + conv['bias']
+    means.append(y.mean(axis=(0, 1, 2)))
+    variances.append(y.var(axis=(0, 1, 2)))
+  return np.mean(means, 0), np.mean(variances, 0)
+
+
 MODELS = {'mlp': lambda: MLP(num_classes=10, hidden=32), 'bn': TinyBNNet,
           'bn_im2col': lambda: TinyBNNet(conv='im2col')}
 

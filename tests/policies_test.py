@@ -22,24 +22,14 @@ def setUpModule():
 
 
 def _conv_batch_moments(params, data, seed, num_batches, batch_size):
-  """TinyBNNet's BatchNorm statistics recomputed independently, in numpy.
+  """The recomputed statistics of `data`'s training images, independently.
 
-  The convolution's output per batch (in `default_rng(seed)`'s order), its
-  mean and biased variance over N, H, W, averaged over the batches.
+  Batches in `default_rng(seed)`'s order, as `recompute_batch_stats` draws.
   """
   order = np.random.default_rng(seed).permutation(len(data.train_images))
-  conv = jax.tree.map(np.asarray, params['Conv_0'])
-  means, variances = [], []
-  for b in range(num_batches):
-    x = data.train_images[order[b * batch_size:(b + 1) * batch_size]]
-    x = (x / 255.0 - data.mean) / data.std
-    y = jax.lax.conv_general_dilated(
-        jnp.asarray(x, jnp.float32), conv['kernel'], (1, 1), 'SAME',
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-    y = np.asarray(y, np.float64) + conv['bias']
-    means.append(y.mean(axis=(0, 1, 2)))
-    variances.append(y.var(axis=(0, 1, 2)))
-  return np.mean(means, 0), np.mean(variances, 0)
+  images = data.train_images[order[:num_batches * batch_size]]
+  return helpers.tiny_bn_batch_moments(params, images, data.mean, data.std,
+                                       batch_size)
 
 
 class PoliciesTest(absltest.TestCase):

@@ -238,6 +238,34 @@ class PerHostTest(absltest.TestCase):
     self.assertCountEqual(seen, self._split(streaming.TEST_SPLIT))
 
 
+  def test_recomputed_statistics_are_of_the_first_training_images(self):
+    # hier.batch_stats=recompute on a streamed set, one batch per device.
+    from configs import imagenet  # pylint: disable=g-import-not-at-top
+    from hier_avg import feeds  # pylint: disable=g-import-not-at-top
+    learner = helpers.make_learner('bn')
+    learner = dataclasses.replace(learner, mean=self.data.mean,
+                                  std=self.data.std, augment=False)
+    engine = helpers.make_engine(learner, 8, 4, 2, 2, (2, 4))
+    config = imagenet.get_config()
+    config.data.batch_size = 2
+    feed = feeds.StreamedFeed(self.data, config.data, 8, 0)
+    feed.start(engine, 0)
+    params, batch_stats = engine.global_average(
+        engine.init_state(0, self.data.image_shape))
+    # 5 batches of 2 round up to one per device: 8, the first 16 images.
+    got = feed.recompute_batch_stats(params, batch_stats, 5, 2)
+    images = next(streaming.eval_batches(self.data, 16, 0, 1,
+                                         split=streaming.TRAIN_SPLIT))[0]
+    want_mean, want_var = helpers.tiny_bn_batch_moments(
+        params, images, self.data.mean, self.data.std, 2)
+    np.testing.assert_allclose(got['BatchNorm_0']['mean'], want_mean,
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got['BatchNorm_0']['var'], want_var,
+                               rtol=1e-4, atol=1e-5)
+    with self.assertRaisesRegex(UserError, 'lower hier.recompute_batches'):
+      feed.recompute_batch_stats(params, batch_stats, 16, 2)  # 32 > 24.
+
+
 class NotPreparedTest(absltest.TestCase):
 
   def test_missing_imagenet_is_a_user_error_with_the_fix(self):
