@@ -14,9 +14,10 @@ from absl.testing import absltest
 import jax
 import numpy as np
 
-from hier_avg import export
+from hier_avg import export, models, streaming
 from tests import helpers
 from tests import launch_test
+from tests import streaming_test
 
 DEADLINE_S = 400
 CONFIG = (*launch_test.FAST, '--config.train.steps=8',
@@ -95,8 +96,6 @@ class StreamedMultiProcessTest(absltest.TestCase):
   """Streamed ImageNet on 2 processes x 4 devices, each reading its half."""
 
   def test_two_processes_train_and_evaluate_every_example_once(self):
-    from hier_avg import models, streaming  # pylint: disable=g-import-not-at-top
-    from tests import streaming_test  # pylint: disable=g-import-not-at-top
     tmp = self.create_tempdir().full_path
     data_dir = streaming_test.fake_imagenet_archives(
         os.path.join(tmp, 'tfds'))

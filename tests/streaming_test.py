@@ -15,8 +15,10 @@ import hashlib
 import io
 import json
 import os
-import tarfile
 import shutil
+import subprocess
+import sys
+import tarfile
 import tempfile
 import types
 
@@ -25,7 +27,8 @@ import jax
 import numpy as np
 from PIL import Image
 
-from hier_avg import streaming
+from configs import imagenet
+from hier_avg import config_validation, feeds, streaming, train
 from hier_avg.errors import UserError
 from tests import helpers
 
@@ -169,8 +172,6 @@ class StreamTest(absltest.TestCase):
     self.assertFalse((self._steps(0, 1, augment=False)[0][0] == base).all())
 
   def test_rounds_are_cut_to_a_gigabyte_of_images(self):
-    from hier_avg import feeds  # pylint: disable=g-import-not-at-top
-    from configs import imagenet  # pylint: disable=g-import-not-at-top
     config = imagenet.get_config()  # 8 learners x 128 images of 224x224.
     data = dataclasses.replace(self.data, image_size=224,
                                num_train=1_281_167)
@@ -240,8 +241,6 @@ class PerHostTest(absltest.TestCase):
 
   def test_recomputed_statistics_are_of_the_first_training_images(self):
     # hier.batch_stats=recompute on a streamed set, one batch per device.
-    from configs import imagenet  # pylint: disable=g-import-not-at-top
-    from hier_avg import feeds  # pylint: disable=g-import-not-at-top
     learner = helpers.make_learner('bn')
     learner = dataclasses.replace(learner, mean=self.data.mean,
                                   std=self.data.std, augment=False)
@@ -282,11 +281,30 @@ class NotPreparedTest(absltest.TestCase):
     self.assertFalse(os.path.exists(os.path.join(root, 'imagenet2012')))
 
 
+class WithoutTensorflowTest(absltest.TestCase):
+
+  def test_only_streamed_sets_need_tensorflow(self):
+    # Accelerator images often lack TensorFlow: the library must import and
+    # train on resident data without it, and say what a stream needs.
+    code = (
+        "import sys\n"
+        "for name in ('tensorflow', 'tensorflow_datasets'):\n"
+        "  sys.modules[name] = None  # Any import of it fails.\n"
+        "from hier_avg import errors, streaming, train\n"
+        "try:\n"
+        "  streaming.load('imagenet2012', '', 224)\n"
+        "except errors.UserError as e:\n"
+        "  print(e)\n")
+    result = subprocess.run(
+        [sys.executable, '-c', code], capture_output=True, text=True,
+        env=dict(os.environ, PYTHONPATH=helpers.REPO), check=True)
+    self.assertIn('streamed data sets need tensorflow and '
+                  'tensorflow-datasets', result.stdout)
+
+
 class ImagenetConfigTest(absltest.TestCase):
 
   def test_presets_are_valid_and_keep_the_recipe(self):
-    from configs import imagenet  # pylint: disable=g-import-not-at-top
-    from hier_avg import config_validation  # pylint: disable=g-import-not-at-top
     for preset, levels in (('', (4, 4, 4)), ('kavg', (1, 16, 1)),
                            ('sync', (4, 1, 1))):
       c = imagenet.get_config(preset)
@@ -302,7 +320,6 @@ class StreamedRunTest(absltest.TestCase):
   """train_and_evaluate on the mocked ImageNet, in this process."""
 
   def _config(self, steps):
-    from configs import imagenet  # pylint: disable=g-import-not-at-top
     c = imagenet.get_config()
     c.data.path = self.root
     c.data.image_size = IMAGE_SIZE
@@ -326,7 +343,6 @@ class StreamedRunTest(absltest.TestCase):
     cls.enterClassContext(_mocked(cls.root))
 
   def test_run_trains_evaluates_and_resumes_exactly(self):
-    from hier_avg import train  # pylint: disable=g-import-not-at-top
     whole = self.create_tempdir().full_path
     # 2 epochs and a half: 40 // 4 learners // 4 = 2 steps per epoch.
     summary = train.train_and_evaluate(self._config(5), whole)
