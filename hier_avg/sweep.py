@@ -5,7 +5,8 @@ A sweep is named *variants* (each a set of config overrides, e.g. "sync" or
 values, e.g. seeds or learning rates). Each resulting point runs as its own
 `launch.py` process in `root/<point name>/`, so a point that fails or is
 killed costs only itself, and rerunning the sweep skips finished points
-(those with a `summary.json`) and resumes interrupted ones from their
+(those with a `summary.json` recording the point's settings; other settings
+are refused) and resumes interrupted ones from their
 checkpoints. `report` then writes a CSV of every point, a Markdown table
 with mean ± std over seeds, and comparison plots.
 """
@@ -13,6 +14,7 @@ with mean ± std over seeds, and comparison plots.
 import csv
 import dataclasses
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -157,8 +159,42 @@ def _parse_value(text: str):
   return {'True': True, 'False': False}.get(text, text)
 
 
+# Where the data lives, how learners are laid out on devices and how often
+# the run logs or saves: a finished run's results stand whatever these say.
+KEYS_THAT_KEEP_RESULTS = (
+    'data.path', 'mesh.node_devices', 'mesh.local_devices', 'mesh.pack',
+    'mesh.round_loop', 'mesh.max_unrolled_steps', 'model.conv',
+    'train.log_every', 'train.checkpoint_every', 'train.keep_checkpoints',
+    'train.eval_batch_size')
+
+
 def is_finished(root: str, point: Point) -> bool:
-  return os.path.exists(os.path.join(root, point.name, SUMMARY_FILE))
+  """Whether `point` has run to the end, with the sweep's settings.
+
+  Raises UserError when its summary records another value for one of the
+  point's keys (the sweep file changed since): skipping it would report a
+  run of other settings under this point's name.
+  """
+  if not os.path.exists(os.path.join(root, point.name, SUMMARY_FILE)):
+    return False
+  saved = read_summary(os.path.join(root, point.name)).get('config', {})
+  for key, value in point.overrides:
+    if key in KEYS_THAT_KEEP_RESULTS:
+      continue
+    node = saved
+    for part in key.split('.'):
+      node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
+    # JSON keeps tuples as lists: compare both as JSON.
+    if json.loads(json.dumps(value)) != node:
+      raise UserError(
+          f'sweep point {point.name} in {root} finished with {key}='
+          f'{"unset" if node is _MISSING else repr(node)}, but the sweep '
+          f'now sets {value!r}; use a new --root, or delete '
+          f'{os.path.join(root, point.name)} to rerun it.')
+  return True
+
+
+_MISSING = object()
 
 
 def _command(spec: SweepSpec, root: str, point: Point) -> list[str]:

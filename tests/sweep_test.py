@@ -10,6 +10,18 @@ from hier_avg import sweep
 from hier_avg.errors import UserError
 
 
+def _nested(overrides) -> dict:
+  """{'a.b': 1} -> {'a': {'b': 1}}, as a summary's `config` holds it."""
+  config = {}
+  for key, value in overrides:
+    *parents, leaf = key.split('.')
+    node = config
+    for part in parents:
+      node = node.setdefault(part, {})
+    node[leaf] = list(value) if isinstance(value, tuple) else value
+  return config
+
+
 def fake_run(root, point, accuracies, wall=10.0):
   """A finished point's files, as train.py writes them."""
   workdir = os.path.join(root, point.name)
@@ -25,7 +37,8 @@ def fake_run(root, point, accuracies, wall=10.0):
                    steps=20, bytes_averaged_per_learner=3_000_000,
                    global_bytes_per_learner=2_000_000,
                    global_averagings=3, local_averagings=5,
-                   images_per_s=100.0, wall_s=2 * wall), f)
+                   images_per_s=100.0, wall_s=2 * wall,
+                   config=_nested(point.overrides)), f)
 
 
 class PointsTest(absltest.TestCase):
@@ -86,6 +99,35 @@ class RunAndReportTest(absltest.TestCase):
       self.assertIn('opt.lr=-1.0 must be a number > 0', f.read())
     result = sweep.report(spec, root)
     self.assertEqual(result['missing'], 1)
+
+  def test_finished_point_with_other_settings_is_refused(self):
+    root = tempfile.mkdtemp()
+    old = sweep.SweepSpec('configs/cifar10.py:cpu',
+                          variants={'hier': {'hier.k1': 4,
+                                             'opt.milestones': (1, 2)}})
+    fake_run(root, old.points()[0], [0.5])
+    self.assertTrue(sweep.is_finished(root, old.points()[0]))
+    changed = sweep.SweepSpec('configs/cifar10.py:cpu',
+                              variants={'hier': {'hier.k1': 8,
+                                                 'opt.milestones': (1, 2)}})
+    for call in (lambda: sweep.run(changed, root, echo=lambda _: None),
+                 lambda: sweep.report(changed, root)):
+      with self.assertRaisesRegex(
+          UserError, 'sweep point hier in .* finished with hier.k1=4, but '
+          'the sweep now sets 8; use a new --root'):
+        call()
+    added = sweep.SweepSpec('configs/cifar10.py:cpu',
+                            variants={'hier': {'hier.k1': 4, 'opt.lr': 0.2,
+                                               'opt.milestones': (1, 2)}})
+    with self.assertRaisesRegex(UserError, 'finished with opt.lr=unset'):
+      sweep.report(added, root)
+    self.assertFalse(os.path.exists(os.path.join(root, 'logs')))
+    # The same data elsewhere, or another layout, keeps the results.
+    moved = sweep.SweepSpec('configs/cifar10.py:cpu',
+                            overrides={'data.path': '/elsewhere',
+                                       'mesh.pack': 'vmap'},
+                            variants=old.variants)
+    self.assertTrue(sweep.is_finished(root, moved.points()[0]))
 
   def test_report_means_over_seeds(self):
     root = tempfile.mkdtemp()
