@@ -168,16 +168,17 @@ KEYS_THAT_KEEP_RESULTS = (
     'train.eval_batch_size')
 
 
-def is_finished(root: str, point: Point) -> bool:
-  """Whether `point` has run to the end, with the sweep's settings.
+def finished_summary(root: str, point: Point) -> dict | None:
+  """`point`'s summary if it has run to the end with the sweep's settings.
 
-  Raises UserError when its summary records another value for one of the
-  point's keys (the sweep file changed since): skipping it would report a
-  run of other settings under this point's name.
+  None while it has not finished. Raises UserError when its summary records
+  another value for one of the point's keys (the sweep file changed since):
+  skipping it would report a run of other settings under this point's name.
   """
   if not os.path.exists(os.path.join(root, point.name, SUMMARY_FILE)):
-    return False
-  saved = read_summary(os.path.join(root, point.name)).get('config', {})
+    return None
+  summary = read_summary(os.path.join(root, point.name))
+  saved = summary.get('config', {})
   for key, value in point.overrides:
     if key in KEYS_THAT_KEEP_RESULTS:
       continue
@@ -191,7 +192,11 @@ def is_finished(root: str, point: Point) -> bool:
           f'{"unset" if node is _MISSING else repr(node)}, but the sweep '
           f'now sets {value!r}; use a new --root, or delete '
           f'{os.path.join(root, point.name)} to rerun it.')
-  return True
+  return summary
+
+
+def is_finished(root: str, point: Point) -> bool:
+  return finished_summary(root, point) is not None
 
 
 _MISSING = object()
@@ -247,9 +252,9 @@ def run(spec: SweepSpec, root: str, parallel: int = 1,
       log.close()
       del running[point]
       seconds = time.perf_counter() - started
-      if process.returncode == 0 and is_finished(root, point):
-        accuracy = read_summary(os.path.join(root, point.name)).get(
-            'test_accuracy', float('nan'))
+      summary = finished_summary(root, point)
+      if process.returncode == 0 and summary is not None:
+        accuracy = summary.get('test_accuracy', float('nan'))
         echo(f'sweep: done  {point.name} in {seconds:.0f} s, '
              f'test accuracy {accuracy:.4f}')
       else:
@@ -271,9 +276,9 @@ def collect(spec: SweepSpec, root: str) -> list[dict]:
   """One row per finished point: its settings and its summary numbers."""
   rows = []
   for point in spec.points():
-    if not is_finished(root, point):
+    summary = finished_summary(root, point)
+    if summary is None:
       continue
-    summary = read_summary(os.path.join(root, point.name))
     row = {'point': point.name, 'group': point.group}
     row.update({key: value for key, value in point.overrides
                 if key in spec.grid or any(key in v for v in
