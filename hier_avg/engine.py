@@ -167,13 +167,21 @@ class Engine:
 
   def process_learner_ids(self) -> np.ndarray:
     """Ids (row-major in the learner grid) of this process's learners."""
+    return np.asarray(list(self._process_rows))
+
+  @functools.cached_property
+  def _process_rows(self) -> dict[int, int]:
+    """This process's learner ids, in order -> their rows in its batches.
+
+    Fixed by the topology, so computed once, not every streamed round.
+    """
     grid = self.topology.grid_shape
     ids = np.arange(math.prod(grid)).reshape(grid)
     sharding = NamedSharding(self.topology.mesh, self.topology.learner_spec)
     mine = {int(i) for index in
             sharding.addressable_devices_indices_map(grid).values()
             for i in ids[index].reshape(-1)}
-    return np.asarray(sorted(mine))
+    return {i: row for row, i in enumerate(sorted(mine))}
 
   def put_round_batches(self, images_KxLxB, labels_KxLxB):
     """Streamed minibatches of a round, placed like the learners.
@@ -184,7 +192,7 @@ class Engine:
     """
     grid = self.topology.grid_shape
     ids = np.arange(math.prod(grid)).reshape(grid)
-    row_of = {int(i): r for r, i in enumerate(self.process_learner_ids())}
+    row_of = self._process_rows
     sharding = NamedSharding(self.topology.mesh, self._round_spec)
 
     def put(local):
