@@ -22,7 +22,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from hier_avg import distributed
+from hier_avg.run import distributed
 from hier_avg import train
 from hier_avg.errors import UserError
 

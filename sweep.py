@@ -22,7 +22,7 @@ import sys
 from absl import app
 from absl import flags
 
-from hier_avg import sweep
+from hier_avg.tools import sweeps as sweep
 from hier_avg.errors import UserError, require
 
 _SWEEP = flags.DEFINE_string('sweep', None,

@@ -17,8 +17,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax
 import numpy as np
 
-from hier_avg import datasets, sampling, train
-from hier_avg.topology import hier_topology
+from hier_avg.data import datasets
+from hier_avg.data import sampling
+from hier_avg import train
+from hier_avg.core.topology import hier_topology
 
 
 def machine() -> str:

@@ -1,4 +1,4 @@
-r"""How fast one host streams ImageNet-sized JPEGs (hier_avg/streaming.py).
+r"""How fast one host streams ImageNet-sized JPEGs (hier_avg/data/streaming.py).
 
   python benchmarks/streaming.py --images=2000 --image_size=224
 
@@ -28,7 +28,7 @@ from absl import flags
 import numpy as np
 from PIL import Image
 
-from hier_avg import streaming
+from hier_avg.data import streaming
 
 _DATA_DIR = flags.DEFINE_string('data_dir', '/tmp/hier_avg_fake_imagenet',
                                 'Where the stand-in imagenet2012 is kept.')

@@ -44,12 +44,12 @@ def get_config(arg=None):
   c.hier.k1 = 4             # Local steps between local averagings.
   c.hier.k2 = 4             # Local averagings between global averagings.
   # 'hier': Hier-AVG (K-AVG and sync SGD as special cases); 'asgd':
-  # simulated asynchronous SGD (hier_avg/asgd.py), whose learners' gradients
+  # simulated asynchronous SGD (hier_avg/algorithms/asgd.py), whose learners' gradients
   # reach the shared model `staleness` steps late; it ignores group_size,
   # k1 and k2.
   c.hier.algorithm = 'hier'
   c.hier.staleness = 1
-  # State that is not a parameter, at averaging (hier_avg/policies.py):
+  # State that is not a parameter, at averaging (hier_avg/core/policies.py):
   # BatchNorm statistics 'average' | 'local' | 'recompute' (from
   # `recompute_batches` training batches before each evaluation);
   # optimizer state 'local' | 'average' | 'reset' (moments zeroed).
@@ -77,7 +77,7 @@ def get_config(arg=None):
 
   c.data = ml_collections.ConfigDict()
   # A tfds name held in memory ('cifar10', ...), 'imagenet2012' (streamed
-  # from tfds by every host: hier_avg/streaming.py), 'folder' or
+  # from tfds by every host: hier_avg/data/streaming.py), 'folder' or
   # 'synthetic'.
   c.data.name = 'cifar10'
   c.data.path = ''            # Folder root, or the tfds data_dir.

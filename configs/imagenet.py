@@ -10,7 +10,7 @@ archives downloaded by hand (image-net.org): put ILSVRC2012_img_train.tar
 and ILSVRC2012_img_val.tar in DATA_DIR/downloads/manual/, run
 `tfds build imagenet2012 --data_dir=DATA_DIR`, and pass DATA_DIR as
 data.path. Every host then reads only its own share of the files
-(hier_avg/streaming.py); the test set is the 50,000 validation images.
+(hier_avg/data/streaming.py); the test set is the 50,000 validation images.
 
 Defaults: P = 8 learners in 2 groups of S = 4, K1 = 4, K2 = 4; B = 128 per
 learner (1,024 in all). The recipe is Goyal et al. (2017) as local-SGD

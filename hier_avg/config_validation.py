@@ -7,8 +7,13 @@ batch against the data) live where that knowledge is.
 
 import numbers
 
-from hier_avg import (datasets, models, optim, packing, policies, sampling,
-                      streaming)
+from hier_avg.data import datasets
+from hier_avg import models
+from hier_avg.core import optim
+from hier_avg.runtime import execution
+from hier_avg.core import policies
+from hier_avg.data import sampling
+from hier_avg.data import streaming
 from hier_avg.errors import require
 
 ALGORITHMS = ('hier', 'asgd')
@@ -106,9 +111,9 @@ def validate(config) -> None:
   _integer(config, 'train.eval_batch_size', 1)
   _integer(config, 'train.checkpoint_every', 0)
   _integer(config, 'train.keep_checkpoints', 1)
-  _choice(config, 'mesh.round_loop', packing.ROUND_LOOPS)
-  _choice(config, 'mesh.pack', packing.PACKS)
-  _choice(config, 'model.conv', packing.CONV_CHOICES)
+  _choice(config, 'mesh.round_loop', execution.ROUND_LOOPS)
+  _choice(config, 'mesh.pack', execution.PACKS)
+  _choice(config, 'model.conv', execution.CONV_CHOICES)
   _choice(config, 'model.dtype', tuple(models.DTYPES))
   _integer(config, 'mesh.max_unrolled_steps', 1)
   for key in ('mesh.node_devices', 'mesh.local_devices'):

@@ -16,15 +16,24 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
-from hier_avg import (checkpoint, config_validation, export, feeds, models,
-                      optim, outer, packing, policies, preemption, workdirs)
-from hier_avg.asgd import AsgdEngine
-from hier_avg.engine import Engine
+from hier_avg.run import checkpoint
+from hier_avg import config_validation
+from hier_avg.run import export
+from hier_avg.data import feeds
+from hier_avg import models
+from hier_avg.core import optim
+from hier_avg.core import outer
+from hier_avg.runtime import execution
+from hier_avg.core import policies
+from hier_avg.run import preemption
+from hier_avg.run import workdirs
+from hier_avg.algorithms.asgd import AsgdEngine
+from hier_avg.runtime.engine import Engine
 from hier_avg.errors import UserError
-from hier_avg.learner import Learner
-from hier_avg.metrics import MetricsWriter, read_summary
-from hier_avg.schedule import hier_schedule
-from hier_avg.topology import hier_topology
+from hier_avg.core.learner import Learner
+from hier_avg.run.metrics import MetricsWriter, read_summary
+from hier_avg.core.schedule import hier_schedule
+from hier_avg.core.topology import hier_topology
 
 
 class TrainingDiverged(UserError):
@@ -65,8 +74,8 @@ def build_engine(config, data, topology, num_steps, steps_per_epoch):
   # steps.
   updates_per_step = topology.num_learners if hier.algorithm == 'asgd' else 1
   platform = topology.mesh.devices.flat[0].platform
-  pack = packing.resolve_pack(config.mesh.pack, platform)
-  conv = packing.resolve_conv(config.model.conv, pack,
+  pack = execution.resolve_pack(config.mesh.pack, platform)
+  conv = execution.resolve_conv(config.model.conv, pack,
                               topology.learners_per_device)
   model = models.get_model(config.model.name, data.num_classes, conv,
                            config.model.dtype, config.model.stem)

@@ -8,10 +8,11 @@ import jax
 import numpy as np
 
 from configs import cifar10
-from hier_avg import config_validation, train
-from hier_avg.asgd import AsgdEngine
+from hier_avg import config_validation
+from hier_avg import train
+from hier_avg.algorithms.asgd import AsgdEngine
 from hier_avg.errors import UserError
-from hier_avg.topology import hier_topology
+from hier_avg.core.topology import hier_topology
 from tests import averaging_test
 from tests import helpers
 from tests import reference

@@ -4,7 +4,7 @@ from absl.testing import absltest
 import jax
 import numpy as np
 
-from hier_avg import augment
+from hier_avg.data import augment
 
 
 def _windows(padded, h, w):

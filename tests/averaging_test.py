@@ -8,8 +8,8 @@ import jax
 from jax.sharding import PartitionSpec
 import numpy as np
 
-from hier_avg import averaging
-from hier_avg.topology import make_topology
+from hier_avg.core import averaging
+from hier_avg.core.topology import make_topology
 from tests import helpers
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 
 from configs import cifar10
-from hier_avg import checkpoint
+from hier_avg.run import checkpoint
 from hier_avg.errors import UserError
 from tests import helpers
 

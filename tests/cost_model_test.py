@@ -8,10 +8,10 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import jax.numpy as jnp
 
-from hier_avg import averaging
-from hier_avg import cost_model as cm
+from hier_avg.core import averaging
+from hier_avg.tools import cost_model as cm
 from hier_avg.errors import UserError
-from hier_avg.schedule import hier_schedule
+from hier_avg.core.schedule import hier_schedule
 
 LINK = cm.Link(latency_s=1e-6, bytes_per_s=1e9)
 # Latencies and bandwidths far apart, so a swapped link shows in the result.

@@ -8,7 +8,7 @@ from absl.testing import absltest
 import numpy as np
 from PIL import Image
 
-from hier_avg import datasets
+from hier_avg.data import datasets
 from hier_avg.errors import UserError
 
 CLASSES = ('cat', 'dog', 'emu')

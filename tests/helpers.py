@@ -13,13 +13,15 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from hier_avg import datasets, optim, sampling
-from hier_avg.engine import Engine
-from hier_avg.learner import Learner
+from hier_avg.data import datasets
+from hier_avg.core import optim
+from hier_avg.data import sampling
+from hier_avg.runtime.engine import Engine
+from hier_avg.core.learner import Learner
 from hier_avg.models import MLP
 from hier_avg.models.im2col import conv_function
-from hier_avg.schedule import hier_schedule
-from hier_avg.topology import hier_topology
+from hier_avg.core.schedule import hier_schedule
+from hier_avg.core.topology import hier_topology
 
 from tests import conftest
 from tests import reference

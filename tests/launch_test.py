@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hier_avg import cost_model
+from hier_avg.tools import cost_model
 from hier_avg import models
 from tests import helpers
 

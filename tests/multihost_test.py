@@ -14,7 +14,9 @@ from absl.testing import absltest
 import jax
 import numpy as np
 
-from hier_avg import export, models, streaming
+from hier_avg.run import export
+from hier_avg import models
+from hier_avg.data import streaming
 from tests import helpers
 from tests import launch_test
 from tests import streaming_test

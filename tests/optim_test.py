@@ -4,7 +4,7 @@ from absl.testing import absltest
 import jax.numpy as jnp
 import numpy as np
 
-from hier_avg import optim
+from hier_avg.core import optim
 from hier_avg.errors import UserError
 from tests import helpers
 

@@ -9,7 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import cifar10
-from hier_avg import datasets, evaluation, export, models, policies, train
+from hier_avg.data import datasets
+from hier_avg.runtime import evaluation
+from hier_avg.run import export
+from hier_avg import models
+from hier_avg.core import policies
+from hier_avg import train
 from hier_avg.errors import UserError
 from tests import helpers
 from tests import reference

@@ -11,7 +11,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from hier_avg.learner import Learner, step_key
+from hier_avg.core.learner import Learner, step_key
 
 
 @dataclasses.dataclass(frozen=True)

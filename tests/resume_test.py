@@ -15,7 +15,7 @@ import time
 from absl.testing import absltest
 from absl.testing import parameterized
 
-from hier_avg import export
+from hier_avg.run import export
 from tests import helpers
 from tests import launch_test
 

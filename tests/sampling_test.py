@@ -4,7 +4,7 @@ from absl.testing import absltest
 import numpy as np
 
 from hier_avg.errors import UserError
-from hier_avg.sampling import Sampler
+from hier_avg.data.sampling import Sampler
 
 
 class SamplingTest(absltest.TestCase):

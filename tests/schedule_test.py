@@ -4,7 +4,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 from hier_avg.errors import UserError
-from hier_avg.schedule import Level, make_schedule, hier_schedule
+from hier_avg.core.schedule import Level, make_schedule, hier_schedule
 
 # (k1, k2, steps, local averagings, global averagings)
 COUNT_CASES = (

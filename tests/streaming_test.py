@@ -28,7 +28,10 @@ import numpy as np
 from PIL import Image
 
 from configs import imagenet
-from hier_avg import config_validation, feeds, streaming, train
+from hier_avg import config_validation
+from hier_avg.data import feeds
+from hier_avg.data import streaming
+from hier_avg import train
 from hier_avg.errors import UserError
 from tests import helpers
 
@@ -290,7 +293,8 @@ class WithoutTensorflowTest(absltest.TestCase):
         "import sys\n"
         "for name in ('tensorflow', 'tensorflow_datasets'):\n"
         "  sys.modules[name] = None  # Any import of it fails.\n"
-        "from hier_avg import errors, streaming, train\n"
+        "from hier_avg import errors, train\n"
+        "from hier_avg.data import streaming\n"
         "try:\n"
         "  streaming.load('imagenet2012', '', 224)\n"
         "except errors.UserError as e:\n"

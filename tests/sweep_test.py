@@ -6,7 +6,7 @@ import tempfile
 
 from absl.testing import absltest
 
-from hier_avg import sweep
+from hier_avg.tools import sweeps as sweep
 from hier_avg.errors import UserError
 
 

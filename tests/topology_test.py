@@ -5,7 +5,7 @@ from absl.testing import parameterized
 import jax
 
 from hier_avg.errors import UserError
-from hier_avg.topology import hier_topology, make_topology
+from hier_avg.core.topology import hier_topology, make_topology
 from tests import helpers
 
 # (P, S, requested mesh, devices available, expected mesh, expected block)

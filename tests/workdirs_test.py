@@ -8,7 +8,8 @@ import sys
 from absl.testing import absltest
 
 from configs import cifar10
-from hier_avg import train, workdirs
+from hier_avg import train
+from hier_avg.run import workdirs
 from hier_avg.errors import UserError
 from tests import helpers
 
@@ -33,7 +34,7 @@ class LockTest(absltest.TestCase):
   def test_a_killed_holder_leaves_no_stale_lock(self):
     workdir = self.create_tempdir().full_path
     holder = subprocess.Popen(
-        [sys.executable, '-c', 'import sys, time; from hier_avg import '
+        [sys.executable, '-c', 'import sys, time; from hier_avg.run import '
          'workdirs; lock = workdirs.Lock(sys.argv[1]); '
          'print("held", flush=True); time.sleep(600)', workdir],
         env=dict(os.environ, PYTHONPATH=helpers.REPO), stdout=subprocess.PIPE,

@@ -10,7 +10,7 @@ learners packed on one device, so no fake devices are needed. `data.path`
 is a CIFAR-10 image folder (`{train,test}/<class>/*.jpg`).
 """
 
-from hier_avg.sweep import SweepSpec
+from hier_avg.tools.sweeps import SweepSpec
 
 
 def hier(group_size, k1, k2):
@@ -42,7 +42,7 @@ def get_sweep():
           'hier_s2_k4x4': hier(2, 4, 4),
           # Four times less frequent global averaging (every 64 steps).
           'hier_s4_k4x16': hier(4, 4, 16),
-          # Simulated ASGD (hier_avg/asgd.py): P = 8 sequential updates per
+          # Simulated ASGD (hier_avg/algorithms/asgd.py): P = 8 sequential updates per
           # step, each gradient one step (8 updates) late plus its place in
           # line. Without momentum and at half the lr: momentum 0.9 at
           # lr 0.05 / 8, and plain SGD at lr 0.05, diverged within 60 steps.

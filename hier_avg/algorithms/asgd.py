@@ -18,12 +18,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from hier_avg import averaging, packing
-from hier_avg.engine import Engine, LevelCost, _flatten_block, _unflatten_block
-from hier_avg.learner import Learner, step_key
-from hier_avg.schedule import make_schedule
-from hier_avg.state import TrainState
-from hier_avg.topology import Topology
+from hier_avg.core import averaging
+from hier_avg.runtime import execution
+from hier_avg.runtime.engine import Engine, LevelCost, _flatten_block, _unflatten_block
+from hier_avg.core.learner import Learner, step_key
+from hier_avg.core.schedule import make_schedule
+from hier_avg.core.state import TrainState
+from hier_avg.core.topology import Topology
 
 # The communication event's name in the metrics (gradient_exchanges, ...).
 EXCHANGE = 'gradient'
@@ -92,7 +93,7 @@ class AsgdEngine(Engine):
       return grads, batch_stats, loss
 
     grads, batch_stats, loss = _unflatten_block(
-        packing.map_learners(one, self.pack, *flat), block_shape)
+        execution.map_learners(one, self.pack, *flat), block_shape)
     # The server: every learner's gradient, applied in learner order.
     grads = _flatten_block(averaging.gather_learners(grads, topology),
                            nblock)

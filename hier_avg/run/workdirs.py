@@ -13,9 +13,9 @@ on NFS it may not exclude a run on another host.)
 import fcntl
 import os
 
-from hier_avg import checkpoint
+from hier_avg.run import checkpoint
 from hier_avg.errors import UserError, require
-from hier_avg.metrics import METRICS_FILE
+from hier_avg.run.metrics import METRICS_FILE
 
 def check(workdir: str) -> None:
   """Refuses a workdir that is a file or holds a run we cannot continue.

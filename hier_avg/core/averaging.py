@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from hier_avg.topology import Topology
+from hier_avg.core.topology import Topology
 
 
 def _is_averaged(x) -> bool:

@@ -19,11 +19,14 @@ from jax.sharding import NamedSharding, PartitionSpec
 import numpy as np
 import optax
 
-from hier_avg import averaging, outer, packing, policies
-from hier_avg.learner import Learner, step_key
-from hier_avg.schedule import Level, Schedule
-from hier_avg.state import TrainState, check_average, state_specs
-from hier_avg.topology import Topology
+from hier_avg.core import averaging
+from hier_avg.core import outer
+from hier_avg.runtime import execution
+from hier_avg.core import policies
+from hier_avg.core.learner import Learner, step_key
+from hier_avg.core.schedule import Level, Schedule
+from hier_avg.core.state import TrainState, check_average, state_specs
+from hier_avg.core.topology import Topology
 
 
 def _flatten_block(tree, nblock):
@@ -61,8 +64,8 @@ class Engine:
     self.schedule = schedule
     self.average = check_average(average)
     platform = topology.mesh.devices.flat[0].platform
-    self.round_loop = packing.resolve_round_loop(round_loop, platform)
-    self.pack = packing.resolve_pack(pack, platform)
+    self.round_loop = execution.resolve_round_loop(round_loop, platform)
+    self.pack = execution.resolve_pack(pack, platform)
     self.max_unrolled_steps = max_unrolled_steps
     # Applied at the outermost averaging (see `outer.py`); None: plain
     # averaging.
@@ -279,7 +282,7 @@ class Engine:
                                step_key(rng, state.step), *batch)
 
     params, batch_stats, opt_state, loss = _unflatten_block(
-        packing.map_learners(one, self.pack, *flat), block_shape)
+        execution.map_learners(one, self.pack, *flat), block_shape)
     return state.replace(step=state.step + 1, params=params,
                          batch_stats=batch_stats, opt_state=opt_state), loss
 

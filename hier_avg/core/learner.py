@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hier_avg import augment as augment_lib
-from hier_avg import policies
+from hier_avg.data import augment as augment_lib
+from hier_avg.core import policies
 from hier_avg.models.layers import BN_MOMENTUM
 
 

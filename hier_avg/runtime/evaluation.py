@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hier_avg.engine import Engine
+from hier_avg.runtime.engine import Engine
 
 
 def evaluate_batches(engine: Engine, params, batch_stats, batches,

@@ -17,10 +17,12 @@ import itertools
 import jax
 import numpy as np
 
-from hier_avg import datasets, sampling, streaming
-from hier_avg.engine import Engine
+from hier_avg.data import datasets
+from hier_avg.data import sampling
+from hier_avg.data import streaming
+from hier_avg.runtime.engine import Engine
 from hier_avg.errors import require
-from hier_avg.evaluation import (evaluate, evaluate_batches,
+from hier_avg.runtime.evaluation import (evaluate, evaluate_batches,
                                  global_eval_batch, recompute_batch_stats,
                                  recompute_calls, recompute_from_batches)
 

@@ -1,7 +1,7 @@
-r"""Prints the alpha-beta model's per-epoch table (`hier_avg.cost_model`).
+r"""Prints the alpha-beta model's per-epoch table (`hier_avg.tools.cost_model`).
 
-  python benchmarks/cost_model.py
-  python benchmarks/cost_model.py --learners=8,128,1024 --k1=4 --k2=8
+  python benchmarks/cost_table.py
+  python benchmarks/cost_table.py --learners=8,128,1024 --k1=4 --k2=8
 
 Defaults: ResNet-18 fp32 on GPUs with 4 per node (NVLink inside a node,
 100 Gb/s between nodes); P = 128 is the papers' 32 nodes x 4 GPUs.
@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags
 
-from hier_avg.cost_model import (Cluster, Link, RESNET18_FP32_BYTES,
+from hier_avg.tools.cost_model import (Cluster, Link, RESNET18_FP32_BYTES,
                                  epoch_table, hier, kavg, sync)
 
 _LEARNERS = flags.DEFINE_list(

@@ -11,7 +11,7 @@ import dataclasses
 from typing import Iterator, Sequence
 
 from hier_avg.errors import require
-from hier_avg.topology import LOCAL, NODE
+from hier_avg.core.topology import LOCAL, NODE
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from hier_avg.errors import UserError, require
-from hier_avg.metrics import METRICS_FILE, SUMMARY_FILE, read_rows, read_summary
+from hier_avg.run.metrics import METRICS_FILE, SUMMARY_FILE, read_rows, read_summary
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOG_DIR = 'logs'

@@ -15,7 +15,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from hier_avg.errors import UserError
-from hier_avg.state import TrainState
+from hier_avg.core.state import TrainState
 
 CHECKPOINT_DIR = 'checkpoints'
 

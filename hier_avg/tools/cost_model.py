@@ -1,6 +1,6 @@
 r"""Predicted communication and time per epoch: an alpha-beta model.
 
-  python benchmarks/cost_model.py --learners=8,128,1024 --k1=4 --k2=8
+  python benchmarks/cost_table.py --learners=8,128,1024 --k1=4 --k2=8
 
 Compares synchronous SGD, K-AVG and Hier-AVG on one cluster. Every averaging
 event is an all-reduce of one learner's averaged state (`model_bytes`, the
@@ -18,7 +18,7 @@ import dataclasses
 from typing import Sequence
 
 from hier_avg.errors import require
-from hier_avg.schedule import hier_schedule
+from hier_avg.core.schedule import hier_schedule
 
 RESNET18_FP32_BYTES = 11_173_962 * 4
 
