@@ -176,7 +176,7 @@ class TableTest(absltest.TestCase):
 
   def test_command_prints_a_row_per_learner_count_and_algorithm(self):
     script = os.path.join(os.path.dirname(os.path.dirname(__file__)),
-                          'benchmarks', 'cost_model.py')
+                          'benchmarks', 'cost_table.py')
     out = subprocess.run(
         [sys.executable, script, '--learners=8,128', '--k1=2', '--k2=8'],
         capture_output=True, text=True, timeout=120, check=True).stdout

@@ -26,7 +26,8 @@ import numpy as np
 from hier_avg.errors import UserError, require
 from hier_avg.run.metrics import METRICS_FILE, SUMMARY_FILE, read_rows, read_summary
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 LOG_DIR = 'logs'
 RESULTS_CSV = 'results.csv'
 RESULTS_MD = 'results.md'
