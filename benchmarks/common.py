@@ -17,9 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax
 import numpy as np
 
-from hier_avg.data import datasets
-from hier_avg.data import sampling
-from hier_avg import train
+from hier_avg import builder
+from hier_avg.data import datasets, sampling
 from hier_avg.core.topology import hier_topology
 
 
@@ -44,7 +43,7 @@ def make_engine(config, data, mesh=(-1, -1), pack='auto', conv='auto',
   topology = hier_topology(hier.num_learners, hier.group_size, *mesh)
   sampler = sampling.Sampler(len(data.train_images), hier.num_learners,
                              config.data.batch_size, 'partition', 0)
-  engine, _ = train.build_engine(config, data, topology, 10_000,
+  engine, _ = builder.build_engine(config, data, topology, 10_000,
                                  sampler.steps_per_epoch)
   return engine, sampler, engine.learner.model.conv
 
@@ -53,18 +52,17 @@ def engine_images_per_s(engine, sampler, data, steps: int, warmup: int,
                         per_step: bool = False) -> float:
   """Training images/s over `steps` steps after `warmup` (compilation)."""
   state = engine.init_state(0, data.image_shape)
-  images, labels = engine.put_train_data(data.train_images, data.train_labels)
+  topology = engine.topology
+  images, labels = topology.put_replicated(data.train_images,
+                                           data.train_labels)
   cut = (1,) if per_step else (engine.max_round_length,)
-  wait = jax.devices()[0].platform == 'cpu'
 
   def run(first, last):
     nonlocal state
     for r in engine.schedule.rounds(first, last, cut):
-      state, _ = engine.train_round(r.level, r.length)(
-          state, images, labels,
-          engine.put_round_indices(sampler, r.first, r.length))
-      if r.level is not None and wait:  # XLA:CPU rendezvous: see train.py.
-        jax.block_until_ready(state)
+      state, _ = engine.run_round(state, r, (
+          images, labels,
+          topology.put_round_indices(sampler, r.first, r.length)))
     jax.block_until_ready(state)
 
   run(0, warmup)

@@ -37,7 +37,7 @@ def main(argv):
   print('|---|---|---|---|---|---|')
   for mesh, engine, (step, round_) in rows:
     print(f'| {mesh[0]}x{mesh[1]} | {engine.topology.learners_per_device} | '
-          f'{engine.round_loop} | {common.fmt(step)} | {common.fmt(round_)} '
+          f'{engine.execution.step_loop} | {common.fmt(step)} | {common.fmt(round_)} '
           f'| {round_ / step:.2f}x |')
 
 

@@ -75,7 +75,7 @@ def main(argv):
                                       _WARMUP)
     where = (f'{engine.topology.learners_per_device} learners on 1 device'
              if mesh == (1, 1) else '1 learner per device, 2x4 devices')
-    rows.append((where, engine.pack, conv, rate))
+    rows.append((where, engine.execution.learner_loop, conv, rate))
     print(rows[-1], flush=True)
   best = max(r[3] for r in rows[:2])
   print('\n| layout | mesh.pack | model.conv | images/s | vs best one model |')

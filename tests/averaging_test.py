@@ -137,9 +137,9 @@ class CollectivesTest(parameterized.TestCase):
     engine = helpers.make_engine(helpers.make_learner('bn', data), 8, 4, 2, 2,
                                  (2, 4))
     state = engine.init_state(0, data.image_shape)
-    images, labels = engine.put_train_data(data.train_images,
+    images, labels = engine.topology.put_replicated(data.train_images,
                                            data.train_labels)
-    indices = engine.put_round_indices(helpers.make_sampler(data, 8), 0, 2)
+    indices = engine.topology.put_round_indices(helpers.make_sampler(data, 8), 0, 2)
     args = (state, images, labels, indices)
     local, global_ = engine.schedule.levels
     self.assertEqual(_all_reduces(engine.train_round(None, 2), *args), 0)

@@ -103,7 +103,7 @@ class OracleTest(parameterized.TestCase):
   def test_packed_learners_match_reference(self, pack, model):
     engine = self.check_against_reference(8, 4, 2, 2, (1, 2), model,
                                           ('params', 'batch_stats'), pack)
-    self.assertEqual(engine.pack, pack)
+    self.assertEqual(engine.execution.learner_loop, pack)
 
   def check_against_reference(self, p, s, k1, k2, mesh, model, average,
                               pack='auto'):
@@ -115,6 +115,8 @@ class OracleTest(parameterized.TestCase):
     sampler = helpers.make_sampler(data, p)
     init = engine.init_state(0, data.image_shape)
     ref_learners = helpers.learner_states(init)
+    # Recompile guard: one compilation per averaging kind, whatever the step.
+    helpers.guard_retraces(engine, ORACLE_STEPS)
     final = helpers.run_engine(engine, data, sampler, ORACLE_STEPS,
                                state=init)
 
@@ -125,8 +127,6 @@ class OracleTest(parameterized.TestCase):
     for i in range(p):
       for part in ('params', 'batch_stats', 'opt_state'):
         helpers.assert_trees_close(self, got[i][part], ref_learners[i][part])
-    # Recompile guard: one compilation per averaging kind, whatever the step.
-    self.assertEqual(set(engine.trace_counts.values()), {1})
     return engine
 
   @parameterized.parameters('scan', 'unroll')
@@ -136,11 +136,11 @@ class OracleTest(parameterized.TestCase):
     data = helpers.tiny_data()
     engine = helpers.make_engine(helpers.make_learner('bn', data), 8, 4, 3,
                                  2, (2, 2), round_loop=round_loop)
-    self.assertEqual(engine.round_loop, round_loop)
+    self.assertEqual(engine.execution.step_loop, round_loop)
     sampler = helpers.make_sampler(data, 8)
     per_round = helpers.run_engine(engine, data, sampler, 14)
     per_step = helpers.run_engine(engine, data, sampler, 14, cut_every=(1,))
-    self.assertEqual(set(engine.trace_counts),
+    self.assertEqual(set(engine.compiled_rounds),
                      {('local', 3), ('global', 3), (None, 2),
                       (None, 1), ('local', 1), ('global', 1)})
     helpers.assert_trees_close(self, per_round.params, per_step.params,
@@ -156,8 +156,9 @@ class OracleTest(parameterized.TestCase):
     # Local averaging after step 2, global after 4, a lone step 5.
     resident = helpers.run_engine(engine, data, sampler, 5)
     streamed = helpers.run_engine(engine, data, sampler, 5, streamed=True)
-    self.assertIn(('global', 2, 'streamed'), engine.trace_counts)
-    self.assertEqual(engine.process_learner_ids().tolist(), list(range(4)))
+    self.assertIn(('global', 2, 'streamed'), engine.compiled_rounds)
+    self.assertEqual(engine.topology.process_learner_ids().tolist(),
+                     list(range(4)))
     chex.assert_trees_all_equal(resident, streamed)
 
   def test_learners_diverge_between_averagings(self):
@@ -193,7 +194,7 @@ class GlobalAverageTest(parameterized.TestCase):
                                  5, mesh)
     state = helpers.run_engine(engine, data, helpers.make_sampler(data, 8), 3)
     before = helpers.learner_states(state)
-    params, batch_stats = engine.global_average(state)
+    params, batch_stats = engine.kernels.global_average(state)
     after = helpers.learner_states(state)
     for part in ('params', 'batch_stats'):
       want = jax.tree.map(lambda *x: np.mean(np.stack(x), 0),

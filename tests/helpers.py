@@ -1,6 +1,7 @@
 """Small shared builders for the tests: tiny models, data, engines, runs."""
 
 import atexit
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -16,7 +17,10 @@ from ml_collections import ConfigDict
 from hier_avg.data import datasets
 from hier_avg.core import optim
 from hier_avg.data import sampling
+from hier_avg.algorithms import asgd, hierarchical
+from hier_avg.core.policies import AveragingPolicy
 from hier_avg.runtime.engine import Engine
+from hier_avg.runtime.execution import Execution
 from hier_avg.core.learner import Learner
 from hier_avg.models import MLP
 from hier_avg.models.im2col import conv_function
@@ -95,10 +99,37 @@ def make_learner(model='mlp', data=None, augment=True, **opt_overrides):
 def make_engine(learner, num_learners, group_size, k1, k2, mesh=(-1, -1),
                 average=('params', 'batch_stats'), round_loop='auto',
                 pack='auto', outer_tx=None, reset_opt_state=False):
+  """A Hier-AVG engine; `average` names the averaged parts of the state."""
   topology = hier_topology(num_learners, group_size, *mesh)
-  return Engine(learner, topology, hier_schedule(k1, k2), average,
-                round_loop, pack=pack, outer_tx=outer_tx,
-                reset_opt_state=reset_opt_state)
+  policy = AveragingPolicy(
+      batch_stats='average' if 'batch_stats' in average else 'local',
+      opt_state=('reset' if reset_opt_state else
+                 'average' if 'opt_state' in average else 'local'))
+  run = Execution.resolve(pack, round_loop, 16, topology.platform)
+  algorithm = hierarchical.make(learner, topology, hier_schedule(k1, k2),
+                                policy, outer_tx, run.learner_loop)
+  return Engine(learner, topology, algorithm, run)
+
+
+def make_asgd_engine(learner, topology, staleness, pack='auto'):
+  run = Execution.resolve(pack, 'auto', 16, topology.platform)
+  return Engine(learner, topology,
+                asgd.make(learner, topology, staleness, run.learner_loop),
+                run)
+
+
+def guard_retraces(engine, steps, cut_every=()):
+  """Makes tracing any round of the first `steps` steps twice fail.
+
+  Every distinct (level, length) round may be traced once; `after_round`
+  runs once per trace, so `chex.assert_max_traces` on it counts traces.
+  """
+  kinds = {(r.level, r.length)
+           for r in engine.schedule.rounds(0, steps, cut_every)}
+  chex.clear_trace_counter()
+  engine.algorithm = dataclasses.replace(
+      engine.algorithm, after_round=chex.assert_max_traces(
+          engine.algorithm.after_round, n=len(kinds)))
 
 
 def run_engine(engine, data, sampler, steps, seed=0, state=None,
@@ -110,15 +141,16 @@ def run_engine(engine, data, sampler, steps, seed=0, state=None,
   """
   if state is None:
     state = engine.init_state(seed, data.image_shape)
-  images, labels = engine.put_train_data(data.train_images, data.train_labels)
+  images, labels = engine.topology.put_replicated(data.train_images,
+                                                  data.train_labels)
   for round_ in engine.schedule.rounds(0, steps, cut_every):
     if streamed:
       # [K, P, B]: learner ids in order, as one process holding all.
       indices = sampler.round_indices(round_.first, round_.length)
-      inputs = engine.put_round_batches(data.train_images[indices],
-                                        data.train_labels[indices])
+      inputs = engine.topology.put_round_batches(data.train_images[indices],
+                                                 data.train_labels[indices])
     else:
-      inputs = (images, labels, engine.put_round_indices(
+      inputs = (images, labels, engine.topology.put_round_indices(
           sampler, round_.first, round_.length))
     state, _ = engine.train_round(round_.level, round_.length, streamed)(
         state, *inputs)

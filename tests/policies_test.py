@@ -40,16 +40,16 @@ def _conv_batch_moments(params, data, seed, num_batches, batch_size):
 class PoliciesTest(absltest.TestCase):
 
   def test_averaged_parts(self):
-    self.assertEqual(policies.averaged_parts('average', 'local'),
+    policy = policies.AveragingPolicy
+    self.assertEqual(policy('average', 'local').averaged_parts,
                      ('params', 'batch_stats'))
-    self.assertEqual(policies.averaged_parts('local', 'average'),
+    self.assertEqual(policy('local', 'average').averaged_parts,
                      ('params', 'opt_state'))
     # 'recompute' keeps statistics local while training; 'reset' does not
     # average the optimizer state, it clears it.
-    self.assertEqual(policies.averaged_parts('recompute', 'reset'),
+    self.assertEqual(policy('recompute', 'reset').averaged_parts,
                      ('params',))
-    with self.assertRaisesRegex(UserError, "hier.opt_state='sum'"):
-      policies.averaged_parts('average', 'sum')
+    self.assertTrue(policy('recompute', 'reset').recomputes_batch_stats)
 
   def test_reset_keeps_counts(self):
     state = {'trace': jnp.ones(3), 'count': jnp.array(7, jnp.int32)}
@@ -95,7 +95,7 @@ class PoliciesTest(absltest.TestCase):
       engine = helpers.make_engine(learner, 8, 4, 2, 3, (2, 2), average)
       # Ends on step 10, a local averaging.
       state = helpers.run_engine(engine, data, sampler, 10)
-      results.append((state, engine.global_average(state)))
+      results.append((state, engine.kernels.global_average(state)))
     (averaged, (p1, s1)), (local, (p2, s2)) = results
     jax.tree.map(np.testing.assert_array_equal, p1, p2)
     helpers.assert_trees_close(self, s1, s2, atol=1e-6, rtol=1e-6)
@@ -111,7 +111,7 @@ class PoliciesTest(absltest.TestCase):
     learner = helpers.make_learner('bn', data)
     engine = helpers.make_engine(learner, 8, 4, 2, 3, (2, 4))
     state = helpers.run_engine(engine, data, helpers.make_sampler(data, 8), 6)
-    params, batch_stats = engine.global_average(state)
+    params, batch_stats = engine.kernels.global_average(state)
     got = evaluation.recompute_batch_stats(
         engine, params, batch_stats, data.train_images, num_batches=5,
         batch_size=16, seed=3)
@@ -131,7 +131,7 @@ class PoliciesTest(absltest.TestCase):
     engine = helpers.make_engine(helpers.make_learner('mlp', data), 8, 4, 2,
                                  3, (2, 4))
     state = engine.init_state(0, data.image_shape)
-    params, batch_stats = engine.global_average(state)
+    params, batch_stats = engine.kernels.global_average(state)
     self.assertEqual(
         evaluation.recompute_batch_stats(engine, params, batch_stats,
                                          data.train_images, 4, 16, 0), {})

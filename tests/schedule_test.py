@@ -4,7 +4,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 from hier_avg.errors import UserError
-from hier_avg.core.schedule import Level, make_schedule, hier_schedule
+from hier_avg.core.schedule import Level, Schedule, hier_schedule
 
 # (k1, k2, steps, local averagings, global averagings)
 COUNT_CASES = (
@@ -45,9 +45,9 @@ class ScheduleTest(parameterized.TestCase):
     self.assertEqual(global_.axes, ('node', 'local'))
 
   def test_three_levels(self):
-    schedule = make_schedule([Level('local', ('local',), 2),
-                              Level('pod', ('node', 'local'), 4),
-                              Level('global', ('pod', 'node', 'local'), 8)])
+    schedule = Schedule((Level('local', ('local',), 2),
+                         Level('pod', ('node', 'local'), 4),
+                         Level('global', ('pod', 'node', 'local'), 8)))
     self.assertEqual(schedule.counts(16),
                      {'local': 4, 'pod': 2, 'global': 2})
     self.assertEqual(schedule.level_after(12).name, 'pod')

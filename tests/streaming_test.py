@@ -179,7 +179,8 @@ class StreamTest(absltest.TestCase):
     data = dataclasses.replace(self.data, image_size=224,
                                num_train=1_281_167)
     feed = feeds.StreamedFeed(data, config.data, 8, 0)
-    engine = types.SimpleNamespace(process_learner_ids=lambda: np.arange(8))
+    engine = types.SimpleNamespace(topology=types.SimpleNamespace(
+        process_learner_ids=lambda: np.arange(8)))
     feed.start(engine, 0)
     # One step is 8 * 128 * 224 * 224 * 3 = 154 MB: 6 steps stay under 1 GiB.
     self.assertEqual(feed.max_round_length, 6)
@@ -252,7 +253,7 @@ class PerHostTest(absltest.TestCase):
     config.data.batch_size = 2
     feed = feeds.StreamedFeed(self.data, config.data, 8, 0)
     feed.start(engine, 0)
-    params, batch_stats = engine.global_average(
+    params, batch_stats = engine.kernels.global_average(
         engine.init_state(0, self.data.image_shape))
     # 5 batches of 2 round up to one per device: 8, the first 16 images.
     got = feed.recompute_batch_stats(params, batch_stats, 5, 2)

@@ -1,0 +1,32 @@
+"""The algorithms a run can train with, by `hier.algorithm`.
+
+Each is a module whose `make(...)` returns a `runtime.algorithm.Algorithm`:
+`hierarchical` (Hier-AVG, with K-AVG and synchronous SGD as special cases)
+and `asgd` (simulated asynchronous SGD, the papers' baseline).
+"""
+
+from hier_avg.algorithms import asgd, hierarchical
+from hier_avg.core import outer
+from hier_avg.core.learner import Learner
+from hier_avg.core.policies import AveragingPolicy
+from hier_avg.core.schedule import hier_schedule
+from hier_avg.core.topology import Topology
+from hier_avg.runtime.algorithm import Algorithm
+
+ALGORITHMS = ('hier', 'asgd')
+
+
+def updates_per_step(hier_config, num_learners: int) -> int:
+  """Optimizer updates per local step (ASGD's server makes P of them)."""
+  return num_learners if hier_config.algorithm == 'asgd' else 1
+
+
+def from_config(hier_config, learner: Learner, topology: Topology,
+                learner_loop: str) -> Algorithm:
+  """The `hier` section's algorithm on `topology`."""
+  if hier_config.algorithm == 'asgd':
+    return asgd.make(learner, topology, hier_config.staleness, learner_loop)
+  return hierarchical.make(
+      learner, topology, hier_schedule(hier_config.k1, hier_config.k2),
+      AveragingPolicy.from_config(hier_config),
+      outer.make_outer_optimizer(hier_config), learner_loop)

@@ -19,63 +19,36 @@ import jax.numpy as jnp
 from jax import lax
 
 from hier_avg.core import averaging
-from hier_avg.runtime import execution
-from hier_avg.runtime.engine import Engine, LevelCost, _flatten_block, _unflatten_block
 from hier_avg.core.learner import Learner, step_key
-from hier_avg.core.schedule import make_schedule
+from hier_avg.core.schedule import Schedule
 from hier_avg.core.state import TrainState
 from hier_avg.core.topology import Topology
+from hier_avg.runtime import communication, execution
+from hier_avg.runtime.algorithm import Algorithm
 
-# The communication event's name in the metrics (gradient_exchanges, ...).
+# The communication channel's name and event count in the metrics
+# (`gradient_exchanges`, `gradient_bytes_per_learner`, ...).
 EXCHANGE = 'gradient'
+EVENTS = f'{EXCHANGE}_exchanges'
 
 
-class AsgdEngine(Engine):
-  """Rounds of simulated ASGD; the rest (data, evaluation) as `Engine`."""
+def make(learner: Learner, topology: Topology, staleness: int,
+         learner_loop: str = 'vmap') -> Algorithm:
+  """ASGD with staleness tau = `staleness` on `topology`'s learners."""
+  nblock = len(topology.grid_shape)
+  tau = staleness
 
-  event_noun = 'exchanges'
-
-  def __init__(self, learner: Learner, topology: Topology, staleness: int,
-               round_loop: str = 'auto', max_unrolled_steps: int = 16,
-               pack: str = 'auto'):
-    self.staleness = staleness
-    super().__init__(learner, topology, make_schedule(()), ('params',),
-                     round_loop, max_unrolled_steps, pack)
-
-  @property
-  def keeps_stale_models(self) -> bool:
-    return self.staleness > 0
-
-  def _extend_state(self, state: TrainState) -> TrainState:
-    if not self.staleness:
+  def extend_state(state: TrainState) -> TrainState:
+    if not tau:
       return state
-    nblock = len(self.topology.grid_shape)
     # Before step tau the past models are all the initial model.
-    stale = jax.tree.map(
+    return state.replace(stale=jax.tree.map(
         lambda x: jnp.broadcast_to(
             jnp.expand_dims(x, nblock),
-            x.shape[:nblock] + (self.staleness,) + x.shape[nblock:]),
-        state.params)
-    return state.replace(stale=stale)
+            x.shape[:nblock] + (tau,) + x.shape[nblock:]), state.params))
 
-  def event_counts(self, steps: int) -> dict[str, int]:
-    return {EXCHANGE: steps}
-
-  def communication(self, state: TrainState) -> dict[str, LevelCost]:
-    """Per step each learner sends one gradient (the size of its model)."""
-    one_learner = self.one_learner(state.params)
-    return {EXCHANGE: LevelCost(
-        averaging.gathers_per_event(one_learner, self.topology),
-        averaging.bytes_per_learner(one_learner))}
-
-  def _after_round(self, state, level):
-    del level  # ASGD has no averaging schedule.
-    return state
-
-  def _block_step(self, state: TrainState, batch):
+  def local_step(state: TrainState, batch):
     """Every learner's gradient on the stale model, then the P updates."""
-    topology, learner, tau = self.topology, self.learner, self.staleness
-    nblock = len(topology.grid_shape)
     block_shape = state.rng.shape
     if tau:
       slot = state.step % tau
@@ -84,19 +57,18 @@ class AsgdEngine(Engine):
           state.stale)
     else:
       read = state.params
-    flat = _flatten_block((read, state.batch_stats, state.rng, batch),
-                          nblock)
 
     def one(params, batch_stats, rng, batch):
       loss, batch_stats, grads = learner.loss_and_grads(
           params, batch_stats, step_key(rng, state.step), *batch)
       return grads, batch_stats, loss
 
-    grads, batch_stats, loss = _unflatten_block(
-        execution.map_learners(one, self.pack, *flat), block_shape)
+    grads, batch_stats, loss = execution.map_block(
+        one, learner_loop, nblock, read, state.batch_stats, state.rng, batch)
     # The server: every learner's gradient, applied in learner order.
-    grads = _flatten_block(averaging.gather_learners(grads, topology),
-                           nblock)
+    grads = averaging.gather_learners(grads, topology)
+    grads = jax.tree.map(lambda g: g.reshape((-1,) + g.shape[nblock:]),
+                         grads)
     first = (0,) * nblock
     params = jax.tree.map(lambda x: x[first], state.params)
     opt_state = jax.tree.map(lambda x: x[first], state.opt_state)
@@ -117,3 +89,20 @@ class AsgdEngine(Engine):
                                                          nblock),
           state.stale, state.params))
     return new, loss
+
+  def after_round(state: TrainState, level) -> TrainState:
+    del level  # ASGD communicates inside every step, not after rounds.
+    return state
+
+  def channels(state: TrainState) -> dict[str, communication.Channel]:
+    """Per step each learner sends one gradient (the size of its model)."""
+    one = communication.one_learner(state.params, nblock)
+    return {EXCHANGE: communication.Channel(
+        EVENTS, averaging.gathers_per_event(one, topology),
+        averaging.bytes_per_learner(one))}
+
+  return Algorithm(
+      description=f'simulated ASGD with staleness {tau}',
+      schedule=Schedule(()), local_step=local_step, after_round=after_round,
+      channels=channels, event_counts=lambda steps: {EXCHANGE: steps},
+      extra_state=('stale',) if tau else (), extend_state=extend_state)

@@ -19,25 +19,49 @@ linear: so 'average' and 'local' give the same globally averaged model.
 They differ in the bytes sent and in what each single learner holds.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
-
-from hier_avg.errors import require
 
 BATCH_STATS_POLICIES = ('average', 'local', 'recompute')
 OPT_STATE_POLICIES = ('local', 'average', 'reset')
 
 
-def averaged_parts(batch_stats: str, opt_state: str) -> tuple[str, ...]:
-  """The parts of a learner's state that averaging replaces by the mean."""
-  require(batch_stats in BATCH_STATS_POLICIES,
-          f'unknown hier.batch_stats={batch_stats!r}; choose one of '
-          f'{", ".join(map(repr, BATCH_STATS_POLICIES))}.')
-  require(opt_state in OPT_STATE_POLICIES,
-          f'unknown hier.opt_state={opt_state!r}; choose one of '
-          f'{", ".join(map(repr, OPT_STATE_POLICIES))}.')
-  return (('params',) + (('batch_stats',) if batch_stats == 'average' else ())
-          + (('opt_state',) if opt_state == 'average' else ()))
+@dataclasses.dataclass(frozen=True)
+class AveragingPolicy:
+  """`hier.batch_stats` and `hier.opt_state`, and what they imply.
+
+  The one place that turns the two config strings into behaviour: which
+  parts averaging replaces by the mean, what happens to the optimizer state
+  after an averaging, and whether evaluation recomputes BatchNorm
+  statistics (and from how many batches).
+  """
+  batch_stats: str = 'average'
+  opt_state: str = 'local'
+  recompute_batches: int = 32
+
+  @classmethod
+  def from_config(cls, hier_config) -> 'AveragingPolicy':
+    return cls(hier_config.batch_stats, hier_config.opt_state,
+               hier_config.recompute_batches)
+
+  @property
+  def averaged_parts(self) -> tuple[str, ...]:
+    """The parts of a learner's state that averaging replaces by the mean."""
+    return (('params',) +
+            (('batch_stats',) if self.batch_stats == 'average' else ()) +
+            (('opt_state',) if self.opt_state == 'average' else ()))
+
+  @property
+  def recomputes_batch_stats(self) -> bool:
+    return self.batch_stats == 'recompute'
+
+  def after_averaging(self, state):
+    """The state after an averaging: moments zeroed under 'reset'."""
+    if self.opt_state != 'reset':
+      return state
+    return state.replace(opt_state=reset_optimizer_state(state.opt_state))
 
 
 def reset_optimizer_state(opt_state):

@@ -97,6 +97,3 @@ def hier_schedule(k1: int, k2: int) -> Schedule:
   return Schedule((Level('local', (LOCAL,), k1),
                    Level('global', (NODE, LOCAL), k1 * k2)))
 
-
-def make_schedule(levels: Sequence[Level]) -> Schedule:
-  return Schedule(tuple(levels))

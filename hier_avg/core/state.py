@@ -1,23 +1,9 @@
 """The training state of all learners, as one sharded pytree."""
 
-from typing import Any
+from typing import Any, Sequence
 
 import flax.struct
 import jax
-
-from hier_avg.errors import require
-
-# Parts of a learner's state that `hier.average` can name.
-AVERAGEABLE = ('params', 'batch_stats', 'opt_state')
-
-
-def check_average(average) -> tuple[str, ...]:
-  """`hier.average` as a tuple, or a UserError saying what it may hold."""
-  average = tuple(average)
-  require('params' in average and set(average) <= set(AVERAGEABLE),
-          f"hier.average={average} must include 'params' and may add "
-          "'batch_stats' and 'opt_state'.")
-  return average
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -42,11 +28,15 @@ class TrainState(flax.struct.PyTreeNode):
   stale: Any = None
 
 
-def state_specs(learner_spec, replicated_spec, has_outer: bool = False,
-                has_stale: bool = False) -> TrainState:
-  """PartitionSpecs for a `TrainState` (a pytree prefix of it)."""
+def state_specs(learner_spec, replicated_spec,
+                extra: Sequence[str] = ()) -> TrainState:
+  """PartitionSpecs for a `TrainState` (a pytree prefix of it).
+
+  `extra`: the optional fields ('outer', 'stale') the algorithm fills; they
+  shard like the learners, the others stay None.
+  """
   return TrainState(step=replicated_spec, params=learner_spec,
                     batch_stats=learner_spec, opt_state=learner_spec,
                     rng=learner_spec,
-                    outer=learner_spec if has_outer else None,
-                    stale=learner_spec if has_stale else None)
+                    outer=learner_spec if 'outer' in extra else None,
+                    stale=learner_spec if 'stale' in extra else None)

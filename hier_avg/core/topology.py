@@ -12,6 +12,7 @@ over the inner axes ('local') never leaves a host.
 """
 
 import dataclasses
+import functools
 import itertools
 import math
 from typing import Sequence
@@ -19,6 +20,7 @@ from typing import Sequence
 import jax
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+import numpy as np
 
 from hier_avg.errors import UserError, require
 
@@ -59,6 +61,89 @@ class Topology:
 
   def replicated_sharding(self) -> NamedSharding:
     return NamedSharding(self.mesh, PartitionSpec())
+
+  @property
+  def num_devices(self) -> int:
+    return math.prod(self.mesh_shape)
+
+  @property
+  def platform(self) -> str:
+    return self.mesh.devices.flat[0].platform
+
+  @property
+  def batch_sharding(self) -> NamedSharding:
+    """A batch split over every device of the mesh (evaluation)."""
+    return NamedSharding(self.mesh, PartitionSpec(self.axis_names))
+
+  # ---- Learner ids and where their data goes ----------------------------
+
+  @functools.cached_property
+  def learner_ids(self) -> np.ndarray:
+    """Every learner's id, laid out as the grid (row-major ids)."""
+    return np.arange(self.num_learners).reshape(self.grid_shape)
+
+  @functools.cached_property
+  def _process_rows(self) -> dict[int, int]:
+    """This process's learner ids, in order -> their rows in its batches."""
+    mine = {int(i) for index in self.learner_sharding()
+            .addressable_devices_indices_map(self.grid_shape).values()
+            for i in self.learner_ids[index].reshape(-1)}
+    return {i: row for row, i in enumerate(sorted(mine))}
+
+  def process_learner_ids(self) -> np.ndarray:
+    """Ids of the learners whose devices this process drives, in order."""
+    return np.asarray(list(self._process_rows))
+
+  @property
+  def round_spec(self) -> PartitionSpec:
+    """[steps, grid..., ...] arrays: steps unsharded, learners sharded."""
+    return PartitionSpec(None, *self.axis_names)
+
+  def round_sharding(self) -> NamedSharding:
+    return NamedSharding(self.mesh, self.round_spec)
+
+  def _device_learners(self, index) -> np.ndarray:
+    """The learner ids of one device's block, from a round array's index."""
+    return self.learner_ids[index[1:1 + len(self.grid_shape)]]
+
+  def put_replicated(self, *arrays):
+    """Arrays (a resident data set) replicated on every device."""
+    return tuple(jax.device_put(a, self.replicated_sharding()) for a in arrays)
+
+  def put_round_indices(self, sampler, first: int, length: int):
+    """Example indices of steps `[first, first + length)`, like the learners.
+
+    A [length, grid..., B] array sharded over the learner axes. Each process
+    builds only the rows of its own devices' learners
+    (`sampler.round_indices(first, length, learner_ids)`).
+    """
+    def shard(index):
+      block = self._device_learners(index)
+      rows = sampler.round_indices(first, length, block.reshape(-1))
+      return rows.reshape((length,) + block.shape + rows.shape[-1:])
+
+    return jax.make_array_from_callback(
+        (length,) + self.grid_shape + (sampler.batch_size,),
+        self.round_sharding(), shard)
+
+  def put_round_batches(self, *arrays_KxLxB):
+    """A process's streamed minibatches of a round, placed like the learners.
+
+    Row l of each [K, L, B, ...] input belongs to `process_learner_ids()[l]`;
+    returns [K, grid..., B, ...] arrays sharded over the learner axes.
+    """
+    row_of = self._process_rows
+
+    def put(local):
+      def shard(index):
+        block = self._device_learners(index)
+        rows = local[:, [row_of[int(i)] for i in block.reshape(-1)]]
+        return rows.reshape(local.shape[:1] + block.shape + local.shape[2:])
+      return jax.make_array_from_callback(
+          local.shape[:1] + self.grid_shape + local.shape[2:],
+          self.round_sharding(), shard)
+
+    return tuple(put(a) for a in arrays_KxLxB)
 
   def describe(self) -> str:
     return (f'learner grid {dict(zip(self.axis_names, self.grid_shape))} on '

@@ -54,12 +54,13 @@ class ResidentFeed:
   def start(self, engine: Engine, first_step: int) -> None:
     del first_step  # Indices are a pure function of the step.
     self._engine = engine
-    self._images, self._labels = engine.put_train_data(
+    self._images, self._labels = engine.topology.put_replicated(
         self.data.train_images, self.data.train_labels)
 
   def round_inputs(self, first: int, length: int) -> tuple:
-    return (self._images, self._labels, self._engine.put_round_indices(
-        self._sampler, first, length))
+    return (self._images, self._labels,
+            self._engine.topology.put_round_indices(self._sampler, first,
+                                                    length))
 
   def evaluate(self, params, batch_stats, batch_size: int) -> dict:
     return evaluate(self._engine, params, batch_stats, self.data.test_images,
@@ -92,7 +93,8 @@ class StreamedFeed:
   @property
   def max_round_length(self) -> int:
     """Most steps per round, so a round's images fit in MAX_ROUND_BYTES."""
-    step_bytes = (len(self._engine.process_learner_ids()) * self._batch_size
+    learners = len(self._engine.topology.process_learner_ids())
+    step_bytes = (learners * self._batch_size
                   * int(np.prod(self.data.image_shape)))
     return max(1, MAX_ROUND_BYTES // step_bytes)
 
@@ -101,7 +103,7 @@ class StreamedFeed:
     self._next_step = first_step
     self._batches = streaming.train_batches(
         self.data, self._num_learners, self._batch_size,
-        len(engine.process_learner_ids()), first_step, self._seed,
+        len(engine.topology.process_learner_ids()), first_step, self._seed,
         self._augment, jax.process_index(), jax.process_count())
 
   def round_inputs(self, first: int, length: int) -> tuple:
@@ -109,7 +111,8 @@ class StreamedFeed:
     assert first == self._next_step, (first, self._next_step)
     self._next_step += length
     images, labels = zip(*(next(self._batches) for _ in range(length)))
-    return self._engine.put_round_batches(np.stack(images), np.stack(labels))
+    return self._engine.topology.put_round_batches(np.stack(images),
+                                                   np.stack(labels))
 
   def evaluate(self, params, batch_stats, batch_size: int) -> dict:
     global_batch = global_eval_batch(self._engine, batch_size)

@@ -137,3 +137,23 @@ class Checkpoints:
 
   def close(self) -> None:
     self._manager.close()
+
+  def __enter__(self) -> 'Checkpoints':
+    return self
+
+  def __exit__(self, error_type, error, traceback) -> None:
+    """Waits for the saves in flight and closes, however the run ended.
+
+    After a failure the first error is the one reported: when a peer
+    process died, the checkpoint barriers fail too, and their timeout must
+    not replace the real cause.
+    """
+    if error_type is None:
+      self.wait()
+      self.close()
+      return
+    try:
+      self.wait()
+      self.close()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning('hier_avg: closing the checkpoints failed too: %s', e)

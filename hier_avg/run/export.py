@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from hier_avg.errors import UserError
+from hier_avg.run import distributed
 
 MODEL_FILE = 'final_model.msgpack'
 
@@ -19,7 +20,7 @@ MODEL_FILE = 'final_model.msgpack'
 def save_model(workdir: str, params, batch_stats) -> str:
   """Writes the model atomically (process 0 only); returns its path."""
   path = os.path.join(workdir, MODEL_FILE)
-  if jax.process_index() != 0:
+  if not distributed.is_main_process():
     return path
   model = jax.tree.map(np.asarray, {'params': params,
                                     'batch_stats': batch_stats})

@@ -9,6 +9,8 @@ import os
 import jax
 import numpy as np
 
+from hier_avg.run import distributed
+
 METRICS_FILE = 'metrics.jsonl'
 SUMMARY_FILE = 'summary.json'
 PLOT_FILE = 'curves.png'
@@ -55,7 +57,7 @@ class MetricsWriter:
     are dropped first, so no step is ever logged twice.
     """
     self.workdir = workdir
-    self.enabled = jax.process_index() == 0
+    self.enabled = distributed.is_main_process()
     self.rows: list[dict] = []
     self._tb = None
     if self.enabled:
@@ -111,6 +113,12 @@ class MetricsWriter:
       ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(os.path.join(self.workdir, PLOT_FILE), dpi=100)
+
+  def __enter__(self) -> 'MetricsWriter':
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
 
   def close(self) -> None:
     if self.enabled:

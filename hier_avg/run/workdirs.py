@@ -10,12 +10,14 @@ run never leaves a stale lock behind. (flock works on local file systems;
 on NFS it may not exclude a run on another host.)
 """
 
+import contextlib
 import fcntl
 import os
 
-from hier_avg.run import checkpoint
+from hier_avg.run import checkpoint, distributed
 from hier_avg.errors import UserError, require
 from hier_avg.run.metrics import METRICS_FILE
+
 
 def check(workdir: str) -> None:
   """Refuses a workdir that is a file or holds a run we cannot continue.
@@ -70,3 +72,17 @@ class Lock:
     if self._fd is not None:
       os.close(self._fd)  # Closing the last descriptor drops the lock.
       self._fd = None
+
+
+@contextlib.contextmanager
+def held(workdir: str):
+  """Creates `workdir` and holds it while inside (process 0 alone)."""
+  if not distributed.is_main_process():
+    yield
+    return
+  prepare(workdir)
+  lock = Lock(workdir)
+  try:
+    yield
+  finally:
+    lock.release()

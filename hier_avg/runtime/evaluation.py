@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hier_avg.core.policies import AveragingPolicy
 from hier_avg.runtime.engine import Engine
 
 
@@ -23,10 +24,10 @@ def evaluate_batches(engine: Engine, params, batch_stats, batches,
   correct, loss_sum = 0, 0.0
   for x, y, valid in batches:
     x, y, valid = (jax.make_array_from_process_local_data(
-        engine.batch_sharding, a, (global_batch,) + a.shape[1:])
+        engine.topology.batch_sharding, a, (global_batch,) + a.shape[1:])
                    for a in (x, y, valid))
-    batch_correct, batch_loss = engine.eval_sums(params, batch_stats, x, y,
-                                                 valid)
+    batch_correct, batch_loss = engine.kernels.eval_sums(
+        params, batch_stats, x, y, valid)
     correct += int(batch_correct)
     loss_sum += float(batch_loss)
   return {'test_accuracy': correct / num_examples,
@@ -35,7 +36,8 @@ def evaluate_batches(engine: Engine, params, batch_stats, batches,
 
 def global_eval_batch(engine: Engine, batch_size: int) -> int:
   """`batch_size` rounded up so every device gets an equal slice."""
-  return math.ceil(batch_size / engine.num_devices) * engine.num_devices
+  devices = engine.topology.num_devices
+  return math.ceil(batch_size / devices) * devices
 
 
 def evaluate(engine: Engine, params, batch_stats, images: np.ndarray,
@@ -62,7 +64,7 @@ def evaluate(engine: Engine, params, batch_stats, images: np.ndarray,
 
 def recompute_calls(engine: Engine, num_batches: int) -> int:
   """Calls of one batch per device that cover `num_batches` batches."""
-  return math.ceil(num_batches / engine.num_devices)
+  return math.ceil(num_batches / engine.topology.num_devices)
 
 
 def recompute_from_batches(engine: Engine, params, batch_stats, batches,
@@ -76,8 +78,9 @@ def recompute_from_batches(engine: Engine, params, batch_stats, batches,
   total = None
   for x in itertools.islice(batches, calls):
     x = jax.make_array_from_process_local_data(
-        engine.batch_sharding, x, (engine.num_devices,) + x.shape[1:])
-    stats = engine.batch_statistics(params, batch_stats, x)
+        engine.topology.batch_sharding, x,
+        (engine.topology.num_devices,) + x.shape[1:])
+    stats = engine.kernels.batch_statistics(params, batch_stats, x)
     total = stats if total is None else jax.tree.map(jnp.add, total, stats)
   return jax.tree.map(lambda x: x / calls, total)
 
@@ -93,7 +96,7 @@ def recompute_batch_stats(engine: Engine, params, batch_stats,
   pure function of the model and the data. Batches larger than the data
   set repeat it.
   """
-  devices = engine.num_devices
+  devices = engine.topology.num_devices
   calls = recompute_calls(engine, num_batches)
   order = np.random.default_rng(seed).permutation(len(images))
   # Repeats the data if it is too small.
@@ -102,3 +105,18 @@ def recompute_batch_stats(engine: Engine, params, batch_stats,
   batches = (images[chunk].reshape((devices, batch_size) + images.shape[1:])
              for chunk in order.reshape(calls, devices * batch_size))
   return recompute_from_batches(engine, params, batch_stats, batches, calls)
+
+
+def averaged_model(engine: Engine, feed, state, policy: AveragingPolicy,
+                   batch_size: int):
+  """`(params, batch_stats)` of the model to evaluate and export.
+
+  The global average of every learner; under `hier.batch_stats=
+  'recompute'` its BatchNorm statistics are recomputed from `feed`'s
+  training data (`policy.recompute_batches` batches of `batch_size`).
+  """
+  params, batch_stats = engine.kernels.global_average(state)
+  if policy.recomputes_batch_stats:
+    batch_stats = feed.recompute_batch_stats(
+        params, batch_stats, policy.recompute_batches, batch_size)
+  return params, batch_stats

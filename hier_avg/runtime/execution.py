@@ -17,6 +17,8 @@ vmapped learners with im2col convolutions (when a device holds several
 learners) in scanned rounds.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -76,3 +78,40 @@ def map_learners(fn, pack: str, *trees):
   outs = [fn(*jax.tree.map(lambda x, i=i: x[i], trees))
           for i in range(count)]
   return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+
+
+def map_block(fn, learner_loop: str, nblock: int, *trees):
+  """`fn` applied to every learner of a device's block.
+
+  Leaves carry the block's `nblock` learner axes first (one per grid axis);
+  they are flattened into one learner axis for `map_learners` and restored
+  after, so `fn` sees one learner's leaves.
+  """
+  block_shape = jax.tree.leaves(trees)[0].shape[:nblock]
+  flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[nblock:]), trees)
+  out = map_learners(fn, learner_loop, *flat)
+  return jax.tree.map(lambda x: x.reshape(block_shape + x.shape[1:]), out)
+
+
+@dataclasses.dataclass(frozen=True)
+class Execution:
+  """The resolved choices: how learners and a round's steps are compiled."""
+  learner_loop: str = 'vmap'      # 'vmap' or 'unroll'
+  step_loop: str = 'scan'         # 'scan' or 'unroll'
+  max_unrolled_steps: int = 16    # learner-steps per device per call
+
+  @classmethod
+  def resolve(cls, learner_loop: str, step_loop: str,
+              max_unrolled_steps: int, platform: str) -> 'Execution':
+    """'auto' choices resolved for `platform` ('cpu', 'gpu', 'tpu')."""
+    return cls(resolve_pack(learner_loop, platform),
+               resolve_round_loop(step_loop, platform), max_unrolled_steps)
+
+  def max_round_length(self, learners_per_device: int) -> int:
+    """Most steps per compiled round; 0: no limit (a scanned round)."""
+    if self.step_loop == 'scan':
+      return 0
+    # Unrolled learners multiply the program's size too.
+    copies = learners_per_device if self.learner_loop == 'unroll' else 1
+    return max(1, self.max_unrolled_steps // copies)

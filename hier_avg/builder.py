@@ -1,0 +1,47 @@
+"""From a config to an engine: model, optimizer, learner, algorithm, runtime.
+
+The one builder the train loop, the benchmarks and the notebooks share, so
+a benchmark measures exactly what a run trains.
+"""
+
+from absl import logging
+import optax
+
+from hier_avg import algorithms, models
+from hier_avg.core import optim
+from hier_avg.core.learner import Learner
+from hier_avg.core.topology import Topology
+from hier_avg.data import feeds
+from hier_avg.runtime import execution
+from hier_avg.runtime.engine import Engine
+
+
+def build_engine(config, data, topology: Topology, num_steps: int,
+                 steps_per_epoch: int) -> tuple[Engine, optax.Schedule]:
+  """The engine that trains `config` on `data`, and its learning rate.
+
+  `data` gives the classes, the image normalization (`mean`, `std`); the
+  learning-rate schedule is in local steps (`num_steps` in all).
+  """
+  lr_schedule = optim.learning_rate_schedule(config.opt, steps_per_epoch,
+                                             num_steps)
+  updates = algorithms.updates_per_step(config.hier, topology.num_learners)
+  tx = optim.make_optimizer(config.opt,
+                            lambda count: lr_schedule(count // updates))
+  run = execution.Execution.resolve(
+      config.mesh.pack, config.mesh.round_loop,
+      config.mesh.max_unrolled_steps, topology.platform)
+  conv = execution.resolve_conv(config.model.conv, run.learner_loop,
+                                topology.learners_per_device)
+  model = models.get_model(config.model.name, data.num_classes, conv,
+                           config.model.dtype, config.model.stem)
+  # Streamed images come augmented from the host (`data/streaming.py`).
+  augment_on_device = config.data.augment and not feeds.is_streamed(
+      config.data)
+  learner = Learner(model, tx, data.mean, data.std, augment_on_device)
+  algorithm = algorithms.from_config(config.hier, learner, topology,
+                                     run.learner_loop)
+  logging.info('hier_avg: learners %s-packed, %s convolutions, %s rounds, '
+               '%s compute', run.learner_loop, conv, run.step_loop,
+               config.model.dtype)
+  return Engine(learner, topology, algorithm, run), lr_schedule

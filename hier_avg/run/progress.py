@@ -1,0 +1,69 @@
+"""The host's view of training between two rows: losses, time, throughput.
+
+Rounds hand back their losses without waiting (`add`); at a row the losses
+of every process are gathered once (`collect`), checked for divergence and
+averaged, and the time since the last row counts as training time.
+"""
+
+import time
+
+from jax.experimental import multihost_utils
+import numpy as np
+
+from hier_avg.errors import UserError
+
+
+class TrainingDiverged(UserError):
+  """The loss or the parameters became NaN or infinite."""
+
+
+class Progress:
+  """Losses and training time since the last row, and in all."""
+
+  def __init__(self, images_per_step: int, wall_s_before: float = 0.0):
+    self.images_per_step = images_per_step
+    # A resumed run's clock goes on from its checkpoint's row.
+    self._start = time.perf_counter() - wall_s_before
+    self._pending = []  # (first step, [length, grid...] losses) per round.
+    self.train_s = 0.0
+    self.images_seen = 0
+    self._segment_start = time.perf_counter()
+
+  def add(self, first_step: int, losses) -> None:
+    self._pending.append((first_step, losses))
+
+  def collect(self) -> tuple[float, float]:
+    """(mean loss, images/s) of the steps since the last call.
+
+    Each process holds its own learners' losses; every process gets all of
+    them, so all agree on the metrics and on divergence.
+    """
+    segment_s = time.perf_counter() - self._segment_start
+    losses = [(first + 1 + i, step_loss.reshape(-1))
+              for first, round_loss in self._pending
+              for i, step_loss in enumerate(
+                  multihost_utils.process_allgather(round_loss, tiled=True))]
+    self._pending.clear()
+    for step, loss in losses:
+      bad = np.flatnonzero(~np.isfinite(loss))
+      if bad.size:
+        raise TrainingDiverged(
+            f'training diverged: non-finite loss at step {step} (learner '
+            f'{bad[0]}); lower opt.lr or add opt.warmup_epochs.')
+    self.train_s += segment_s
+    images = self.images_per_step * len(losses)
+    self.images_seen += images
+    return (float(np.mean([l.mean() for _, l in losses])),
+            images / max(segment_s, 1e-9))
+
+  def resume_timing(self) -> None:
+    """Evaluation, logging and checkpointing do not count as training."""
+    self._segment_start = time.perf_counter()
+
+  @property
+  def wall_s(self) -> float:
+    return time.perf_counter() - self._start
+
+  @property
+  def images_per_s(self) -> float:
+    return self.images_seen / max(self.train_s, 1e-9)

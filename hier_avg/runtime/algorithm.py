@@ -1,0 +1,48 @@
+"""What the runtime needs from an algorithm: a few functions, no subclass.
+
+The runtime (`engine.py`) owns the sharded state, the compiled rounds and
+the data placement; an algorithm (`hier_avg/algorithms/`) says what one
+local step does to a device's block of learners, what happens after a
+round (averaging, or nothing), which extra state it keeps, and what its
+communication costs. Hier-AVG and simulated ASGD are two such values.
+"""
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+
+from hier_avg.core.schedule import Level, Schedule
+from hier_avg.core.state import TrainState
+from hier_avg.runtime.communication import Channel
+
+
+def _unchanged(state: TrainState) -> TrainState:
+  return state
+
+
+@dataclasses.dataclass(frozen=True)
+class Algorithm:
+  """An algorithm as functions of a device's block of learners.
+
+  `local_step` and `after_round` run inside `shard_map`: their `state` holds
+  the device's block of learners (leading grid axes) and the replicated
+  step, and they may use collectives over the mesh axes.
+  """
+  description: str
+  # When averaging happens: a round ends at every averaging, which
+  # `after_round` receives as its level (None: a round cut elsewhere).
+  schedule: Schedule
+  # (state, batch) -> (state, [block...] losses): one step of every
+  # learner of the block; batch is ([block..., B, H, W, C], [block..., B]).
+  local_step: Callable[[TrainState, Any], tuple[TrainState, jax.Array]]
+  # (state, level or None) -> state.
+  after_round: Callable[[TrainState, Level | None], TrainState]
+  # (state with learner axes, as fields sharded like learners) -> channels.
+  channels: Callable[[TrainState], dict[str, Channel]]
+  # steps -> events of each channel in the first `steps` steps.
+  event_counts: Callable[[int], dict[str, int]]
+  # Optional `TrainState` fields this algorithm fills ('outer', 'stale'),
+  # and the function that fills them from the fresh state (inside jit).
+  extra_state: tuple[str, ...] = ()
+  extend_state: Callable[[TrainState], TrainState] = _unchanged
