@@ -57,7 +57,7 @@ def _get(config, key: str):
 def validate(config) -> None:
   """Raises UserError for the first bad value in `config`."""
   _integer(config, 'seed', 0)
-  for key in ('hier.num_learners', 'hier.group_size'):
+  for key in ('hier.num_learners', 'hier.group_size', 'hier.k1', 'hier.k2'):
     _integer(config, key, 1)
   _choice(config, 'hier.algorithm', ALGORITHMS)
   _integer(config, 'hier.staleness', 0)

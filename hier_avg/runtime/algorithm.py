@@ -38,9 +38,10 @@ class Algorithm:
   local_step: Callable[[TrainState, Any], tuple[TrainState, jax.Array]]
   # (state, level or None) -> state.
   after_round: Callable[[TrainState, Level | None], TrainState]
-  # (state with learner axes, as fields sharded like learners) -> channels.
+  # (whole state, outside `shard_map`) -> what one event of each of the
+  # algorithm's communication channels costs, by channel name.
   channels: Callable[[TrainState], dict[str, Channel]]
-  # steps -> events of each channel in the first `steps` steps.
+  # steps -> events of each channel, by name, in the first `steps` steps.
   event_counts: Callable[[int], dict[str, int]]
   # Optional `TrainState` fields this algorithm fills ('outer', 'stale'),
   # and the function that fills them from the fresh state (inside jit).
