@@ -77,8 +77,9 @@ def build_engine(config, data, topology, num_steps, steps_per_epoch):
   pack = execution.resolve_pack(config.mesh.pack, platform)
   conv = execution.resolve_conv(config.model.conv, pack,
                               topology.learners_per_device)
-  model = models.get_model(config.model.name, data.num_classes, conv,
-                           config.model.dtype, config.model.stem)
+  model = models.get_model(config.model.name, data.num_classes,
+                           models.make_layers(conv, config.model.dtype),
+                           config.model.stem)
   tx = optim.make_optimizer(
       config.opt, lambda count: lr_schedule(count // updates_per_step))
   # Streamed images come augmented from the host (`streaming.py`).
