@@ -45,7 +45,7 @@ def make_engine(config, data, mesh=(-1, -1), pack='auto', conv='auto',
                              config.data.batch_size, 'partition', 0)
   engine, _ = builder.build_engine(config, data, topology, 10_000,
                                  sampler.steps_per_epoch)
-  return engine, sampler, engine.learner.model.conv
+  return engine, sampler, engine.learner.model.layers.conv_name
 
 
 def engine_images_per_s(engine, sampler, data, steps: int, warmup: int,

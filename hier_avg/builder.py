@@ -33,8 +33,9 @@ def build_engine(config, data, topology: Topology, num_steps: int,
       config.mesh.max_unrolled_steps, topology.platform)
   conv = execution.resolve_conv(config.model.conv, run.learner_loop,
                                 topology.learners_per_device)
-  model = models.get_model(config.model.name, data.num_classes, conv,
-                           config.model.dtype, config.model.stem)
+  model = models.get_model(config.model.name, data.num_classes,
+                           models.make_layers(conv, config.model.dtype),
+                           config.model.stem)
   # Streamed images come augmented from the host (`data/streaming.py`).
   augment_on_device = config.data.augment and not feeds.is_streamed(
       config.data)

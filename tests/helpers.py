@@ -23,7 +23,7 @@ from hier_avg.runtime.engine import Engine
 from hier_avg.runtime.execution import Execution
 from hier_avg.core.learner import Learner
 from hier_avg.models import MLP
-from hier_avg.models.im2col import conv_function
+from hier_avg.models import layers as layers_lib
 from hier_avg.core.schedule import hier_schedule
 from hier_avg.core.topology import hier_topology
 
@@ -43,11 +43,11 @@ def set_up_devices():
 class TinyBNNet(nn.Module):
   """conv + BatchNorm + dense: exercises averaged BatchNorm statistics."""
   num_classes: int = 10
-  conv: str = 'xla'
+  layers: layers_lib.Layers = layers_lib.DEFAULT_LAYERS
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = nn.Conv(4, (3, 3), conv_general_dilated=conv_function(self.conv))(x)
+    x = self.layers.conv(4, (3, 3), use_bias=True)(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
     x = nn.relu(x).mean(axis=(1, 2))
     return nn.Dense(self.num_classes)(x)
@@ -74,7 +74,8 @@ def tiny_bn_batch_moments(params, images, mean, std, batch_size):
 
 
 MODELS = {'mlp': lambda: MLP(num_classes=10, hidden=32), 'bn': TinyBNNet,
-          'bn_im2col': lambda: TinyBNNet(conv='im2col')}
+          'bn_im2col': lambda: TinyBNNet(
+              layers=layers_lib.make_layers('im2col'))}
 
 
 def opt_config(**overrides):

@@ -61,8 +61,8 @@ class Im2colTest(parameterized.TestCase):
   @parameterized.parameters('cnn_small', 'resnet18')
   def test_models_compute_the_same_with_either_kernel(self, name):
     x = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
-    xla = models.get_model(name, 10, conv='xla')
-    im2col = models.get_model(name, 10, conv='im2col')
+    xla = models.get_model(name, 10, models.make_layers(conv='xla'))
+    im2col = models.get_model(name, 10, models.make_layers(conv='im2col'))
     variables = xla.init(jax.random.key(0), x)
     # Same parameter names, shapes and initial values: checkpoints and
     # averaging do not care which kernel runs.
@@ -77,7 +77,8 @@ class MixedPrecisionTest(absltest.TestCase):
   def test_bfloat16_computes_in_bf16_and_keeps_float32_parameters(self):
     x = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
     fp32 = models.get_model('cnn_small', 10)
-    bf16 = models.get_model('cnn_small', 10, dtype='bfloat16')
+    bf16 = models.get_model('cnn_small', 10,
+                            models.make_layers(dtype='bfloat16'))
     variables = bf16.init(jax.random.key(0), x)
     self.assertEqual({a.dtype for a in jax.tree.leaves(variables)},
                      {jnp.dtype(jnp.float32)})

@@ -13,6 +13,7 @@ from hier_avg import models
 from hier_avg.errors import UserError
 from hier_avg.models import layers
 from hier_avg.models.cnn_small import max_pool_2x2
+from hier_avg.models.im2col import im2col_conv
 
 # (name, parameter count) with 10 classes. The CIFAR networks must have
 # exactly the parameters of the PyTorch models they follow
@@ -84,7 +85,7 @@ def _init_shapes(name, num_classes, conv='xla'):
                                   context.module.epsilon))
     return next_fun(*args, **kwargs)
 
-  model = models.get_model(name, num_classes, conv=conv)
+  model = models.get_model(name, num_classes, models.make_layers(conv=conv))
   with nn.intercept_methods(record_batch_norms):
     shapes = jax.eval_shape(model.init, jax.random.key(0),
                             jnp.zeros((1, 32, 32, 3)))
@@ -147,6 +148,32 @@ class ModelsTest(parameterized.TestCase):
                                                 tree)
     self.assertEqual(shape_and_dtype(_init_shapes(name, 10, 'im2col')[0]),
                      shape_and_dtype(_init_shapes(name, 10)[0]))
+
+  @parameterized.parameters(*models.MODELS)
+  def test_every_layer_is_built_from_the_given_layers(self, name):
+    # A block that dropped its network's `layers` would build with the
+    # defaults: XLA's kernel and float32.
+    built = []
+
+    def record_layers(next_fun, args, kwargs, context):
+      module = context.module
+      if isinstance(module, (nn.Conv, nn.Dense, nn.BatchNorm)):
+        depthwise = getattr(module, 'feature_group_count', 1) > 1
+        kernel = getattr(module, 'conv_general_dilated', None)
+        built.append((type(module).__name__, depthwise, kernel,
+                      module.dtype))
+      return next_fun(*args, **kwargs)
+
+    model = models.get_model(name, 10, models.make_layers('im2col',
+                                                          'bfloat16'))
+    with nn.intercept_methods(record_layers):
+      jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    self.assertNotEmpty(built)
+    for kind, depthwise, kernel, dtype in built:
+      self.assertEqual(dtype, jnp.bfloat16, kind)
+      if kind == 'Conv':
+        # Depthwise convolutions always run XLA's kernel.
+        self.assertIs(kernel, None if depthwise else im2col_conv)
 
   @parameterized.parameters(*BATCH_NORM_MODELS)
   def test_batch_norms_use_the_shared_constants(self, name):

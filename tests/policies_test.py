@@ -138,9 +138,8 @@ class PoliciesTest(absltest.TestCase):
 
 
 
-def _tiny_bn(num_classes, conv, dtype):
-  del dtype  # float32 only.
-  return helpers.TinyBNNet(num_classes=num_classes, conv=conv)
+def _tiny_bn(num_classes, layers):
+  return helpers.TinyBNNet(num_classes=num_classes, layers=layers)
 
 
 class RecomputeRunTest(absltest.TestCase):

@@ -1,12 +1,15 @@
 """Models by name (`model.name`)."""
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from hier_avg.errors import UserError
 from hier_avg.models.cnn_small import CNNSmall
 from hier_avg.models.densenet import DenseNet121
 from hier_avg.models.googlenet import GoogLeNet
+from hier_avg.models.layers import DEFAULT_LAYERS
+from hier_avg.models.layers import DTYPES  # pylint: disable=unused-import
+from hier_avg.models.layers import Layers
+from hier_avg.models.layers import make_layers  # pylint: disable=unused-import
 from hier_avg.models.mlp import MLP
 from hier_avg.models.mobilenet_v2 import MobileNetV2
 from hier_avg.models.resnet import ResNet18
@@ -33,12 +36,11 @@ MODELS = {
 # The models that take `model.stem` ('imagenet': 7x7 stride-2 + max-pool).
 STEM_MODELS = ('resnet18', 'resnet34', 'resnet50')
 
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
-
-def get_model(name: str, num_classes: int, conv: str = 'xla',
-              dtype: str = 'float32', stem: str = 'cifar') -> nn.Module:
-  """`model.name` with `conv` kernels, computing in `dtype` (params fp32)."""
+def get_model(name: str, num_classes: int,
+              layers: Layers = DEFAULT_LAYERS,
+              stem: str = 'cifar') -> nn.Module:
+  """`model.name` built from `layers` (see `layers.make_layers`)."""
   if name not in MODELS:
     raise UserError(f'unknown model.name={name!r}; choose one of '
                     f'{", ".join(sorted(MODELS))}.')
@@ -51,5 +53,4 @@ def get_model(name: str, num_classes: int, conv: str = 'xla',
   elif stem != 'cifar':
     raise UserError(f"model.stem={stem!r} applies to {', '.join(STEM_MODELS)}"
                     f" only; leave it 'cifar' for model.name={name!r}.")
-  return MODELS[name](num_classes=num_classes, conv=conv,
-                      dtype=DTYPES[dtype], **kwargs)
+  return MODELS[name](num_classes=num_classes, layers=layers, **kwargs)

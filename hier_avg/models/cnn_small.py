@@ -1,11 +1,9 @@
 """cnn_small: the benchmark CNN (three conv/pool stages and two dense layers)."""
 
-from typing import Any
-
 import flax.linen as nn
-import jax.numpy as jnp
 
-from hier_avg.models.im2col import conv_function
+from hier_avg.models.layers import DEFAULT_LAYERS
+from hier_avg.models.layers import Layers
 
 
 def max_pool_2x2(x_NxHxWxC):
@@ -23,17 +21,15 @@ def max_pool_2x2(x_NxHxWxC):
 class CNNSmall(nn.Module):
   """conv3x3 32/64/128, each ReLU + maxpool 2; dense 256 + ReLU; dense out."""
   num_classes: int = 10
-  conv: str = 'xla'            # Convolution kernel: 'xla' or 'im2col'.
-  dtype: Any = jnp.float32     # Compute dtype; parameters stay float32.
+  layers: Layers = DEFAULT_LAYERS  # Convolution kernel, compute dtype.
 
   @nn.compact
   def __call__(self, x_NxHxWxC, train: bool = False):
     del train  # No BatchNorm or dropout.
     x = x_NxHxWxC
     for features in (32, 64, 128):
-      x = nn.Conv(features, (3, 3), padding='SAME', dtype=self.dtype,
-                  conv_general_dilated=conv_function(self.conv))(x)
+      x = self.layers.conv(features, (3, 3), padding='SAME', use_bias=True)(x)
       x = max_pool_2x2(nn.relu(x))
     x = x.reshape((x.shape[0], -1))
-    x = nn.relu(nn.Dense(256, dtype=self.dtype)(x))
-    return nn.Dense(self.num_classes, dtype=self.dtype)(x)
+    x = nn.relu(self.layers.dense(256)(x))
+    return self.layers.dense(self.num_classes)(x)

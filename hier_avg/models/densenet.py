@@ -10,24 +10,24 @@ has a bias.
 """
 
 import functools
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from hier_avg.models import layers
+from hier_avg.models.layers import DEFAULT_LAYERS
+from hier_avg.models.layers import Layers
 
 
 class DenseLayer(nn.Module):
   """BN-ReLU-1x1 conv (4k), BN-ReLU-3x3 conv (k); its output joins the input."""
+  layers: Layers
   growth_rate: int
-  conv: str = 'xla'
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
-    norm = layers.batch_norm(train, self.dtype)
-    conv = layers.conv(self.conv, self.dtype)
+    norm = self.layers.batch_norm(train)
+    conv = self.layers.conv
     y = conv(4 * self.growth_rate, (1, 1))(nn.relu(norm()(x)))
     y = conv(self.growth_rate, (3, 3), padding=1)(nn.relu(norm()(y)))
     # New features first, as kuangliu's torch.cat([out, x]).
@@ -36,14 +36,13 @@ class DenseLayer(nn.Module):
 
 class Transition(nn.Module):
   """BN-ReLU-1x1 conv to `features`, 2x2 average pool."""
+  layers: Layers
   features: int
-  conv: str = 'xla'
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = nn.relu(layers.batch_norm(train, self.dtype)()(x))
-    x = layers.conv(self.conv, self.dtype)(self.features, (1, 1))(x)
+    x = nn.relu(self.layers.batch_norm(train)()(x))
+    x = self.layers.conv(self.features, (1, 1))(x)
     return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
@@ -52,23 +51,21 @@ class DenseNet(nn.Module):
   growth_rate: int = 32
   reduction: float = 0.5       # Channel compression at each transition.
   num_classes: int = 10
-  conv: str = 'xla'            # Convolution kernel: 'xla' or 'im2col'.
-  dtype: Any = jnp.float32     # Compute dtype; parameters stay float32.
+  layers: Layers = DEFAULT_LAYERS  # Convolution kernel, compute dtype.
 
   @nn.compact
   def __call__(self, x_NxHxWxC, train: bool = False):
-    x = layers.conv(self.conv, self.dtype)(
-        2 * self.growth_rate, (3, 3), padding=1)(x_NxHxWxC)
+    x = self.layers.conv(2 * self.growth_rate, (3, 3), padding=1)(x_NxHxWxC)
     for i, num_layers in enumerate(self.block_sizes):
       for _ in range(num_layers):
-        x = DenseLayer(self.growth_rate, self.conv, self.dtype)(x, train)
+        x = DenseLayer(self.layers, self.growth_rate)(x, train)
       if i < len(self.block_sizes) - 1:
         # int() floors, as kuangliu's int(math.floor(channels * reduction)).
-        x = Transition(int(x.shape[-1] * self.reduction), self.conv,
-                       self.dtype)(x, train)
-    x = nn.relu(layers.batch_norm(train, self.dtype)()(x))
+        x = Transition(self.layers,
+                       int(x.shape[-1] * self.reduction))(x, train)
+    x = nn.relu(self.layers.batch_norm(train)()(x))
     x = x.mean(axis=(1, 2))  # kuangliu's 4x4 average pool over 4x4 features.
-    return nn.Dense(self.num_classes, dtype=self.dtype)(x)
+    return self.layers.dense(self.num_classes)(x)
 
 
 DenseNet121 = functools.partial(DenseNet, block_sizes=(6, 12, 24, 16))

@@ -8,12 +8,13 @@ auxiliary classifiers and no dropout; 3x3 stride-2 max-pools after 3b and 4e
 (32 -> 16 -> 8 pixels), global average pool, one Dense layer.
 """
 
-from typing import Any
+import functools
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from hier_avg.models import layers
+from hier_avg.models.layers import DEFAULT_LAYERS
+from hier_avg.models.layers import Layers
 
 # Per module (3a, 3b, 4a-4e, 5a, 5b): 1x1, 3x3 reduce, 3x3, 5x5 reduce,
 # 5x5 (as two 3x3), pool projection.
@@ -39,19 +40,18 @@ def _max_pool_3x3(x, strides):
 
 class Inception(nn.Module):
   """Four branches concatenated: 1x1; 1x1-3x3; 1x1-3x3-3x3; pool-1x1."""
+  layers: Layers
   n1x1: int
   n3x3_reduce: int
   n3x3: int
   n5x5_reduce: int
   n5x5: int
   pool_features: int
-  conv: str = 'xla'
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
-    norm = layers.batch_norm(train, self.dtype)
-    conv = layers.conv(self.conv, self.dtype, use_bias=True)
+    norm = self.layers.batch_norm(train)
+    conv = functools.partial(self.layers.conv, use_bias=True)
 
     def conv_bn_relu(y, features, size):
       return nn.relu(norm()(conv(features, (size, size), padding='SAME')(y)))
@@ -69,17 +69,15 @@ class Inception(nn.Module):
 
 class GoogLeNet(nn.Module):
   num_classes: int = 10
-  conv: str = 'xla'            # Convolution kernel: 'xla' or 'im2col'.
-  dtype: Any = jnp.float32     # Compute dtype; parameters stay float32.
+  layers: Layers = DEFAULT_LAYERS  # Convolution kernel, compute dtype.
 
   @nn.compact
   def __call__(self, x_NxHxWxC, train: bool = False):
-    x = layers.conv(self.conv, self.dtype, use_bias=True)(
-        192, (3, 3), padding=1)(x_NxHxWxC)
-    x = nn.relu(layers.batch_norm(train, self.dtype)()(x))
+    x = self.layers.conv(192, (3, 3), padding=1, use_bias=True)(x_NxHxWxC)
+    x = nn.relu(self.layers.batch_norm(train)()(x))
     for i, widths in enumerate(INCEPTION_WIDTHS):
-      x = Inception(*widths, conv=self.conv, dtype=self.dtype)(x, train)
+      x = Inception(self.layers, *widths)(x, train)
       if i in POOL_AFTER:
         x = _max_pool_3x3(x, 2)
     x = x.mean(axis=(1, 2))  # kuangliu's 8x8 average pool over 8x8 features.
-    return nn.Dense(self.num_classes, dtype=self.dtype)(x)
+    return self.layers.dense(self.num_classes)(x)

@@ -9,12 +9,10 @@ at expansion 1); and a stride-1 block whose width changes adds a projection
 shortcut (1x1 conv + BatchNorm) where the paper has no residual.
 """
 
-from typing import Any
-
 import flax.linen as nn
-import jax.numpy as jnp
 
-from hier_avg.models import layers
+from hier_avg.models.layers import DEFAULT_LAYERS
+from hier_avg.models.layers import Layers
 
 # (expansion, out channels, blocks, stride of the first block) per stage.
 STAGES = ((1, 16, 1, 1),
@@ -28,19 +26,18 @@ STAGES = ((1, 16, 1, 1),
 
 class InvertedResidual(nn.Module):
   """Expand, depthwise, project; residual only at stride 1."""
+  layers: Layers
   features: int
   expansion: int
   strides: int = 1
-  conv: str = 'xla'
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
-    norm = layers.batch_norm(train, self.dtype)
-    conv = layers.conv(self.conv, self.dtype)
+    norm = self.layers.batch_norm(train)
+    conv = self.layers.conv
     hidden = self.expansion * x.shape[-1]
     y = nn.relu(norm()(conv(hidden, (1, 1))(x)))
-    y = layers.depthwise_conv(self.dtype)(
+    y = self.layers.depthwise_conv(
         hidden, (3, 3), self.strides, padding=1,
         feature_group_count=hidden)(y)
     y = nn.relu(norm()(y))
@@ -54,19 +51,17 @@ class InvertedResidual(nn.Module):
 
 class MobileNetV2(nn.Module):
   num_classes: int = 10
-  conv: str = 'xla'            # Convolution kernel: 'xla' or 'im2col'.
-  dtype: Any = jnp.float32     # Compute dtype; parameters stay float32.
+  layers: Layers = DEFAULT_LAYERS  # Convolution kernel, compute dtype.
 
   @nn.compact
   def __call__(self, x_NxHxWxC, train: bool = False):
-    norm = layers.batch_norm(train, self.dtype)
-    conv = layers.conv(self.conv, self.dtype)
+    norm = self.layers.batch_norm(train)
+    conv = self.layers.conv
     x = nn.relu(norm()(conv(32, (3, 3), padding=1)(x_NxHxWxC)))  # Stride 1.
     for expansion, features, num_blocks, first_strides in STAGES:
       for j in range(num_blocks):
-        x = InvertedResidual(features, expansion,
-                             first_strides if j == 0 else 1, self.conv,
-                             self.dtype)(x, train)
+        x = InvertedResidual(self.layers, features, expansion,
+                             first_strides if j == 0 else 1)(x, train)
     x = nn.relu(norm()(conv(1280, (1, 1))(x)))
     x = x.mean(axis=(1, 2))  # kuangliu's 4x4 average pool over 4x4 features.
-    return nn.Dense(self.num_classes, dtype=self.dtype)(x)
+    return self.layers.dense(self.num_classes)(x)

@@ -12,25 +12,24 @@ changes, global average pool, one Dense layer.
 """
 
 import functools
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
-import jax.numpy as jnp
 
-from hier_avg.models import layers
+from hier_avg.models.layers import DEFAULT_LAYERS
+from hier_avg.models.layers import Layers
 
 
 class BasicBlock(nn.Module):
   """Two 3x3 convolutions (ResNet-18/34)."""
+  layers: Layers
   features: int
   strides: int = 1
-  conv: str = 'xla'
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
-    norm = layers.batch_norm(train, self.dtype)
-    conv = layers.conv(self.conv, self.dtype)
+    norm = self.layers.batch_norm(train)
+    conv = self.layers.conv
     y = conv(self.features, (3, 3), self.strides, padding=1)(x)
     y = nn.relu(norm()(y))
     y = conv(self.features, (3, 3), padding=1)(y)
@@ -48,17 +47,16 @@ class Bottleneck(nn.Module):
   The stride sits on the 3x3 convolution, as in kuangliu's (and torchvision's
   "ResNet v1.5") Bottleneck.
   """
+  layers: Layers
   features: int
   strides: int = 1
-  conv: str = 'xla'
-  dtype: Any = jnp.float32
 
   expansion = 4  # Output channels per `features`.
 
   @nn.compact
   def __call__(self, x, train: bool):
-    norm = layers.batch_norm(train, self.dtype)
-    conv = layers.conv(self.conv, self.dtype)
+    norm = self.layers.batch_norm(train)
+    conv = self.layers.conv
     out_features = self.features * self.expansion
     y = nn.relu(norm()(conv(self.features, (1, 1))(x)))
     y = conv(self.features, (3, 3), self.strides, padding=1)(y)
@@ -75,27 +73,26 @@ STEMS = ('cifar', 'imagenet')
 class ResNet(nn.Module):
   stage_sizes: Sequence[int]
   num_classes: int = 10
-  conv: str = 'xla'            # Convolution kernel: 'xla' or 'im2col'.
-  dtype: Any = jnp.float32     # Compute dtype; parameters stay float32.
+  layers: Layers = DEFAULT_LAYERS  # Convolution kernel, compute dtype.
   block: type[nn.Module] = BasicBlock  # Or Bottleneck.
   stem: str = 'cifar'          # One of STEMS.
 
   @nn.compact
   def __call__(self, x_NxHxWxC, train: bool = False):
-    conv = layers.conv(self.conv, self.dtype)
+    conv = self.layers.conv
     if self.stem == 'imagenet':
       x = conv(64, (7, 7), 2, padding=3)(x_NxHxWxC)
     else:
       x = conv(64, (3, 3), padding=1)(x_NxHxWxC)
-    x = nn.relu(layers.batch_norm(train, self.dtype)()(x))
+    x = nn.relu(self.layers.batch_norm(train)()(x))
     if self.stem == 'imagenet':
       x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         strides = 2 if i > 0 and j == 0 else 1
-        x = self.block(64 * 2**i, strides, self.conv, self.dtype)(x, train)
+        x = self.block(self.layers, 64 * 2**i, strides)(x, train)
     x = x.mean(axis=(1, 2))
-    return nn.Dense(self.num_classes, dtype=self.dtype)(x)
+    return self.layers.dense(self.num_classes)(x)
 
 
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2))

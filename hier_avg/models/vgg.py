@@ -8,12 +8,12 @@ fully connected layers of the ImageNet VGG are dropped.
 """
 
 import functools
-from typing import Any, Sequence, Union
+from typing import Sequence, Union
 
 import flax.linen as nn
-import jax.numpy as jnp
 
-from hier_avg.models import layers
+from hier_avg.models.layers import DEFAULT_LAYERS
+from hier_avg.models.layers import Layers
 from hier_avg.models.cnn_small import max_pool_2x2
 
 POOL = 'M'  # Marks a 2x2 max-pool in a configuration.
@@ -27,13 +27,12 @@ class VGG(nn.Module):
   """conv3x3 + BN + ReLU stacks with max-pools; Dense to the classes."""
   layer_config: Sequence[Union[int, str]]  # Conv widths and POOL marks.
   num_classes: int = 10
-  conv: str = 'xla'            # Convolution kernel: 'xla' or 'im2col'.
-  dtype: Any = jnp.float32     # Compute dtype; parameters stay float32.
+  layers: Layers = DEFAULT_LAYERS  # Convolution kernel, compute dtype.
 
   @nn.compact
   def __call__(self, x_NxHxWxC, train: bool = False):
-    norm = layers.batch_norm(train, self.dtype)
-    conv = layers.conv(self.conv, self.dtype, use_bias=True)
+    norm = self.layers.batch_norm(train)
+    conv = functools.partial(self.layers.conv, use_bias=True)
     x = x_NxHxWxC
     for layer in self.layer_config:
       if layer == POOL:
@@ -41,7 +40,7 @@ class VGG(nn.Module):
       else:
         x = nn.relu(norm()(conv(layer, (3, 3), padding=1)(x)))
     x = x.reshape((x.shape[0], -1))  # 1x1x512 after five pools of 32x32.
-    return nn.Dense(self.num_classes, dtype=self.dtype)(x)
+    return self.layers.dense(self.num_classes)(x)
 
 
 VGG16 = functools.partial(VGG, layer_config=VGG16_LAYERS)
