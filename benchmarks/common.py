@@ -29,15 +29,16 @@ def machine() -> str:
           f'{jax.devices()[0].platform} x {jax.device_count()}')
 
 
-def make_engine(config, data, mesh=(-1, -1), pack='auto', conv='auto',
-                round_loop='auto', dtype='float32'):
+def make_engine(config, data, mesh=(-1, -1), learner_loop='auto',
+                conv='auto', step_loop='auto', dtype='float32'):
   """The engine `train.py` builds for `config` with these layout settings.
 
   Returns (engine, sampler, the convolution kernel that was chosen).
   """
   config = config.copy_and_resolve_references()
   config.mesh.node_devices, config.mesh.local_devices = mesh
-  config.mesh.pack, config.mesh.round_loop = pack, round_loop
+  config.runtime.learner_loop = learner_loop
+  config.runtime.step_loop = step_loop
   config.model.conv, config.model.dtype = conv, dtype
   hier = config.hier
   topology = hier_topology(hier.num_learners, hier.group_size, *mesh)

@@ -6,7 +6,7 @@ P = 8 learners x B = 32 (K1 = K2 = 4, the `:cpu` preset) against one model
 at batch 256 (a plain `jax.jit` of one learner's step, no framework), on the
 same machine in the same run. Rows: the one-model baseline with XLA's and
 with im2col convolutions; the 8 learners packed on one device in every
-(mesh.pack, model.conv) combination; and one learner per fake device (2x4).
+(runtime.learner_loop, model.conv) combination; and one learner per fake device (2x4).
 Synthetic 32x32 data resident on the devices; the timed steps follow
 warm-up rounds (compilation).
 """
@@ -31,7 +31,7 @@ _WARMUP = 16
 def one_model_images_per_s(config, data, conv: str) -> float:
   """One model, batch P*B, one jit-compiled step per call, on one device."""
   engine, _, _ = common.make_engine(
-      config, data, (1, 1), pack='vmap', conv=conv, dtype=_DTYPE.value)
+      config, data, (1, 1), learner_loop='vmap', conv=conv, dtype=_DTYPE.value)
   learner = engine.learner
   batch = config.hier.num_learners * config.data.batch_size
   params, batch_stats, opt_state = learner.init(jax.random.key(0),
@@ -78,7 +78,7 @@ def main(argv):
     rows.append((where, engine.execution.learner_loop, conv, rate))
     print(rows[-1], flush=True)
   best = max(r[3] for r in rows[:2])
-  print('\n| layout | mesh.pack | model.conv | images/s | vs best one model |')
+  print('\n| layout | runtime.learner_loop | model.conv | images/s | vs best one model |')
   print('|---|---|---|---|---|')
   for where, pack, conv, rate in rows:
     print(f'| {where} | {pack} | {conv} | {common.fmt(rate)} | '

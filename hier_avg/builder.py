@@ -29,8 +29,8 @@ def build_engine(config, data, topology: Topology, num_steps: int,
   tx = optim.make_optimizer(config.opt,
                             lambda count: lr_schedule(count // updates))
   run = execution.Execution.resolve(
-      config.mesh.pack, config.mesh.round_loop,
-      config.mesh.max_unrolled_steps, topology.platform)
+      config.runtime.learner_loop, config.runtime.step_loop,
+      config.runtime.max_unrolled_steps, topology.platform)
   conv = execution.resolve_conv(config.model.conv, run.learner_loop,
                                 topology.learners_per_device)
   model = models.get_model(config.model.name, data.num_classes,

@@ -14,7 +14,7 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 
-from hier_avg import builder, config_validation
+from hier_avg import builder, config_keys
 from hier_avg.core.policies import AveragingPolicy
 from hier_avg.core.topology import hier_topology
 from hier_avg.data import feeds
@@ -42,7 +42,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   checkpoint. Raises `Preempted` after SIGTERM/SIGINT (a checkpoint saved).
   """
   # ---- Check the config and lay out the learners -----------------------
-  config_validation.validate(config)
+  config_keys.validate(config)
   hier = config.hier
   topology = hier_topology(hier.num_learners, hier.group_size,
                            config.mesh.node_devices, config.mesh.local_devices)
@@ -81,7 +81,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 def _fresh_or_resumed(engine, checkpoints, config, image_shape):
   """A fresh state, or the newest checkpoint's when the config matches."""
   state = engine.init_state(config.seed, image_shape)
-  fingerprint = checkpoint.fingerprint(config)
+  fingerprint = config_keys.fingerprint(config)
   restored = checkpoints.restore(
       state, lambda record: checkpoint.check_fingerprint(
           record['fingerprint'], fingerprint, checkpoints.directory))
@@ -99,7 +99,7 @@ class _Loop:
     self.lr_schedule, self.cadence = lr_schedule, cadence
     self.num_steps = cadence.num_steps
     self.policy = AveragingPolicy.from_config(config.hier)
-    self.fingerprint = checkpoint.fingerprint(config)
+    self.fingerprint = config_keys.fingerprint(config)
     self.last_eval, self.last_loss = {}, float('nan')
 
   def epoch(self, step: int) -> float:

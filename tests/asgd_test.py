@@ -8,7 +8,7 @@ import jax
 import numpy as np
 
 from configs import cifar10
-from hier_avg import config_validation
+from hier_avg import config_keys
 from hier_avg import train
 from hier_avg.errors import UserError
 from hier_avg.core.topology import hier_topology
@@ -149,7 +149,7 @@ class AsgdRunTest(absltest.TestCase):
                           ({'staleness': -1}, 'hier.staleness=-1')):
       with self.subTest(**hier):
         with self.assertRaisesRegex(UserError, message):
-          config_validation.validate(asgd_config(**hier))
+          config_keys.validate(asgd_config(**hier))
 
 
 if __name__ == '__main__':

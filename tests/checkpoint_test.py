@@ -8,6 +8,7 @@ import numpy as np
 import optax
 
 from configs import cifar10
+from hier_avg import config_keys
 from hier_avg.run import checkpoint
 from hier_avg.errors import UserError
 from tests import helpers
@@ -127,8 +128,8 @@ class FingerprintTest(absltest.TestCase):
     a, b = cifar10.get_config('cpu'), cifar10.get_config('cpu')
     b.train.steps, b.train.eval_every, b.mesh.node_devices = 999, 7, 1
     b.hier.recompute_batches = 5  # Only what evaluation sees.
-    checkpoint.check_fingerprint(checkpoint.fingerprint(a),
-                                 checkpoint.fingerprint(b), 'dir')
+    checkpoint.check_fingerprint(config_keys.fingerprint(a),
+                                 config_keys.fingerprint(b), 'dir')
 
   def test_changes_that_alter_the_run_are_refused_by_name(self):
     for key, value in (('hier.num_learners', 16), ('hier.group_size', 2),
@@ -141,8 +142,8 @@ class FingerprintTest(absltest.TestCase):
       section, _, name = key.rpartition('.')
       setattr(b[section] if section else b, name, value)
       with self.assertRaisesRegex(UserError, f'made with {key}=') as e:
-        checkpoint.check_fingerprint(checkpoint.fingerprint(a),
-                                     checkpoint.fingerprint(b), 'dir')
+        checkpoint.check_fingerprint(config_keys.fingerprint(a),
+                                     config_keys.fingerprint(b), 'dir')
       self.assertNotIn('\n', str(e.exception))
 
 

@@ -19,7 +19,7 @@ STEPS = 24
 ORACLE_STEPS = 12
 
 # (name, P, S, K1, K2, mesh (node, local) devices, model, averaged parts[,
-# mesh.pack]). The layouts with 4 or more learners per device run vmapped:
+# runtime.learner_loop]). The layouts with 4 or more learners per device run vmapped:
 # unrolled, XLA:CPU compiles one copy of the step per learner and step of a
 # round (5x the compile time), and these cases are about the layout and the
 # averaging, not the packing. Unrolled packing (the CPU default) is checked
@@ -45,7 +45,7 @@ def setUpModule():
   helpers.set_up_devices()
 
 
-# (name, mesh.pack, model): 4 learners per device, packed each way.
+# (name, runtime.learner_loop, model): 4 learners per device, packed each way.
 PACK_CASES = (
     ('vmap', 'vmap', 'bn'),
     ('vmap_im2col_conv', 'vmap', 'bn_im2col'),

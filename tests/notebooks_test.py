@@ -129,7 +129,7 @@ class HierarchyStudyTest(absltest.TestCase):
         'MODEL_NAME': 'mlp', 'PARALLEL': 2,
         # One device, learners vmapped: no fake devices, quick compiles.
         'OVERRIDES': {'mesh.node_devices': 1, 'mesh.local_devices': 1,
-                      'mesh.pack': 'vmap', **TINY_DATA}}, folder)
+                      'runtime.learner_loop': 'vmap', **TINY_DATA}}, folder)
 
     with open(os.path.join(root, 'results.csv')) as f:
       rows = list(csv.DictReader(f))

@@ -46,10 +46,6 @@ class SamplingTest(absltest.TestCase):
     with self.assertRaisesRegex(UserError, 'data.batch_size=20 is larger'):
       Sampler(100, 8, 20, 'partition', seed=0)
 
-  def test_unknown_mode(self):
-    with self.assertRaisesRegex(UserError, 'data.sampling'):
-      Sampler(100, 2, 2, 'shuffled', seed=0)
-
 
 if __name__ == '__main__':
   absltest.main()

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from configs import imagenet
-from hier_avg import config_validation
+from hier_avg import config_keys
 from hier_avg.data import feeds
 from hier_avg.data import streaming
 from hier_avg import train
@@ -313,7 +313,7 @@ class ImagenetConfigTest(absltest.TestCase):
     for preset, levels in (('', (4, 4, 4)), ('kavg', (1, 16, 1)),
                            ('sync', (4, 1, 1))):
       c = imagenet.get_config(preset)
-      config_validation.validate(c)
+      config_keys.validate(c)
       self.assertEqual((c.hier.group_size, c.hier.k1, c.hier.k2), levels)
       self.assertEqual((c.data.name, c.data.image_size, c.model.name,
                         c.model.stem), ('imagenet2012', 224, 'resnet50',

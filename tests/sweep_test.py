@@ -125,7 +125,7 @@ class RunAndReportTest(absltest.TestCase):
     # The same data elsewhere, or another layout, keeps the results.
     moved = sweep.SweepSpec('configs/cifar10.py:cpu',
                             overrides={'data.path': '/elsewhere',
-                                       'mesh.pack': 'vmap'},
+                                       'runtime.learner_loop': 'vmap'},
                             variants=old.variants)
     self.assertTrue(sweep.is_finished(root, moved.points()[0]))
 

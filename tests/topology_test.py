@@ -43,11 +43,9 @@ class TopologyTest(parameterized.TestCase):
     self.assertEqual(topology.block_shape, (2, 1, 1))
 
   @parameterized.named_parameters(
-      ('p_not_divisible', (10, 4), 'not divisible by hier.group_size=4'),
       ('mesh_not_dividing', (8, 4, 3, -1), 'mesh.node_devices=3 does not '
        'divide'),
       ('too_many_devices', (16, 16, 1, 16), 'only 8 exist'),
-      ('zero_group', (8, 0), 'hier.group_size=0 must be >= 1'),
   )
   def test_errors(self, args, message):
     with self.assertRaisesRegex(UserError, message):

@@ -33,14 +33,14 @@ def _dtype_groups(leaves, select=_is_averaged) -> dict:
   return groups
 
 
-def _pack(leaves, groups, nblock: int) -> dict:
+def _concatenate_by_dtype(leaves, groups, nblock: int) -> dict:
   """One [block..., n] buffer per dtype: the group's leaves side by side."""
   return {dtype: jnp.concatenate(
       [leaves[i].reshape(leaves[i].shape[:nblock] + (-1,)) for i in indices],
       axis=-1) for dtype, indices in groups.items()}
 
 
-def _unpack(buffers: dict, leaves, groups, nblock: int) -> list:
+def _split_by_dtype(buffers: dict, leaves, groups, nblock: int) -> list:
   """`leaves` with each grouped leaf cut back out of its dtype's buffer.
 
   A buffer's leading axes may differ from the leaves' block axes (an
@@ -80,12 +80,12 @@ def average_block(tree, axes: tuple[str, ...], topology: Topology):
   leaves, treedef = jax.tree.flatten(tree)
   groups = _dtype_groups(leaves)
   means = {}
-  for dtype, flat in _pack(leaves, groups, nblock).items():
+  for dtype, flat in _concatenate_by_dtype(leaves, groups, nblock).items():
     mean = flat.mean(axis=block_dims, keepdims=True)
     if mesh_axes:
       mean = lax.pmean(mean, mesh_axes)
     means[dtype] = jnp.broadcast_to(mean, flat.shape)
-  return jax.tree.unflatten(treedef, _unpack(means, leaves, groups, nblock))
+  return jax.tree.unflatten(treedef, _split_by_dtype(means, leaves, groups, nblock))
 
 
 def collectives_per_event(tree, axes: tuple[str, ...],
@@ -116,12 +116,12 @@ def gather_learners(tree, topology: Topology):
   nblock = len(topology.axis_names)
   leaves, treedef = jax.tree.flatten(tree)
   groups = _dtype_groups(leaves, select=lambda leaf: True)
-  buffers = _pack(leaves, groups, nblock)
+  buffers = _concatenate_by_dtype(leaves, groups, nblock)
   for i, axis in enumerate(topology.axis_names):
     if topology.mesh.shape[axis] > 1:
       buffers = {dtype: lax.all_gather(x, axis, axis=i, tiled=True)
                  for dtype, x in buffers.items()}
-  return jax.tree.unflatten(treedef, _unpack(buffers, leaves, groups, nblock))
+  return jax.tree.unflatten(treedef, _split_by_dtype(buffers, leaves, groups, nblock))
 
 
 def gathers_per_event(tree, topology: Topology) -> int:

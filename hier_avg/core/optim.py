@@ -8,8 +8,6 @@ equal to averaging gradients (synchronous SGD).
 
 import optax
 
-from hier_avg.errors import UserError, require
-
 SCHEDULES = ('constant', 'step', 'cosine')
 
 
@@ -27,9 +25,8 @@ def learning_rate_schedule(opt_config, steps_per_epoch: int,
     main = optax.piecewise_constant_schedule(lr, boundaries)
   elif name == 'cosine':
     main = optax.cosine_decay_schedule(lr, max(total_steps - warmup, 1))
-  else:
-    raise UserError(f'unknown opt.schedule={name!r}; choose one of '
-                    f'{", ".join(SCHEDULES)}.')
+  else:  # config_keys checks opt.schedule before anything is built.
+    raise ValueError(f'unknown schedule {name!r}')
   if warmup <= 0:
     return main
   return optax.join_schedules(
@@ -39,10 +36,6 @@ def learning_rate_schedule(opt_config, steps_per_epoch: int,
 def make_optimizer(opt_config,
                    schedule: optax.Schedule) -> optax.GradientTransformation:
   """SGD with optional (Nesterov) momentum and coupled weight decay."""
-  require(opt_config.momentum >= 0, f'opt.momentum={opt_config.momentum} '
-          'must be >= 0.')
-  require(not opt_config.nesterov or opt_config.momentum > 0,
-          'opt.nesterov=True needs opt.momentum > 0.')
   parts = []
   if opt_config.weight_decay:
     parts.append(optax.add_decayed_weights(opt_config.weight_decay))

@@ -10,7 +10,6 @@ the local one of that step. A third level (pods of nodes) is one more entry.
 import dataclasses
 from typing import Iterator, Sequence
 
-from hier_avg.errors import require
 from hier_avg.core.topology import LOCAL, NODE
 
 
@@ -88,12 +87,6 @@ class Schedule:
 
 def hier_schedule(k1: int, k2: int) -> Schedule:
   """Hier-AVG: local averaging every K1 steps, global every K2 of them."""
-  require(isinstance(k1, int) and k1 >= 1,
-          f'hier.k1={k1!r} must be an integer >= 1 (local steps between local '
-          'averagings).')
-  require(isinstance(k2, int) and k2 >= 1,
-          f'hier.k2={k2!r} must be an integer >= 1 (local averagings between '
-          'global averagings).')
   return Schedule((Level('local', (LOCAL,), k1),
                    Level('global', (NODE, LOCAL), k1 * k2)))
 

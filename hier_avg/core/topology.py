@@ -188,8 +188,6 @@ def make_topology(grid_shape: Sequence[int],
   mesh_shape = tuple(mesh_shape)
   devices = list(jax.devices() if devices is None else devices)
   for name, g, m in zip(axis_names, grid_shape, mesh_shape):
-    require(m == -1 or m >= 1,
-            f'mesh.{name}_devices={m} must be -1 (as many as fit) or >= 1.')
     require(m == -1 or g % m == 0,
             f'mesh.{name}_devices={m} does not divide the {g} learner(s) along '
             f"'{name}'; use a divisor of {g} or -1.")
@@ -222,12 +220,6 @@ def make_topology(grid_shape: Sequence[int],
 def hier_topology(num_learners: int, group_size: int, node_devices: int = -1,
                   local_devices: int = -1, devices=None) -> Topology:
   """Hier-AVG's two-level topology: P/S nodes of S learners."""
-  require(num_learners >= 1,
-          f'hier.num_learners={num_learners} must be >= 1.')
-  require(group_size >= 1, f'hier.group_size={group_size} must be >= 1.')
-  require(num_learners % group_size == 0,
-          f'hier.num_learners={num_learners} is not divisible by '
-          f'hier.group_size={group_size}; choose S that divides P.')
   return make_topology((num_learners // group_size, group_size),
                        (NODE, LOCAL), (node_devices, local_devices), devices)
 

@@ -59,12 +59,6 @@ def _finish(train_images, train_labels, test_images, test_labels,
 def synthetic(num_train: int, num_test: int, image_size: int,
               num_classes: int, seed: int = 0) -> Dataset:
   """Learnable random data: each class is a fixed pattern plus noise."""
-  require(num_train >= 1 and num_test >= 1,
-          'data.synthetic_train_examples and data.synthetic_test_examples '
-          'must be >= 1.')
-  require(image_size >= 1 and num_classes >= 2,
-          'data.synthetic_image_size must be >= 1 and '
-          'data.synthetic_num_classes >= 2.')
   rng = np.random.default_rng(seed)
   patterns = rng.uniform(0, 255, (num_classes, image_size, image_size, 3))
 

@@ -79,7 +79,7 @@ class StreamedFeed:
 
   def __init__(self, data: streaming.StreamedDataset, data_config,
                num_learners: int, seed: int):
-    # config_validation refuses data.sampling='iid' for streamed sets.
+    # config_keys refuses data.sampling='iid' for streamed sets.
     self.data = data
     self.steps_per_epoch = streaming.steps_per_epoch(
         data, num_learners, data_config.batch_size)

@@ -28,9 +28,6 @@ class Sampler:
 
   def __init__(self, num_examples: int, num_learners: int, batch_size: int,
                mode: str, seed: int):
-    require(mode in SAMPLING_MODES, f'unknown data.sampling={mode!r}; choose '
-            "'partition' or 'iid'.")
-    require(batch_size >= 1, f'data.batch_size={batch_size} must be >= 1.')
     shard = num_examples // num_learners
     require(batch_size <= shard,
             f'data.batch_size={batch_size} is larger than the '

@@ -84,7 +84,6 @@ def load(name: str, data_dir: str, image_size: int,
   """
   require(name in STREAMED_NAMES, f'{name!r} is not a streamed data set; '
           f'choose one of {", ".join(STREAMED_NAMES)}.')
-  require(image_size >= 1, f'data.image_size={image_size} must be >= 1.')
   _, tfds = _tfds()
   where = data_dir or 'the default tfds data_dir (~/tensorflow_datasets)'
   fix = (f'put ILSVRC2012_img_{{train,val}}.tar in <data.path>/downloads/'

@@ -2,7 +2,6 @@
 
 import flax.linen as nn
 
-from hier_avg.errors import UserError
 from hier_avg.models.cnn_small import CNNSmall
 from hier_avg.models.densenet import DenseNet121
 from hier_avg.models.googlenet import GoogLeNet
@@ -40,17 +39,9 @@ STEM_MODELS = ('resnet18', 'resnet34', 'resnet50')
 def get_model(name: str, num_classes: int,
               layers: Layers = DEFAULT_LAYERS,
               stem: str = 'cifar') -> nn.Module:
-  """`model.name` built from `layers` (see `layers.make_layers`)."""
-  if name not in MODELS:
-    raise UserError(f'unknown model.name={name!r}; choose one of '
-                    f'{", ".join(sorted(MODELS))}.')
-  if stem not in STEMS:
-    raise UserError(f'unknown model.stem={stem!r}; choose one of '
-                    f'{", ".join(map(repr, STEMS))}.')
-  kwargs = {}
-  if name in STEM_MODELS:
-    kwargs['stem'] = stem
-  elif stem != 'cifar':
-    raise UserError(f"model.stem={stem!r} applies to {', '.join(STEM_MODELS)}"
-                    f" only; leave it 'cifar' for model.name={name!r}.")
+  """`model.name` built from `layers` (see `layers.make_layers`).
+
+  `stem` applies to STEM_MODELS only (hier_avg/config_keys.py checks it).
+  """
+  kwargs = {'stem': stem} if name in STEM_MODELS else {}
   return MODELS[name](num_classes=num_classes, layers=layers, **kwargs)

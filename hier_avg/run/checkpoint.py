@@ -3,7 +3,7 @@
 A checkpoint holds the whole `TrainState` (each learner's parameters,
 BatchNorm statistics, optimizer state and RNG key, and the step, which fixes
 the schedule's position) plus a JSON record: the step and the config's
-fingerprint. Saving is asynchronous (training continues while the arrays
+fingerprint (`config_keys.fingerprint`). Saving is asynchronous (training continues while the arrays
 are written) and atomic (orbax writes into a temporary folder and renames
 it when complete, so a half-written checkpoint is never picked up).
 """
@@ -18,32 +18,6 @@ from hier_avg.errors import UserError
 from hier_avg.core.state import TrainState
 
 CHECKPOINT_DIR = 'checkpoints'
-
-# Keys that may change between a run and its resumption: they change how
-# long, how often or where it runs, not what the learners compute.
-RESUMABLE_CHANGES = (
-    'train.epochs', 'train.steps', 'train.eval_every', 'train.log_every',
-    'train.eval_batch_size', 'train.checkpoint_every',
-    'train.keep_checkpoints', 'mesh.node_devices', 'mesh.local_devices',
-    'mesh.round_loop', 'mesh.max_unrolled_steps', 'mesh.pack', 'model.conv',
-    'data.path', 'hier.recompute_batches')
-
-
-def fingerprint(config) -> dict:
-  """The config's values that a resumed run must share, flat 'a.b' keys."""
-  flat = {}
-
-  def visit(prefix, node):
-    for key, value in node.items():
-      name = f'{prefix}{key}'
-      if hasattr(value, 'items'):
-        visit(name + '.', value)
-      elif name not in RESUMABLE_CHANGES:
-        flat[name] = list(value) if isinstance(value, tuple) else value
-
-  visit('', config.to_dict())
-  return flat
-
 
 def check_fingerprint(saved: dict, current: dict, directory: str) -> None:
   """Refuses to resume when a key that changes the computation differs."""

@@ -2,13 +2,13 @@
 
 Three choices, each 'auto' by default and settable in the config:
 
-* `mesh.pack` -- the learners of one device's block run either as one
+* `runtime.learner_loop` -- the learners of one device's block run either as one
   `jax.vmap` ('vmap') or as an unrolled loop of independent per-learner
   programs ('unroll').
 * `model.conv` -- convolutions as XLA's own kernel ('xla') or as im2col + a
   matmul ('im2col'), which turns a vmapped convolution into a batched matmul
   instead of a slow grouped convolution.
-* `mesh.round_loop` -- a round's K steps as `lax.scan` ('scan') or unrolled
+* `runtime.step_loop` -- a round's K steps as `lax.scan` ('scan') or unrolled
   straight-line code ('unroll').
 
 'auto' picks what was measured fastest (benchmarks/README.md): on CPU,
@@ -22,15 +22,14 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from hier_avg.errors import require
 from hier_avg.models.im2col import CONVS
 
-PACKS = ('auto', 'vmap', 'unroll')
-ROUND_LOOPS = ('auto', 'scan', 'unroll')
+LEARNER_LOOPS = ('auto', 'vmap', 'unroll')
+STEP_LOOPS = ('auto', 'scan', 'unroll')
 CONV_CHOICES = ('auto',) + CONVS
 
 
-def resolve_pack(pack: str, platform: str) -> str:
+def resolve_learner_loop(learner_loop: str, platform: str) -> str:
   """'auto': 'unroll' on CPU, 'vmap' elsewhere.
 
   XLA:CPU runs independent per-learner programs side by side on its
@@ -39,22 +38,21 @@ def resolve_pack(pack: str, platform: str) -> str:
   256. A GPU runs one kernel at a time, so there the learners must share
   large kernels: vmap.
   """
-  require(pack in PACKS, f'mesh.pack={pack!r} must be one of {PACKS}.')
-  if pack == 'auto':
+  if learner_loop == 'auto':
     return 'unroll' if platform == 'cpu' else 'vmap'
-  return pack
+  return learner_loop
 
 
-def resolve_conv(conv: str, pack: str, learners_per_device: int) -> str:
+def resolve_conv(conv: str, learner_loop: str,
+                 learners_per_device: int) -> str:
   """'auto': im2col when vmapped learners share a device, else XLA's."""
-  require(conv in CONV_CHOICES, f'model.conv={conv!r} must be one of '
-          f'{CONV_CHOICES}.')
   if conv == 'auto':
-    return 'im2col' if pack == 'vmap' and learners_per_device > 1 else 'xla'
+    vmapped = learner_loop == 'vmap'
+    return 'im2col' if vmapped and learners_per_device > 1 else 'xla'
   return conv
 
 
-def resolve_round_loop(round_loop: str, platform: str) -> str:
+def resolve_step_loop(step_loop: str, platform: str) -> str:
   """'auto' unrolls on CPU and scans elsewhere.
 
   XLA:CPU ran convolutions inside a while loop (what `lax.scan` lowers to)
@@ -63,11 +61,9 @@ def resolve_round_loop(round_loop: str, platform: str) -> str:
   traced as an unrolled Python loop. Accelerators get `lax.scan`, whose
   compile time does not grow with the round's length.
   """
-  require(round_loop in ROUND_LOOPS, f'mesh.round_loop={round_loop!r} must '
-          f'be one of {ROUND_LOOPS}.')
-  if round_loop == 'auto':
+  if step_loop == 'auto':
     return 'unroll' if platform == 'cpu' else 'scan'
-  return round_loop
+  return step_loop
 
 
 def map_learners(fn, pack: str, *trees):
@@ -105,8 +101,8 @@ class Execution:
   def resolve(cls, learner_loop: str, step_loop: str,
               max_unrolled_steps: int, platform: str) -> 'Execution':
     """'auto' choices resolved for `platform` ('cpu', 'gpu', 'tpu')."""
-    return cls(resolve_pack(learner_loop, platform),
-               resolve_round_loop(step_loop, platform), max_unrolled_steps)
+    return cls(resolve_learner_loop(learner_loop, platform),
+               resolve_step_loop(step_loop, platform), max_unrolled_steps)
 
   def max_round_length(self, learners_per_device: int) -> int:
     """Most steps per compiled round; 0: no limit (a scanned round)."""

@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from hier_avg import config_keys
 from hier_avg.errors import UserError, require
 from hier_avg.run.metrics import METRICS_FILE, SUMMARY_FILE, read_rows, read_summary
 
@@ -160,15 +161,6 @@ def _parse_value(text: str):
   return {'True': True, 'False': False}.get(text, text)
 
 
-# Where the data lives, how learners are laid out on devices and how often
-# the run logs or saves: a finished run's results stand whatever these say.
-KEYS_THAT_KEEP_RESULTS = (
-    'data.path', 'mesh.node_devices', 'mesh.local_devices', 'mesh.pack',
-    'mesh.round_loop', 'mesh.max_unrolled_steps', 'model.conv',
-    'train.log_every', 'train.checkpoint_every', 'train.keep_checkpoints',
-    'train.eval_batch_size')
-
-
 def finished_summary(root: str, point: Point) -> dict | None:
   """`point`'s summary if it has run to the end with the sweep's settings.
 
@@ -181,7 +173,7 @@ def finished_summary(root: str, point: Point) -> dict | None:
   summary = read_summary(os.path.join(root, point.name))
   saved = summary.get('config', {})
   for key, value in point.overrides:
-    if key in KEYS_THAT_KEEP_RESULTS:
+    if not config_keys.changes_results(key):
       continue
     node = saved
     for part in key.split('.'):

@@ -1,0 +1,392 @@
+"""Every config key, declared once: its default, its meaning, its check.
+
+Each `Key` also says whether it may change when a run resumes (`resumable`)
+and whether a finished run's results stand whatever it says
+(`keeps_results`). Everything else reads these declarations:
+`configs/default.py` builds the config from them, `validate` checks a config
+against them before any data, device or workdir is touched, checkpoints
+fingerprint the keys that are not resumable, sweeps compare the keys that
+change results, and the README's key table is tested against them.
+
+Adding a key is one `Key(...)` line here plus the code that uses it.
+`python -m hier_avg.config_keys` prints the whole schema.
+
+Checks that need more than the config (the mesh against the devices, the
+batch against the data) live where that knowledge is, and run before the
+workdir is touched too.
+"""
+
+from collections.abc import Callable, Sequence
+import dataclasses
+import numbers
+import textwrap
+from typing import Any
+
+import ml_collections
+
+from hier_avg import models
+from hier_avg.core import optim
+from hier_avg.core import policies
+from hier_avg.data import datasets
+from hier_avg.data import sampling
+from hier_avg.data import streaming
+from hier_avg.errors import require
+from hier_avg.runtime import execution
+
+# A check takes a key's name and value and returns the one-line message
+# that says what is wrong, or None when the value is fine.
+Check = Callable[[str, Any], str | None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+  name: str            # 'section.key', or 'key' at the top level.
+  default: Any
+  doc: str
+  check: Check
+  # May differ between a run and its resumption: it changes how long, how
+  # often or where the run goes, not what the learners compute.
+  resumable: bool = False
+  # A finished run's results stand whatever it says (where the data lives,
+  # how learners sit on devices, how often the run logs or saves).
+  keeps_results: bool = False
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_integer(value) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def integer(minimum: int) -> Check:
+  def check(name, value):
+    if not (_is_integer(value) and value >= minimum):
+      return f'{name}={value!r} must be an integer >= {minimum}.'
+  return check
+
+
+def number(minimum: float, strict: bool = False) -> Check:
+  def check(name, value):
+    if not (_is_number(value) and
+            (value > minimum if strict else value >= minimum)):
+      return (f'{name}={value!r} must be a number '
+              f'{">" if strict else ">="} {minimum}.')
+  return check
+
+
+def fraction(name, value) -> str | None:
+  """A momentum: a number in [0, 1)."""
+  if not (_is_number(value) and 0 <= value < 1):
+    return f'{name}={value!r} must be a number in [0, 1).'
+
+
+def boolean(name, value) -> str | None:
+  if not isinstance(value, bool):
+    return f'{name}={value!r} must be True or False.'
+
+
+def text(name, value) -> str | None:
+  if not isinstance(value, str):
+    return f'{name}={value!r} must be a string.'
+
+
+def numbers_tuple(name, value) -> str | None:
+  if not (isinstance(value, (tuple, list)) and all(map(_is_number, value))):
+    return f'{name}={value!r} must be a tuple of numbers, e.g. (30, 60).'
+
+
+def one_of(*choices) -> Check:
+  def check(name, value):
+    if value not in choices:
+      return (f'unknown {name}={value!r}; choose one of '
+              f'{", ".join(map(repr, choices))}.')
+  return check
+
+
+def devices(name, value) -> str | None:
+  if not (_is_integer(value) and (value == -1 or value >= 1)):
+    return f'{name}={value!r} must be -1 (as many as fit) or an integer >= 1.'
+
+
+SECTIONS = {
+    '': 'Run-wide.',
+    'hier': 'The algorithm: learners, groups, periods, averaging policies.',
+    'model': 'The network and its arithmetic.',
+    'data': 'The data set, its batches and its augmentation.',
+    'opt': 'Each learner\'s optimizer (SGD) and learning-rate schedule.',
+    'train': 'Length, evaluation, logging and checkpoint cadence.',
+    'mesh': 'How the learner grid is laid onto devices.',
+    'runtime': 'How rounds are compiled: same results, other speed.',
+}
+
+KEYS = (
+    Key('seed', 0, 'Seeds model init, data order and augmentation.',
+        integer(0)),
+    # hier
+    Key('hier.num_learners', 8, 'P: model replicas.', integer(1)),
+    Key('hier.group_size', 4, 'S: learners per node, averaged locally.',
+        integer(1)),
+    Key('hier.k1', 4, 'K1: local steps between local averagings.',
+        integer(1)),
+    Key('hier.k2', 4, 'K2: local averagings between global averagings.',
+        integer(1)),
+    Key('hier.algorithm', 'hier',
+        "'hier': Hier-AVG (K-AVG and sync SGD as special cases); 'asgd': "
+        'simulated asynchronous SGD (hier_avg/algorithms/asgd.py), whose '
+        "learners' gradients reach the shared model `staleness` steps late; "
+        'it ignores group_size, k1 and k2.', one_of('hier', 'asgd')),
+    Key('hier.staleness', 1, "ASGD: steps a gradient takes to arrive.",
+        integer(0)),
+    Key('hier.batch_stats', 'average',
+        "BatchNorm statistics at averaging: 'average', 'local', or "
+        "'recompute' (from `recompute_batches` training batches before each "
+        'evaluation).', one_of(*policies.BATCH_STATS_POLICIES)),
+    Key('hier.opt_state', 'local',
+        "Optimizer state at averaging: 'local', 'average' or 'reset' "
+        '(moments zeroed).', one_of(*policies.OPT_STATE_POLICIES)),
+    Key('hier.recompute_batches', 32,
+        "Training batches that rebuild BatchNorm statistics "
+        "(batch_stats='recompute').", integer(1), resumable=True),
+    Key('hier.outer_lr', 1.0,
+        'Outer optimizer at global averaging (SlowMo / DiLoCo): SGD on the '
+        'pseudo-gradient (previous global model - new average); 1 and no '
+        'momentum is plain Hier-AVG.', number(0, strict=True)),
+    Key('hier.outer_momentum', 0.0, 'Momentum of the outer optimizer.',
+        fraction),
+    Key('hier.outer_nesterov', False, 'Nesterov outer momentum.', boolean),
+    # model
+    Key('model.name', 'resnet18', 'See hier_avg.models.MODELS.',
+        one_of(*sorted(models.MODELS))),
+    Key('model.dtype', 'float32',
+        "'bfloat16' computes in bf16; parameters, optimizer state, the loss "
+        'and all averaging stay float32.', one_of(*models.DTYPES)),
+    Key('model.conv', 'auto',
+        "Convolution kernel: 'xla', 'im2col' (im2col + matmul; fast for "
+        "vmapped learners) or 'auto' (im2col when vmapped learners share a "
+        'device).', one_of(*execution.CONV_CHOICES), resumable=True,
+        keeps_results=True),
+    Key('model.stem', 'cifar',
+        "ResNet stem: 'cifar' (3x3 stride 1) for 32x32 images, or "
+        "'imagenet' (7x7 stride 2 and a 3x3 stride-2 max-pool) for 224x224.",
+        one_of(*models.STEMS)),
+    # data
+    Key('data.name', 'cifar10',
+        "A tfds name held in memory ('cifar10', ...), 'imagenet2012' "
+        '(streamed from tfds by every host: hier_avg/data/streaming.py), '
+        "'folder' or 'synthetic'.",
+        one_of(*datasets.TFDS_NAMES, *streaming.STREAMED_NAMES, 'folder',
+               'synthetic')),
+    Key('data.path', '', 'Folder root, or the tfds data_dir.', text,
+        resumable=True, keeps_results=True),
+    Key('data.batch_size', 128, 'B: examples per learner per step.',
+        integer(1)),
+    Key('data.sampling', 'partition',
+        "'partition' (each learner its own shard) or 'iid'.",
+        one_of(*sampling.SAMPLING_MODES)),
+    Key('data.augment', True,
+        'Random crop + horizontal flip: pad-4 crops on device for data sets '
+        'in memory; Inception-style random-resized crops on the host for '
+        'streamed ones.', boolean),
+    Key('data.image_size', 224,
+        'Streamed data sets: the square size images are cropped and resized '
+        'to (evaluation: a centre crop of image_size / (image_size + 32)).',
+        integer(1)),
+    Key('data.synthetic_train_examples', 4096,
+        'Synthetic data (class-dependent patterns plus noise): training '
+        'examples.', integer(1)),
+    Key('data.synthetic_test_examples', 1024, 'Synthetic test examples.',
+        integer(1)),
+    Key('data.synthetic_image_size', 32, 'Synthetic image side.',
+        integer(1)),
+    Key('data.synthetic_num_classes', 10, 'Synthetic classes.', integer(2)),
+    # opt
+    Key('opt.lr', 0.1, 'Peak learning rate.', number(0, strict=True)),
+    Key('opt.momentum', 0.9, 'SGD momentum.', fraction),
+    Key('opt.nesterov', False, 'Nesterov momentum (needs momentum > 0).',
+        boolean),
+    Key('opt.weight_decay', 5e-4,
+        'Coupled L2 (added to the gradient before momentum, as '
+        'torch.optim.SGD).', number(0)),
+    Key('opt.schedule', 'cosine', "'constant', 'step' or 'cosine'.",
+        one_of(*optim.SCHEDULES)),
+    Key('opt.warmup_epochs', 0.0,
+        'Linear warmup from 0, before the schedule.', number(0)),
+    Key('opt.milestones', (50, 75),
+        "Epochs at which 'step' multiplies the lr...", numbers_tuple),
+    Key('opt.decay_factor', 0.1, '...by this factor.', number(0)),
+    # train
+    Key('train.epochs', 100.0, 'Length in epochs (when steps is 0).',
+        number(0), resumable=True),
+    Key('train.steps', 0, 'Local steps per learner; 0: use epochs.',
+        integer(0), resumable=True),
+    Key('train.eval_every', 0,
+        'Steps between evaluations; 0: at the end only.', integer(0),
+        resumable=True),
+    Key('train.log_every', 50, 'Steps between training-metric rows.',
+        integer(1), resumable=True, keeps_results=True),
+    Key('train.eval_batch_size', 1000, 'Examples per evaluation batch.',
+        integer(1), resumable=True, keeps_results=True),
+    Key('train.checkpoint_every', 1000,
+        'Steps between checkpoints (0: only at the end and when stopped by '
+        'SIGTERM/SIGINT).', integer(0), resumable=True, keeps_results=True),
+    Key('train.keep_checkpoints', 3, 'The newest checkpoints kept.',
+        integer(1), resumable=True, keeps_results=True),
+    # mesh
+    Key('mesh.node_devices', -1,
+        "Devices along 'node'; -1: as many as fit.", devices,
+        resumable=True, keeps_results=True),
+    Key('mesh.local_devices', -1,
+        "Devices along 'local'; -1: as many as fit.", devices,
+        resumable=True, keeps_results=True),
+    # runtime
+    Key('runtime.learner_loop', 'auto',
+        "How one device runs its block of learners: 'vmap', 'unroll' "
+        "(separate per-learner programs) or 'auto' (unroll on CPU, vmap "
+        'elsewhere).', one_of(*execution.LEARNER_LOOPS), resumable=True,
+        keeps_results=True),
+    Key('runtime.step_loop', 'auto',
+        "How a round's local steps are compiled into one call: 'scan' "
+        "(lax.scan), 'unroll' (straight-line code; XLA:CPU runs it much "
+        "faster) or 'auto' (unroll on CPU, scan elsewhere).",
+        one_of(*execution.STEP_LOOPS), resumable=True, keeps_results=True),
+    Key('runtime.max_unrolled_steps', 16,
+        'Unrolled rounds are split into calls of at most this many '
+        'learner-steps per device, which bounds compile time (cnn_small on '
+        'CPU: 16 steps 8 s, 64 steps 46 s).', integer(1), resumable=True,
+        keeps_results=True),
+)
+
+BY_NAME = {key.name: key for key in KEYS}
+
+# Keys that were renamed, so that an old spelling gets pointed to the new.
+RENAMED = {
+    'mesh.pack': 'runtime.learner_loop',
+    'mesh.round_loop': 'runtime.step_loop',
+    'mesh.max_unrolled_steps': 'runtime.max_unrolled_steps',
+}
+
+
+def _relations(config) -> None:
+  """Checks that read more than one key."""
+  hier = config.hier
+  require(hier.num_learners % hier.group_size == 0,
+          f'hier.num_learners={hier.num_learners} is not divisible by '
+          f'hier.group_size={hier.group_size}; choose S that divides P.')
+  if hier.algorithm == 'asgd':
+    # One shared model and optimizer: no averaging for these to act on.
+    require(hier.outer_lr == 1 and hier.outer_momentum == 0,
+            "hier.algorithm='asgd' has no global averaging for an outer "
+            'optimizer; leave hier.outer_lr=1 and hier.outer_momentum=0.')
+    require(hier.opt_state == 'local',
+            "hier.algorithm='asgd' keeps one shared optimizer state; "
+            f'hier.opt_state={hier.opt_state!r} applies to Hier-AVG only: '
+            "leave it 'local'.")
+    require(hier.batch_stats != 'local',
+            "hier.algorithm='asgd' shares one model and its BatchNorm "
+            "statistics; hier.batch_stats='local' applies to Hier-AVG only.")
+  model = config.model
+  require(model.stem == 'cifar' or model.name in models.STEM_MODELS,
+          f'model.stem={model.stem!r} applies to '
+          f'{", ".join(models.STEM_MODELS)} only; leave it \'cifar\' for '
+          f'model.name={model.name!r}.')
+  data = config.data
+  if data.name in streaming.STREAMED_NAMES:
+    require(data.sampling == 'partition',
+            f'data.sampling={data.sampling!r} needs random access, but '
+            f"{data.name} is streamed; use data.sampling='partition'.")
+  require(not config.opt.nesterov or config.opt.momentum > 0,
+          'opt.nesterov=True needs opt.momentum > 0.')
+  require(config.train.steps > 0 or config.train.epochs > 0,
+          'set train.steps or train.epochs to a value > 0.')
+
+
+def get(config, name: str):
+  node = config
+  for part in name.split('.'):
+    node = node[part]
+  return node
+
+
+def flatten(config) -> dict[str, Any]:
+  """Every leaf of `config` by its 'section.key' name."""
+  flat = {}
+
+  def visit(prefix, node):
+    for name, value in node.items():
+      if hasattr(value, 'items'):
+        visit(f'{prefix}{name}.', value)
+      else:
+        flat[prefix + name] = value
+
+  visit('', config)
+  return flat
+
+
+def defaults() -> ml_collections.ConfigDict:
+  """A config holding every key at its default."""
+  config = ml_collections.ConfigDict()
+  for key in KEYS:
+    section, _, name = key.name.rpartition('.')
+    node = config
+    if section:
+      if section not in config:
+        config[section] = ml_collections.ConfigDict()
+      node = config[section]
+    node[name] = key.default
+  return config
+
+
+def validate(config) -> None:
+  """Raises UserError for the first key that is unknown, missing or bad."""
+  flat = flatten(config)
+  for name in flat:
+    require(name not in RENAMED,
+            f'{name} is now called {RENAMED.get(name)}; set that instead.')
+    require(name in BY_NAME, f'{name} is not a config key; '
+            '`python -m hier_avg.config_keys` lists them all.')
+  for key in KEYS:
+    require(key.name in flat, f'the config has no {key.name}; build it from '
+            'configs/default.py (default.get_config()).')
+    problem = key.check(key.name, flat[key.name])
+    require(problem is None, problem)
+  _relations(config)
+
+
+def fingerprint(config) -> dict[str, Any]:
+  """The values a resumed run must share (tuples as lists, as JSON has)."""
+  return {key.name: list(value) if isinstance(value, tuple) else value
+          for key in KEYS if not key.resumable
+          for value in (get(config, key.name),)}
+
+
+def changes_results(name: str) -> bool:
+  """Whether two runs that differ in `name` may end with other results."""
+  return name not in BY_NAME or not BY_NAME[name].keeps_results
+
+
+def names(where: Callable[[Key], bool] = lambda key: True) -> Sequence[str]:
+  return tuple(key.name for key in KEYS if where(key))
+
+
+def describe() -> str:
+  """The schema as text: one line per key, grouped by section."""
+  lines = []
+  for section, doc in SECTIONS.items():
+    lines.append(f'[{section or "top level"}] {doc}')
+    for key in KEYS:
+      if key.name.rpartition('.')[0] != section:
+        continue
+      flags = ', '.join(flag for flag, on in (
+          ('may change on resume', key.resumable),
+          ('keeps results', key.keeps_results)) if on)
+      lines.append(f'  {key.name} = {key.default!r}'
+                   f'{f"  ({flags})" if flags else ""}')
+      lines.extend(textwrap.wrap(key.doc, 76, initial_indent=' ' * 6,
+                                 subsequent_indent=' ' * 6))
+  return '\n'.join(lines)
+
+
+if __name__ == '__main__':
+  print(describe())
