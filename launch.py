@@ -8,7 +8,8 @@ several hosts") --coordinator_address=HOST0:PORT --num_processes=N
 --process_id=RANK, or --distributed_auto where the platform tells JAX.
 
 A problem with the input (a config value, the data, the devices, the workdir)
-ends the run with one line on stderr and exit code 2. Rerunning the same
+ends the run with one line on stderr and exit code 2; a loss that diverges,
+with one line and exit code 3. Rerunning the same
 command on the same workdir resumes from the newest checkpoint; SIGTERM or
 SIGINT saves one and exits with code 0.
 """
@@ -22,9 +23,12 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from hier_avg.run import distributed
+from hier_avg import config_keys
+from hier_avg import errors
 from hier_avg import train
 from hier_avg.errors import UserError
+from hier_avg.run import distributed
+from hier_avg.run import logs
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'A configs/*.py file, optionally with :preset.',
@@ -38,27 +42,50 @@ _NUM_PROCESSES = flags.DEFINE_integer(
     'num_processes', None, 'Multi-process runs: how many processes (hosts).')
 _PROCESS_ID = flags.DEFINE_integer(
     'process_id', None, 'Multi-process runs: this process\'s rank.')
+_VERBOSE_LOGS = flags.DEFINE_bool(
+    'verbose_logs', False,
+    'Also show the INFO lines of the libraries underneath (orbax, jax).')
 _DISTRIBUTED_AUTO = flags.DEFINE_bool(
     'distributed_auto', False,
     'Multi-process runs: let JAX detect the cluster (TPU pod, SLURM).')
 
 
+def _parse_flags(argv):
+  """absl's flag parsing; a bad flag or config key is one line, exit 2."""
+  try:
+    for arg in argv[1:]:
+      if arg.startswith('--config.'):
+        config_keys.require_known(arg[len('--config.'):].partition('=')[0])
+    return flags.FLAGS(argv)
+  except (UserError, flags.Error) as e:
+    _exit_with(e)
+
+
+def _exit_with(error: Exception, code: int = errors.EXIT_BAD_INPUT) -> None:
+  logging.flush()
+  print(f'error: {error}', file=sys.stderr)
+  sys.exit(code)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logs.quiet_third_party(not _VERBOSE_LOGS.value)
   try:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
                            _PROCESS_ID.value, _DISTRIBUTED_AUTO.value)
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except train.TrainingDiverged as e:
+    _exit_with(e, errors.EXIT_DIVERGED)
   except UserError as e:
-    logging.flush()
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    _exit_with(e)
   except train.Preempted as e:
     logging.flush()
     print(f'preempted: {e}', file=sys.stderr)
     sys.exit(0)
   except (jax.errors.JaxRuntimeError, TimeoutError) as e:
+    if errors.out_of_memory(e):
+      _exit_with(errors.out_of_memory(e))
     if jax.process_count() == 1:
       raise
     # A collective, or a checkpoint's commit barrier, failed because a peer
@@ -77,4 +104,4 @@ def _first_line(error: Exception) -> str:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -5,6 +5,7 @@ a benchmark measures exactly what a run trains.
 """
 
 from absl import logging
+import jax
 import optax
 
 from hier_avg import algorithms, models
@@ -12,8 +13,26 @@ from hier_avg.core import optim
 from hier_avg.core.learner import Learner
 from hier_avg.core.topology import Topology
 from hier_avg.data import feeds
+from hier_avg.errors import UserError
 from hier_avg.runtime import execution
 from hier_avg.runtime.engine import Engine
+
+
+def _check_model_takes(learner: Learner, image_shape, name: str) -> None:
+  """Traces the model on the data's image shape: nothing is computed.
+
+  A network whose pooling or strides leave nothing of a small image fails
+  here, with one line, not after the workdir was written.
+  """
+  try:
+    jax.eval_shape(lambda key: learner.init(key, image_shape),
+                   jax.random.key(0))
+  except (ZeroDivisionError, ValueError, TypeError):
+    raise UserError(
+        f'model.name={name!r} cannot take images of shape {image_shape}: its '
+        'strides and pooling leave nothing of them; use larger images '
+        '(data.image_size, data.synthetic_image_size) or a model made for '
+        'this size.') from None
 
 
 def build_engine(config, data, topology: Topology, num_steps: int,
@@ -40,6 +59,7 @@ def build_engine(config, data, topology: Topology, num_steps: int,
   augment_on_device = config.data.augment and not feeds.is_streamed(
       config.data)
   learner = Learner(model, tx, data.mean, data.std, augment_on_device)
+  _check_model_takes(learner, data.image_shape, config.model.name)
   algorithm = algorithms.from_config(config.hier, learner, topology,
                                      run.learner_loop)
   logging.info('hier_avg: learners %s-packed, %s convolutions, %s rounds, '

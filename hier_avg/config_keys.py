@@ -17,7 +17,10 @@ workdir is touched too.
 """
 
 from collections.abc import Callable, Sequence
+import ast
 import dataclasses
+import difflib
+import math
 import numbers
 import textwrap
 from typing import Any
@@ -30,7 +33,7 @@ from hier_avg.core import policies
 from hier_avg.data import datasets
 from hier_avg.data import sampling
 from hier_avg.data import streaming
-from hier_avg.errors import require
+from hier_avg.errors import UserError, require
 from hier_avg.runtime import execution
 
 # A check takes a key's name and value and returns the one-line message
@@ -69,9 +72,9 @@ def integer(minimum: int) -> Check:
 
 def number(minimum: float, strict: bool = False) -> Check:
   def check(name, value):
-    if not (_is_number(value) and
+    if not (_is_number(value) and math.isfinite(value) and
             (value > minimum if strict else value >= minimum)):
-      return (f'{name}={value!r} must be a number '
+      return (f'{name}={value!r} must be a finite number '
               f'{">" if strict else ">="} {minimum}.')
   return check
 
@@ -211,6 +214,10 @@ KEYS = (
         'torch.optim.SGD).', number(0)),
     Key('opt.schedule', 'cosine', "'constant', 'step' or 'cosine'.",
         one_of(*optim.SCHEDULES)),
+    Key('opt.horizon_steps', 0,
+        "Steps 'cosine' decays over, then holds at 0; 0: the run's length. "
+        'A run resumed with another length must set it (to keep its curve, '
+        'the old length).', integer(0), resumable=True),
     Key('opt.warmup_epochs', 0.0,
         'Linear warmup from 0, before the schedule.', number(0)),
     Key('opt.milestones', (50, 75),
@@ -271,6 +278,8 @@ RENAMED = {
 def _relations(config) -> None:
   """Checks that read more than one key."""
   hier = config.hier
+  require(not hier.outer_nesterov or hier.outer_momentum > 0,
+          'hier.outer_nesterov=True needs hier.outer_momentum > 0.')
   require(hier.num_learners % hier.group_size == 0,
           f'hier.num_learners={hier.num_learners} is not divisible by '
           f'hier.group_size={hier.group_size}; choose S that divides P.')
@@ -338,14 +347,48 @@ def defaults() -> ml_collections.ConfigDict:
   return config
 
 
+def require_known(name: str) -> Key:
+  """The key called `name`; UserError naming the closest keys if none is."""
+  require(name not in RENAMED,
+          f'{name} is now called {RENAMED.get(name)}; set that instead.')
+  if name not in BY_NAME:
+    close = difflib.get_close_matches(name, BY_NAME, n=3, cutoff=0.6)
+    hint = f'; did you mean {" or ".join(close)}?' if close else '.'
+    require(False, f'{name} is not a config key{hint} '
+            '(`python -m hier_avg.config_keys` lists them all)')
+  return BY_NAME[name]
+
+
+def parse(name: str, text: str):
+  """A value for key `name` written as text, read as its default's type.
+
+  'true'/'false' (any case) for booleans, Python literals for tuples, so a
+  value given on a command line means what the config means.
+  """
+  default = require_known(name).default
+  try:
+    if isinstance(default, bool):
+      value = {'true': True, 'false': False}[text.strip().lower()]
+    elif isinstance(default, (int, float)):
+      value = ast.literal_eval(text.strip())
+      require(_is_number(value), '')
+      value = float(value) if isinstance(default, float) else value
+    elif isinstance(default, tuple):
+      value = ast.literal_eval(text.strip())
+      value = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    else:
+      value = text
+  except (KeyError, ValueError, SyntaxError, UserError):
+    raise UserError(f'{name}={text!r} is not a {type(default).__name__} '
+                    f'like its default {default!r}.') from None
+  return value
+
+
 def validate(config) -> None:
   """Raises UserError for the first key that is unknown, missing or bad."""
   flat = flatten(config)
   for name in flat:
-    require(name not in RENAMED,
-            f'{name} is now called {RENAMED.get(name)}; set that instead.')
-    require(name in BY_NAME, f'{name} is not a config key; '
-            '`python -m hier_avg.config_keys` lists them all.')
+    require_known(name)
   for key in KEYS:
     require(key.name in flat, f'the config has no {key.name}; build it from '
             'configs/default.py (default.get_config()).')

@@ -7,6 +7,11 @@ non-zero without a traceback; everything else is a bug and keeps its traceback.
 """
 
 
+# launch.py's exit codes: input it refused, a run whose loss diverged.
+EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
+
+
 class UserError(ValueError):
   """A problem with the user's input, reported as one line."""
 
@@ -19,3 +24,21 @@ def require(condition: bool, message: str) -> None:
   """Raises `UserError(message)` unless `condition` holds."""
   if not condition:
     raise UserError(message)
+
+
+# How XLA reports an allocation that does not fit (GPU, TPU and CPU).
+_OUT_OF_MEMORY = ('RESOURCE_EXHAUSTED', 'Out of memory', 'out of memory')
+
+
+def out_of_memory(error: Exception) -> UserError | None:
+  """The one line for an accelerator allocation failure, else None."""
+  text = str(error)
+  if not any(marker in text for marker in _OUT_OF_MEMORY):
+    return None
+  first = next((line.strip() for line in text.splitlines() if line.strip()),
+               '')[:200]
+  return UserError(
+      f'the device ran out of memory ({first}); lower data.batch_size, put '
+      'fewer learners on each device (more devices, or mesh.node_devices/'
+      'mesh.local_devices), set model.conv=xla (im2col patches are large) '
+      'or model.dtype=bfloat16.')

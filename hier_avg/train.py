@@ -9,18 +9,21 @@ Everything that can refuse the run happens before the workdir is touched.
 """
 
 import math
+import os
 
 from absl import logging
 import jax
 import jax.numpy as jnp
 
 from hier_avg import builder, config_keys
+from hier_avg.core import optim
 from hier_avg.core.policies import AveragingPolicy
 from hier_avg.core.topology import hier_topology
 from hier_avg.data import feeds
+from hier_avg.errors import require
 from hier_avg.run import checkpoint, export, preemption, workdirs
 from hier_avg.run.cadence import Cadence
-from hier_avg.run.metrics import MetricsWriter, read_summary
+from hier_avg.run.metrics import MetricsWriter, SUMMARY_FILE, read_summary
 from hier_avg.run.progress import Progress, TrainingDiverged
 from hier_avg.runtime import evaluation
 
@@ -59,12 +62,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # ---- Workdir (held by this run alone) and state, fresh or resumed -----
   with workdirs.held(workdir), checkpoint.Checkpoints(
       workdir, config.train.keep_checkpoints) as checkpoints:
-    state = _fresh_or_resumed(engine, checkpoints, config,
+    state = _fresh_or_resumed(engine, checkpoints, config, num_steps,
                               feed.data.image_shape)
     first_step = int(state.step)
-    if first_step >= num_steps:
-      logging.info('hier_avg: the run in %s already reached step %d of %d; '
-                   'nothing to do.', workdir, first_step, num_steps)
+    require(first_step <= num_steps,
+            f'the run in {workdir} already reached step {first_step}, past '
+            f'this run\'s length of {num_steps} steps (train.steps, '
+            f'train.epochs); ask for at least {first_step} steps, or use a '
+            'new --workdir.')
+    if first_step == num_steps:
+      logging.info('hier_avg: the run in %s already finished its %d steps; '
+                   'its summary is %s.', workdir, num_steps,
+                   os.path.join(workdir, SUMMARY_FILE))
       return read_summary(workdir)
     if first_step:
       logging.info('hier_avg: resuming at step %d from %s', first_step,
@@ -78,13 +87,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
       return loop.run(state)
 
 
-def _fresh_or_resumed(engine, checkpoints, config, image_shape):
+def _fresh_or_resumed(engine, checkpoints, config, num_steps, image_shape):
   """A fresh state, or the newest checkpoint's when the config matches."""
   state = engine.init_state(config.seed, image_shape)
   fingerprint = config_keys.fingerprint(config)
-  restored = checkpoints.restore(
-      state, lambda record: checkpoint.check_fingerprint(
-          record['fingerprint'], fingerprint, checkpoints.directory))
+
+  def check(record):
+    checkpoint.check_fingerprint(record['fingerprint'], fingerprint,
+                                 checkpoints.directory)
+    checkpoint.check_horizon(record.get('lr_horizon'),
+                             optim.horizon(config.opt, num_steps),
+                             bool(config.opt.horizon_steps),
+                             checkpoints.directory)
+
+  restored = checkpoints.restore(state, check)
   return state if restored is None else restored[0]
 
 
@@ -153,6 +169,8 @@ class _Loop:
     }
     self.writer.write_summary(summary)
     self._save(state, num_steps)
+    logging.info('hier_avg: done; summary.json, metrics.jsonl, plots and '
+                 'the final model are in %s', self.workdir)
     return summary
 
   def _write_row(self, state, done: int, evaluate: bool, progress,
@@ -186,8 +204,9 @@ class _Loop:
       raise TrainingDiverged(
           f'training diverged: non-finite parameters after step {step}; '
           'lower opt.lr or add opt.warmup_epochs.')
-    self.checkpoints.save(state, {'step': step,
-                                  'fingerprint': self.fingerprint})
+    self.checkpoints.save(state, {
+        'step': step, 'fingerprint': self.fingerprint,
+        'lr_horizon': optim.horizon(self.config.opt, self.num_steps)})
 
 
 @jax.jit

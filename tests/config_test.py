@@ -9,6 +9,7 @@ import ml_collections
 
 from configs import cifar10, default, imagenet, mnist
 from hier_avg import config_keys
+from hier_avg import errors
 from hier_avg.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,6 +82,14 @@ class RegistryTest(parameterized.TestCase):
        'has no global averaging for an outer optimizer'),
       ('no_length', {'train__steps': 0, 'train__epochs': 0.0},
        'set train.steps or train.epochs'),
+      ('infinite_epochs', {'train__epochs': float('inf')},
+       'train.epochs=inf must be a finite number'),
+      ('infinite_warmup', {'opt__warmup_epochs': float('inf')},
+       'opt.warmup_epochs=inf must be a finite number'),
+      ('negative_decay', {'opt__decay_factor': -0.1},
+       'opt.decay_factor=-0.1 must be a finite number >= 0'),
+      ('outer_nesterov_without_momentum', {'hier__outer_nesterov': True},
+       'hier.outer_nesterov=True needs hier.outer_momentum > 0'),
   )
   def test_bad_values_get_one_line(self, overrides, message):
     with self.assertRaisesRegex(UserError, message) as e:
@@ -108,6 +117,21 @@ class RegistryTest(parameterized.TestCase):
       config_keys.validate(config)
 
 
+class ParseTest(absltest.TestCase):
+
+  def test_values_take_their_defaults_type(self):
+    self.assertIs(config_keys.parse('data.augment', 'TRUE'), True)
+    self.assertEqual(config_keys.parse('opt.lr', '1'), 1.0)
+    self.assertIsInstance(config_keys.parse('opt.lr', '1'), float)
+    self.assertEqual(config_keys.parse('hier.k1', '8'), 8)
+    self.assertEqual(config_keys.parse('opt.milestones', '(30, 60)'),
+                     (30, 60))
+    self.assertEqual(config_keys.parse('opt.milestones', '30'), (30,))
+    self.assertEqual(config_keys.parse('data.name', 'mnist'), 'mnist')
+    with self.assertRaisesRegex(UserError, "hier.k1='two' is not a int"):
+      config_keys.parse('hier.k1', 'two')
+
+
 class FlagsTest(absltest.TestCase):
 
   def test_fingerprint_holds_the_keys_a_resume_must_keep(self):
@@ -130,6 +154,18 @@ class FlagsTest(absltest.TestCase):
     self.assertTrue(config_keys.changes_results('train.steps'))
     self.assertFalse(config_keys.changes_results('runtime.learner_loop'))
     self.assertTrue(config_keys.changes_results('not.a_key'))
+
+
+class OutOfMemoryTest(absltest.TestCase):
+
+  def test_allocation_failure_names_the_knobs(self):
+    error = errors.out_of_memory(RuntimeError(
+        'RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8.00GiB.'
+        '\nBufferAssignment OOM Debugging.\n...'))
+    self.assertIn('the device ran out of memory (RESOURCE_EXHAUSTED', str(error))
+    self.assertIn('data.batch_size', str(error))
+    self.assertNotIn('\n', str(error))
+    self.assertIsNone(errors.out_of_memory(RuntimeError('INTERNAL: other')))
 
 
 class DocsTest(absltest.TestCase):

@@ -124,7 +124,7 @@ class ResumeTest(parameterized.TestCase):
     proc = start(workdir, '--config.opt.lr=1e8',
                  '--config.train.checkpoint_every=1')
     _, stderr = proc.communicate(timeout=DEADLINE_S)
-    self.assertEqual(proc.returncode, 2)
+    self.assertEqual(proc.returncode, 3)
     errors = [l for l in stderr.splitlines() if l.startswith('error:')]
     self.assertLen(errors, 1)
     self.assertRegex(errors[0], r'training diverged: non-finite (loss at '

@@ -72,15 +72,28 @@ class PointsTest(absltest.TestCase):
       sweep.parse_grid(['hier.k1'])
 
   def test_parse_grid(self):
-    self.assertEqual(sweep.parse_grid(['hier.k1=1,4', 'opt.lr=0.1',
-                                       'data.name=synthetic', 'x=True']),
-                     {'hier.k1': [1, 4], 'opt.lr': [0.1],
-                      'data.name': ['synthetic'], 'x': [True]})
+    self.assertEqual(sweep.parse_grid(['hier.k1=1,4', 'opt.lr=0.1,1',
+                                       'data.name=synthetic']),
+                     {'hier.k1': [1, 4], 'opt.lr': [0.1, 1.0],
+                      'data.name': ['synthetic']})
+
+  def test_parse_grid_reads_values_as_their_keys_types(self):
+    grid = sweep.parse_grid(['data.augment=true,False',
+                             'opt.milestones=(30,60),(50, 75)'])
+    self.assertEqual(grid, {'data.augment': [True, False],
+                            'opt.milestones': [(30, 60), (50, 75)]})
+    self.assertIs(grid['data.augment'][0], True)
+    with self.assertRaisesRegex(UserError, "data.augment='yes' is not a "
+                                'bool like its default True'):
+      sweep.parse_grid(['data.augment=yes'])
+    with self.assertRaisesRegex(UserError, 'hier.k3 is not a config key; '
+                                'did you mean'):
+      sweep.parse_grid(['hier.k3=1,2'])
 
 
 class RunAndReportTest(absltest.TestCase):
 
-  def test_skips_finished_points_and_reports_failures(self):
+  def test_skips_finished_points_and_stops_at_refused_input(self):
     root = tempfile.mkdtemp()
     spec = sweep.SweepSpec(
         'configs/cifar10.py:cpu',
@@ -89,16 +102,36 @@ class RunAndReportTest(absltest.TestCase):
     done, bad = spec.points()
     fake_run(root, done, [0.5])
     messages = []
-    failed = sweep.run(spec, root, echo=messages.append)
-    self.assertEqual(failed, [bad])
+    with self.assertRaisesRegex(
+        UserError, r'sweep point bad,seed=0 was refused \(error: '
+        'opt.lr=-1.0 must be a finite number > 0.*the sweep stopped'):
+      sweep.run(spec, root, echo=messages.append)
     self.assertIn('1 finished, 1 to run', messages[0])
-    # The finished point was not started again; the failed one says why.
+    # The finished point was not started again.
     self.assertFalse(os.path.exists(os.path.join(root, 'logs',
                                                  done.name + '.log')))
-    with open(os.path.join(root, 'logs', bad.name + '.log')) as f:
-      self.assertIn('opt.lr=-1.0 must be a number > 0', f.read())
     result = sweep.report(spec, root)
     self.assertEqual(result['missing'], 1)
+
+  def test_refused_point_stops_its_running_siblings(self):
+    root = tempfile.mkdtemp()
+    spec = sweep.SweepSpec(
+        'configs/cifar10.py:cpu',
+        overrides={'data.name': 'synthetic', 'model.name': 'mlp'},
+        variants={'long': {'train.steps': 100_000},
+                  'bad': {'opt.lr': -1.0}})
+    with self.assertRaisesRegex(UserError, 'the sweep stopped'):
+      sweep.run(spec, root, parallel=2, echo=lambda _: None)
+    # No point of this sweep is left running.
+    running = []
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+      try:
+        with open(f'/proc/{pid}/cmdline', 'rb') as f:
+          if root.encode() in f.read():
+            running.append(pid)
+      except OSError:
+        pass
+    self.assertEqual(running, [])
 
   def test_finished_point_with_other_settings_is_refused(self):
     root = tempfile.mkdtemp()

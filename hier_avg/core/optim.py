@@ -11,6 +11,19 @@ import optax
 SCHEDULES = ('constant', 'step', 'cosine')
 
 
+def horizon(opt_config, total_steps: int) -> int | None:
+  """Steps a length-dependent schedule ends at; None if it has no end.
+
+  Only 'cosine' depends on the run's length: 'constant' has no end and
+  'step' is in epochs. `opt.horizon_steps` fixes it; 0 means the run's
+  length, so a run resumed with another length would bend its curve (the
+  train loop refuses that, see `checkpoint.check_horizon`).
+  """
+  if opt_config.schedule != 'cosine':
+    return None
+  return opt_config.horizon_steps or total_steps
+
+
 def learning_rate_schedule(opt_config, steps_per_epoch: int,
                            total_steps: int) -> optax.Schedule:
   """The config's schedule, in local steps, after a linear warmup from 0."""
@@ -24,7 +37,8 @@ def learning_rate_schedule(opt_config, steps_per_epoch: int,
                   opt_config.decay_factor for m in opt_config.milestones}
     main = optax.piecewise_constant_schedule(lr, boundaries)
   elif name == 'cosine':
-    main = optax.cosine_decay_schedule(lr, max(total_steps - warmup, 1))
+    main = optax.cosine_decay_schedule(
+        lr, max(horizon(opt_config, total_steps) - warmup, 1))
   else:  # config_keys checks opt.schedule before anything is built.
     raise ValueError(f'unknown schedule {name!r}')
   if warmup <= 0:

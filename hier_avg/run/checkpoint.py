@@ -30,6 +30,27 @@ def check_fingerprint(saved: dict, current: dict, directory: str) -> None:
           'value, or a new --workdir.')
 
 
+def check_horizon(saved: int | None, current: int | None, explicit: bool,
+                  directory: str) -> None:
+  """Refuses a resumption that would silently bend the lr schedule.
+
+  A cosine schedule decays over the run's length unless `opt.horizon_steps`
+  fixes it. Resuming with another length (`train.steps`, `train.epochs`)
+  would move the curve under the steps already run: the lr would jump at
+  the resumed step. An explicit `opt.horizon_steps` says what the user
+  wants, and is followed.
+  """
+  if explicit or saved is None or saved == current:
+    return
+  raise UserError(
+      f'the run in {directory} decays its cosine learning rate over {saved} '
+      f'steps; this run is {current} steps long, which would move that curve '
+      'under the steps already run (the lr would jump). Keep the curve with '
+      f'--config.opt.horizon_steps={saved} (then the lr stays at 0 after step '
+      f'{saved}), set another opt.horizon_steps on purpose, or use a new '
+      '--workdir.')
+
+
 def _saveable(state: TrainState) -> TrainState:
   # Typed PRNG keys are stored as their raw uint32 data.
   return state.replace(rng=jax.random.key_data(state.rng))

@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from hier_avg import config_keys
+from hier_avg import errors
 from hier_avg.errors import UserError, require
 from hier_avg.run.metrics import METRICS_FILE, SUMMARY_FILE, read_rows, read_summary
 
@@ -142,23 +143,29 @@ def load_spec(path: str) -> SweepSpec:
 
 
 def parse_grid(entries: Sequence[str]) -> dict[str, list]:
-  """['hier.k1=1,4,16', 'seed=0,1'] -> {'hier.k1': [1, 4, 16], ...}."""
+  """['hier.k1=1,4,16', 'opt.milestones=(30,60),(50,75)'] -> values.
+
+  Each value is read as its key's type (`config_keys.parse`): 'true' is the
+  boolean True, '(30,60)' a tuple.
+  """
   grid = {}
   for entry in entries:
     key, sep, values = entry.partition('=')
     require(bool(sep and key and values),
             f'--grid={entry!r} must look like key=value1,value2.')
-    grid[key] = [_parse_value(v) for v in values.split(',')]
+    grid[key] = [config_keys.parse(key, text) for text in _split(values)]
   return grid
 
 
-def _parse_value(text: str):
-  for kind in (int, float):
-    try:
-      return kind(text)
-    except ValueError:
-      pass
-  return {'True': True, 'False': False}.get(text, text)
+def _split(values: str) -> list[str]:
+  """'1,(2,3),4' -> ['1', '(2,3)', '4']: commas inside brackets stay."""
+  parts, depth, start = [], 0, 0
+  for i, char in enumerate(values):
+    depth += (char in '([') - (char in ')]')
+    if char == ',' and depth == 0:
+      parts.append(values[start:i])
+      start = i + 1
+  return parts + [values[start:]]
 
 
 def finished_summary(root: str, point: Point) -> dict | None:
@@ -218,7 +225,12 @@ def run(spec: SweepSpec, root: str, parallel: int = 1,
 
   A point's output goes to `root/logs/<name>.log`. A point that fails is
   reported and left for the next run of the sweep to retry (it resumes
-  from its last checkpoint); the others go on.
+  from its last checkpoint); the others go on. A point refused for bad
+  input (`errors.EXIT_BAD_INPUT`: the same input would fail every point, or
+  the sweep is wrong) stops the
+  sweep: the points still running are stopped as by SIGTERM (each saves a
+  checkpoint) and the point's error is raised. Any other way the sweep
+  itself ends early (an error, Ctrl-C) stops them the same way.
   """
   require(parallel >= 1, f'--parallel={parallel} must be >= 1.')
   points = spec.points()
@@ -228,33 +240,67 @@ def run(spec: SweepSpec, root: str, parallel: int = 1,
   os.makedirs(os.path.join(root, LOG_DIR), exist_ok=True)
   env = _environment(parallel)
   queue, running, failed = list(todo), {}, []
-  while queue or running:
-    while queue and len(running) < parallel:
-      point = queue.pop(0)
-      # Appended: the log of an interrupted attempt stays readable.
-      log = open(os.path.join(root, LOG_DIR, point.name + '.log'), 'a')
-      echo(f'sweep: start {point.name}')
-      process = subprocess.Popen(_command(spec, root, point), env=env,
-                                 stdout=log, stderr=subprocess.STDOUT,
-                                 cwd=REPO_ROOT)
-      running[point] = (process, log, time.perf_counter())
-    time.sleep(0.2)
-    for point, (process, log, started) in list(running.items()):
-      if process.poll() is None:
-        continue
-      log.close()
-      del running[point]
-      seconds = time.perf_counter() - started
-      summary = finished_summary(root, point)
-      if process.returncode == 0 and summary is not None:
-        accuracy = summary.get('test_accuracy', float('nan'))
-        echo(f'sweep: done  {point.name} in {seconds:.0f} s, '
-             f'test accuracy {accuracy:.4f}')
-      else:
-        failed.append(point)
-        echo(f'sweep: FAILED {point.name} (exit {process.returncode}); '
-             f'see {log.name}')
+  try:
+    while queue or running:
+      while queue and len(running) < parallel:
+        point = queue.pop(0)
+        echo(f'sweep: start {point.name}')
+        running[point] = _start(spec, root, point, env)
+      time.sleep(0.2)
+      for point, (process, log, started) in list(running.items()):
+        if process.poll() is None:
+          continue
+        log.close()
+        del running[point]
+        if not _report_finished(root, point, process.returncode,
+                                time.perf_counter() - started, log.name,
+                                echo):
+          failed.append(point)
+  finally:
+    _stop(running, echo)
   return failed
+
+
+def _start(spec: SweepSpec, root: str, point: Point, env):
+  # Appended: the log of an interrupted attempt stays readable.
+  log = open(os.path.join(root, LOG_DIR, point.name + '.log'), 'a')
+  process = subprocess.Popen(_command(spec, root, point), env=env,
+                             stdout=log, stderr=subprocess.STDOUT,
+                             cwd=REPO_ROOT)
+  return process, log, time.perf_counter()
+
+
+def _report_finished(root: str, point: Point, returncode: int,
+                     seconds: float, log_path: str, echo) -> bool:
+  """Echoes how `point` ended; True if it finished. Raises on bad input."""
+  summary = finished_summary(root, point)
+  if returncode == 0 and summary is not None:
+    accuracy = summary.get('test_accuracy', float('nan'))
+    echo(f'sweep: done  {point.name} in {seconds:.0f} s, '
+         f'test accuracy {accuracy:.4f}')
+    return True
+  echo(f'sweep: FAILED {point.name} (exit {returncode}); see {log_path}')
+  if returncode == errors.EXIT_BAD_INPUT:
+    with open(log_path) as f:
+      lines = [line.strip() for line in f if line.startswith('error: ')]
+    raise UserError(f'sweep point {point.name} was refused '
+                    f'({lines[-1] if lines else "see " + log_path}); the '
+                    'sweep stopped.')
+  return False
+
+
+def _stop(running: dict, echo) -> None:
+  """Stops the points still running, each saving a checkpoint first."""
+  for point, (process, _, _) in running.items():
+    echo(f'sweep: stop  {point.name}')
+    process.terminate()
+  for process, log, _ in running.values():
+    try:
+      process.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+      process.kill()
+      process.wait()
+    log.close()
 
 
 # ---- Report -----------------------------------------------------------------
