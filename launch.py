@@ -27,6 +27,7 @@ from hier_avg import config_keys
 from hier_avg import errors
 from hier_avg import train
 from hier_avg.errors import UserError
+from hier_avg.run import cpu_devices
 from hier_avg.run import distributed
 from hier_avg.run import logs
 
@@ -42,6 +43,10 @@ _NUM_PROCESSES = flags.DEFINE_integer(
     'num_processes', None, 'Multi-process runs: how many processes (hosts).')
 _PROCESS_ID = flags.DEFINE_integer(
     'process_id', None, 'Multi-process runs: this process\'s rank.')
+_CPU_DEVICES = flags.DEFINE_integer(
+    'cpu_devices', None,
+    'Fake CPU devices for a run on CPU (default: XLA_FLAGS\' count, else '
+    f'{cpu_devices.DEFAULT}).', lower_bound=1)
 _VERBOSE_LOGS = flags.DEFINE_bool(
     'verbose_logs', False,
     'Also show the INFO lines of the libraries underneath (orbax, jax).')
@@ -71,6 +76,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logs.quiet_third_party(not _VERBOSE_LOGS.value)
+  cpu_devices.configure(_CPU_DEVICES.value)  # Before the backend starts.
   try:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
                            _PROCESS_ID.value, _DISTRIBUTED_AUTO.value)
