@@ -119,7 +119,8 @@ class _Loop:
     self.last_eval, self.last_loss = {}, float('nan')
 
   def epoch(self, step: int) -> float:
-    return step / self.feed.steps_per_epoch
+    """Examples seen / N: a pass over the shards may leave some out."""
+    return step * self.feed.examples_per_step / self.feed.num_examples
 
   def run(self, state) -> dict:
     """Trains from `state` to the end; returns the summary it writes."""

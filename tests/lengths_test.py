@@ -91,5 +91,16 @@ class InputTest(absltest.TestCase):
     self.assertFalse(os.path.exists(workdir))
 
 
+  def test_examples_left_out_of_each_pass_are_said_and_not_counted(self):
+    config = tiny_config(8, 'constant')
+    # P = 8, B = 8: shards of 62, 7 steps per pass, 448 of 500 examples.
+    config.data.synthetic_train_examples = 500
+    with self.assertLogs('absl', 'WARNING') as logs:
+      summary = train.train_and_evaluate(config, tempfile.mkdtemp())
+    self.assertTrue(any('uses 448 of its 500 examples (52, 10.4%' in line
+                        for line in logs.output), logs.output)
+    self.assertEqual(summary['epochs'], 8 * 64 / 500)
+
+
 if __name__ == '__main__':
   absltest.main()

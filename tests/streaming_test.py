@@ -232,6 +232,15 @@ class PerHostTest(absltest.TestCase):
     self.assertCountEqual(shares[0] + shares[1],
                           self._split(streaming.TRAIN_SPLIT))
 
+  def test_processes_draw_their_own_shuffles_and_augmentations(self):
+    seeds = {streaming._epoch_seed(0, epoch, process)  # pylint: disable=protected-access
+             for epoch in range(3) for process in range(4)}
+    self.assertLen(seeds, 12)
+    # One process keeps the seeds single-process runs always had.
+    self.assertEqual(streaming._epoch_seed(5, 2, 0),  # pylint: disable=protected-access
+                     int(np.random.SeedSequence(
+                         [5, streaming._STREAM, 2]).generate_state(1)[0]))  # pylint: disable=protected-access
+
   def test_processes_evaluate_the_validation_split_once(self):
     seen, counts = [], []
     for process in range(2):
@@ -349,10 +358,11 @@ class StreamedRunTest(absltest.TestCase):
 
   def test_run_trains_evaluates_and_resumes_exactly(self):
     whole = self.create_tempdir().full_path
-    # 2 epochs and a half: 40 // 4 learners // 4 = 2 steps per epoch.
+    # 40 // 4 learners // 4 = 2 steps per pass, each using 32 of the 40
+    # examples: 5 steps see 80 examples, 2 epochs.
     summary = train.train_and_evaluate(self._config(5), whole)
     self.assertEqual(summary['steps'], 5)
-    self.assertEqual(summary['epochs'], 2.5)
+    self.assertEqual(summary['epochs'], 2.0)
     self.assertBetween(summary['test_accuracy'], 0.0, 1.0)
     self.assertTrue(np.isfinite(summary['test_loss']))
     # 4 learners, 2 groups: global averagings after steps 4 only.

@@ -6,7 +6,8 @@ minibatches are gathered and augmented on device.
 `StreamedFeed`: a tfds data set read, decoded and augmented on each host
 (ImageNet, `streaming.py`). A round carries its minibatches.
 
-Both give the train loop the same things: `steps_per_epoch`,
+Both give the train loop the same things: `steps_per_epoch` (steps of one
+pass over the learners' shards), `num_examples` and `examples_per_step`,
 `start(engine, first_step)`, `round_inputs(first, length)` for
 `Engine.train_round`, `max_round_length`, `evaluate` and
 `recompute_batch_stats`.
@@ -14,6 +15,7 @@ Both give the train loop the same things: `steps_per_epoch`,
 
 import itertools
 
+from absl import logging
 import jax
 import numpy as np
 
@@ -48,6 +50,8 @@ class ResidentFeed:
         len(data.train_images), num_learners, data_config.batch_size,
         data_config.sampling, seed)
     self.steps_per_epoch = self._sampler.steps_per_epoch
+    self.num_examples = len(data.train_images)
+    self.examples_per_step = num_learners * data_config.batch_size
     self._seed = seed
     self._engine = self._images = self._labels = None
 
@@ -83,6 +87,8 @@ class StreamedFeed:
     self.data = data
     self.steps_per_epoch = streaming.steps_per_epoch(
         data, num_learners, data_config.batch_size)
+    self.num_examples = data.num_train
+    self.examples_per_step = num_learners * data_config.batch_size
     self._num_learners = num_learners
     self._batch_size = data_config.batch_size
     self._augment = data_config.augment
@@ -150,6 +156,31 @@ def load(config, num_learners: int):
   if is_streamed(config.data):
     data = streaming.load(config.data.name, config.data.path,
                           config.data.image_size, jax.process_count())
-    return StreamedFeed(data, config.data, num_learners, config.seed)
-  return ResidentFeed(datasets.load(config.data, config.seed), config.data,
-                      num_learners, config.seed)
+    feed = StreamedFeed(data, config.data, num_learners, config.seed)
+  else:
+    feed = ResidentFeed(datasets.load(config.data, config.seed), config.data,
+                        num_learners, config.seed)
+  _report_dropped(feed)
+  return feed
+
+
+# A pass that leaves out more than this share of the data is reported.
+DROPPED_SHARE_REPORTED = 0.01
+
+
+def _report_dropped(feed) -> None:
+  """Says once when a pass over the shards leaves many examples out.
+
+  Each learner's shard is N // P examples cut into whole batches of B, so a
+  pass uses P * B * steps_per_epoch of the N; the rest (up to P * B - 1
+  examples, and more under 'partition' rounding) is not seen that pass.
+  """
+  used = feed.examples_per_step * feed.steps_per_epoch
+  dropped = feed.num_examples - used
+  if dropped > DROPPED_SHARE_REPORTED * feed.num_examples:
+    logging.warning(
+        'hier_avg: each pass over the data uses %d of its %d examples (%d, '
+        '%.1f%%, left out: batches are whole and shards equal); metrics '
+        'count epochs as examples seen / %d. Fewer learners or a smaller '
+        'data.batch_size leave out less.', used, feed.num_examples, dropped,
+        100 * dropped / feed.num_examples, feed.num_examples)

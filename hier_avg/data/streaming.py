@@ -10,9 +10,11 @@ Sampling is 'partition', streamed: each epoch, a process shuffles its shard
 (files, then a buffer) with a seed of `(seed, epoch)` and deals it out to
 its learners in batches of B, so within an epoch no two learners see the
 same example. An epoch is `(N // P) // B` steps, as for resident data.
-Everything random is seeded by `(seed, epoch, position)`, so a stream is
-reproducible, and resuming at step t skips t's predecessors in the epoch
-as encoded records, without decoding them.
+Everything random is seeded by `(seed, epoch, process, position)`, so a
+stream is reproducible, hosts draw different crops and flips, and resuming
+at step t skips t's predecessors in the epoch as encoded records, without
+decoding them. The order depends on the process count: a streamed run
+resumed with another number of processes continues with another data order.
 
 tfds and TensorFlow are imported only here, when a streamed set is asked
 for; TensorFlow is kept off any GPU.
@@ -124,9 +126,16 @@ def steps_per_epoch(data: StreamedDataset, num_learners: int,
   return shard // batch_size
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-  return int(np.random.SeedSequence([seed, _STREAM, epoch]).generate_state(
-      1)[0])
+def _epoch_seed(seed: int, epoch: int, process_index: int) -> int:
+  """The seed of one process's shuffle and augmentation in one epoch.
+
+  Every process reads its own files, but positions in its stream repeat
+  across processes: without the process index, hosts would draw the same
+  flips and crop boxes at the same positions. Process 0 keeps the seed a
+  single-process run has always had.
+  """
+  entropy = [seed, _STREAM, epoch] + ([process_index] if process_index else [])
+  return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 def _train_image(tf, encoded, seed_2, image_size: int, augment: bool):
@@ -191,7 +200,7 @@ def train_batches(data: StreamedDataset, num_learners: int, batch_size: int,
                            drop_remainder=True)[process_index]
   first_epoch, skip = divmod(first_step, spe)
   for epoch in itertools.count(first_epoch):
-    epoch_seed = _epoch_seed(seed, epoch)
+    epoch_seed = _epoch_seed(seed, epoch, process_index)
     ds = _read(tfds, data, shard, epoch_seed)
     ds = ds.shuffle(SHUFFLE_BUFFER, seed=epoch_seed,
                     reshuffle_each_iteration=False)
