@@ -104,8 +104,11 @@ class _FakeTfds:
       info = type('Info', (), {'features': {'label': type(
           'Label', (), {'num_classes': fake.num_classes})()}})()
 
+      def is_prepared(self):
+        return False
+
       def download_and_prepare(self):
-        pass
+        fake.calls.append('prepared')
 
       def as_dataset(self, split, batch_size, as_supervised):
         assert batch_size == -1 and as_supervised
@@ -125,11 +128,20 @@ class TfdsTest(absltest.TestCase):
                       'test': (images[:2], np.array([0, 2]))}, 3)
     with mock.patch.dict(sys.modules, {'tensorflow_datasets': fake}):
       data = datasets.from_tfds('mnist', '/data/tfds')
-    self.assertEqual(fake.calls, [('mnist', '/data/tfds')])
+    self.assertEqual(fake.calls, [('mnist', '/data/tfds'), 'prepared'])
     self.assertEqual(data.train_images.shape, (6, 28, 28, 1))
     self.assertEqual(data.num_classes, 3)
     self.assertEqual(data.mean.shape, (1,))
     self.assertEqual(data.test_labels.dtype, np.int32)
+
+  def test_several_processes_never_prepare_it(self):
+    fake = _FakeTfds({}, 3)
+    with mock.patch.dict(sys.modules, {'tensorflow_datasets': fake}):
+      with self.assertRaisesRegex(UserError, "tfds data set 'mnist' is not "
+                                  'prepared in /data/tfds; with 2 processes, '
+                                  'prepare it once before the run'):
+        datasets.from_tfds('mnist', '/data/tfds', process_count=2)
+    self.assertEqual(fake.calls, [('mnist', '/data/tfds')])
 
   def test_missing_tfds_is_a_one_line_error(self):
     with mock.patch.dict(sys.modules, {'tensorflow_datasets': None}):

@@ -135,7 +135,25 @@ def folder(root: str) -> Dataset:
                  len(classes))
 
 
-def from_tfds(name: str, data_dir: str) -> Dataset:
+def prepare_tfds(builder, name: str, data_dir: str, process_count: int,
+                 how: str) -> None:
+  """Prepares a tfds data set, in a run of one process only.
+
+  Several processes preparing one data_dir at once would write over one
+  another (and hosts with their own data_dirs would each download), so a
+  multi-process run needs it prepared beforehand: `how` says how.
+  """
+  if builder.is_prepared():
+    return
+  where = data_dir or 'the default tfds data_dir (~/tensorflow_datasets)'
+  require(process_count == 1,
+          f'tfds data set {name!r} is not prepared in {where}; with '
+          f'{process_count} processes, prepare it once before the run: '
+          + how)
+  builder.download_and_prepare()
+
+
+def from_tfds(name: str, data_dir: str, process_count: int = 1) -> Dataset:
   try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except ImportError:
@@ -144,9 +162,14 @@ def from_tfds(name: str, data_dir: str) -> Dataset:
                     "data.name='folder'.") from None
   try:
     builder = tfds.builder(name, data_dir=data_dir or None)
-    builder.download_and_prepare()
+    prepare_tfds(builder, name, data_dir, process_count,
+                 f'`tfds build {name} --data_dir=<data.path>` on a machine '
+                 'with internet access, then set data.path to that folder '
+                 'on every host.')
     splits = {s: tfds.as_numpy(builder.as_dataset(
         split=s, batch_size=-1, as_supervised=True)) for s in ('train', 'test')}
+  except UserError:
+    raise
   except Exception as e:  # tfds raises many types for missing/bad data.
     raise UserError(f'could not load tfds data set {name!r} from '
                     f'{data_dir or "the default data_dir"}: '
@@ -156,7 +179,7 @@ def from_tfds(name: str, data_dir: str) -> Dataset:
   return _finish(train_x, train_y, test_x, test_y, num_classes)
 
 
-def load(data_config, seed: int = 0) -> Dataset:
+def load(data_config, seed: int = 0, process_count: int = 1) -> Dataset:
   """The data set that `data_config` (the config's `data` block) names."""
   name = data_config.name
   if name == 'synthetic':
@@ -167,6 +190,6 @@ def load(data_config, seed: int = 0) -> Dataset:
   if name == 'folder':
     return folder(data_config.path)
   if name in TFDS_NAMES:
-    return from_tfds(name, data_config.path)
+    return from_tfds(name, data_config.path, process_count)
   raise UserError(f'unknown data.name={name!r}; choose one of '
                   f"{', '.join(TFDS_NAMES)}, 'folder' or 'synthetic'.")

@@ -158,8 +158,8 @@ def load(config, num_learners: int):
                           config.data.image_size, jax.process_count())
     feed = StreamedFeed(data, config.data, num_learners, config.seed)
   else:
-    feed = ResidentFeed(datasets.load(config.data, config.seed), config.data,
-                        num_learners, config.seed)
+    data = datasets.load(config.data, config.seed, jax.process_count())
+    feed = ResidentFeed(data, config.data, num_learners, config.seed)
   _report_dropped(feed)
   return feed
 

@@ -27,6 +27,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from hier_avg.data import datasets
 from hier_avg.errors import UserError, require
 
 STREAMED_NAMES = ('imagenet2012',)
@@ -93,12 +94,7 @@ def load(name: str, data_dir: str, image_size: int,
          'set data.path.')
   try:
     builder = tfds.builder(name, data_dir=data_dir or None)
-    if not builder.is_prepared():
-      require(process_count == 1,
-              f'tfds data set {name!r} is not prepared in {where}; with '
-              f'{process_count} processes, prepare it once before the run: '
-              + fix)
-      builder.download_and_prepare()
+    datasets.prepare_tfds(builder, name, data_dir, process_count, fix)
     splits = builder.info.splits
     num_train = splits[TRAIN_SPLIT].num_examples
     num_test = splits[TEST_SPLIT].num_examples

@@ -13,6 +13,11 @@ on NFS it may not exclude a run on another host.)
 import contextlib
 import fcntl
 import os
+import secrets
+
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
 
 from hier_avg.run import checkpoint, distributed
 from hier_avg.errors import UserError, require
@@ -76,13 +81,49 @@ class Lock:
 
 @contextlib.contextmanager
 def held(workdir: str):
-  """Creates `workdir` and holds it while inside (process 0 alone)."""
+  """Creates `workdir` and holds it while inside (process 0 alone).
+
+  With several processes, each must see the same folder (checked first).
+  """
   if not distributed.is_main_process():
+    check_shared(workdir)
     yield
     return
   prepare(workdir)
   lock = Lock(workdir)
   try:
+    check_shared(workdir)
     yield
   finally:
     lock.release()
+
+
+def check_shared(workdir: str) -> None:
+  """Refuses a workdir that some process does not share with process 0.
+
+  Every process writes its learners' shards of each checkpoint and reads
+  them back on resume: hosts that each see their own folder would resume
+  from different steps, or not at all. Process 0 writes a file named by a
+  fresh random token; every process looks for it; all learn together who
+  did not see it, so all stop with the same line instead of some going on
+  into the first collective alone.
+  """
+  if jax.process_count() == 1:
+    return
+  token = int(multihost_utils.broadcast_one_to_all(
+      np.int32(secrets.randbits(31))))
+  probe = os.path.join(workdir, f'.shared_check_{token}')
+  if distributed.is_main_process():
+    with open(probe, 'w'):
+      pass
+  multihost_utils.sync_global_devices('hier_avg: workdir probe written')
+  seen = multihost_utils.process_allgather(np.int32(os.path.exists(probe)))
+  multihost_utils.sync_global_devices('hier_avg: workdir probe seen')
+  if distributed.is_main_process():
+    os.remove(probe)
+  blind = [i for i, s in enumerate(np.ravel(seen)) if not s]
+  require(not blind,
+          f'--workdir={workdir} is not shared: process(es) '
+          f'{", ".join(map(str, blind))} do not see what process 0 writes '
+          'there; use a folder every host mounts (NFS, a bucket mount), the '
+          'same path on every host.')
