@@ -140,7 +140,8 @@ class _Loop:
             feed.streamed)
         progress.add(round_.first, loss)
         done = round_.end
-        due = self.cadence.due(done, stopping=bool(stop))
+        stopping = stop.agreed()
+        due = self.cadence.due(done, stopping=stopping)
         if not (due.log or due.evaluate):
           continue
         self._write_row(state, done, due.evaluate, progress, channels,
@@ -149,7 +150,7 @@ class _Loop:
         # yet: it follows the row, and the last one follows the summary.
         if due.checkpoint and done < num_steps:
           self._save(state, done)
-        if stop and done < num_steps:
+        if stopping and done < num_steps:
           self.checkpoints.wait()
           raise Preempted(
               f'stopped by {stop.signal_name} at step {done}/{num_steps}; '

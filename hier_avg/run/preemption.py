@@ -1,10 +1,21 @@
-"""SIGTERM / SIGINT as a request to checkpoint and stop, not a crash."""
+"""SIGTERM / SIGINT as a request to checkpoint and stop, not a crash.
+
+With several processes the signal may reach them in different rounds, or
+reach only one (a single VM's maintenance event). Every process must stop
+after the same round and save the same checkpoint, or one would wait in
+the checkpoint's collectives while the others run the next round. So after
+each round the processes share their requests (`StopRequest.agreed`): one
+tiny all-gather per round, in multi-process runs only.
+"""
 
 import contextlib
 import signal
 import threading
 
 from absl import logging
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -17,6 +28,19 @@ class StopRequest:
 
   def __bool__(self) -> bool:
     return self.signal_name is not None
+
+  def agreed(self) -> bool:
+    """Whether any process was asked to stop; every process gets the same.
+
+    A process that was not signalled takes the request as its own.
+    """
+    if jax.process_count() == 1:
+      return bool(self)
+    asked = multihost_utils.process_allgather(np.int32(bool(self)))
+    if np.any(asked) and not self:
+      self.signal_name = 'a signal to process ' + ', '.join(
+          str(i) for i in np.flatnonzero(np.ravel(asked)))
+    return bool(self)
 
 
 @contextlib.contextmanager
