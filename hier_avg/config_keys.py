@@ -263,6 +263,11 @@ KEYS = (
         'learner-steps per device, which bounds compile time (cnn_small on '
         'CPU: 16 steps 8 s, 64 steps 46 s).', integer(1), resumable=True,
         keeps_results=True),
+    Key('runtime.compilation_cache', 'auto',
+        "Folder of JAX's persistent compilation cache, so reruns, resumes "
+        "and sweep points load the programs they compiled before: 'auto' "
+        '($JAX_COMPILATION_CACHE_DIR, else ~/.cache/hier_avg/jax), a path, '
+        "or 'off'.", text, resumable=True, keeps_results=True),
 )
 
 BY_NAME = {key.name: key for key in KEYS}

@@ -25,7 +25,7 @@ from hier_avg.run import checkpoint, export, preemption, workdirs
 from hier_avg.run.cadence import Cadence
 from hier_avg.run.metrics import MetricsWriter, SUMMARY_FILE, read_summary
 from hier_avg.run.progress import Progress, TrainingDiverged
-from hier_avg.runtime import evaluation
+from hier_avg.runtime import compilation_cache, evaluation
 
 
 class Preempted(Exception):
@@ -46,6 +46,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """
   # ---- Check the config and lay out the learners -----------------------
   config_keys.validate(config)
+  compilation_cache.configure(config.runtime.compilation_cache)
   hier = config.hier
   topology = hier_topology(hier.num_learners, hier.group_size,
                            config.mesh.node_devices, config.mesh.local_devices)
