@@ -24,7 +24,7 @@ def get_config(arg=None):
   c.data.name = 'cifar10'
   c.model.name = 'resnet18'
   c.opt.warmup_epochs = 2.0
-  c.train.eval_every = 500
+  c.train.eval_every = 512
   if default.apply_preset(c, arg, PRESETS) == 'cpu':
     # A laptop-sized run: cnn_small, no augmentation, 400 steps.
     c.model.name = 'cnn_small'

@@ -37,9 +37,9 @@ def get_config(arg=None):
   c.opt.warmup_epochs = 5.0
   c.train.epochs = 90.0
   # ~1 epoch at P x B = 1,024 images per step.
-  c.train.eval_every = 1250
+  c.train.eval_every = 1248
   c.train.log_every = 100
   c.train.eval_batch_size = 1024
-  c.train.checkpoint_every = 1250
+  c.train.checkpoint_every = 1248
   default.apply_preset(c, arg)
   return c

@@ -24,5 +24,5 @@ def get_config(arg=None):
   c.opt.weight_decay = 0.0
   c.opt.schedule = 'cosine'
   c.train.epochs = 5.0
-  c.train.eval_every = 500
+  c.train.eval_every = 512
   return c

@@ -231,11 +231,11 @@ KEYS = (
     Key('train.eval_every', 0,
         'Steps between evaluations; 0: at the end only.', integer(0),
         resumable=True),
-    Key('train.log_every', 50, 'Steps between training-metric rows.',
+    Key('train.log_every', 64, 'Steps between training-metric rows.',
         integer(1), resumable=True, keeps_results=True),
     Key('train.eval_batch_size', 1000, 'Examples per evaluation batch.',
         integer(1), resumable=True, keeps_results=True),
-    Key('train.checkpoint_every', 1000,
+    Key('train.checkpoint_every', 1024,
         'Steps between checkpoints (0: only at the end and when stopped by '
         'SIGTERM/SIGINT).', integer(0), resumable=True, keeps_results=True),
     Key('train.keep_checkpoints', 3, 'The newest checkpoints kept.',

@@ -132,8 +132,9 @@ class _Loop:
     progress = Progress(
         engine.topology.num_learners * self.config.data.batch_size,
         wall_s_before=rows[-1]['wall_s'] if rows else 0.0)
-    cut_every = self.cadence.cut_every + (engine.max_round_length,
-                                          feed.max_round_length)
+    cut_every = self.cadence.cut_every + tuple(
+        engine.schedule.fit_cap(cap)
+        for cap in (engine.max_round_length, feed.max_round_length))
     with preemption.stop_on_signals() as stop:
       for round_ in engine.schedule.rounds(first_step, num_steps, cut_every):
         state, loss = engine.run_round(
@@ -165,6 +166,7 @@ class _Loop:
         'steps': num_steps,
         'epochs': self.epoch(num_steps),
         'resumed_from_step': first_step,
+        'compiled_round_programs': len(engine.compiled_rounds),
         'wall_s': progress.wall_s,
         **engine.counters(channels, num_steps),
         'topology': engine.topology.describe(),

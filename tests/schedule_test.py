@@ -69,5 +69,18 @@ class ScheduleTest(parameterized.TestCase):
                      [schedule.level_after(t) for t in range(1, 9)])
 
 
+  def test_caps_are_fitted_to_keep_rounds_one_length(self):
+    schedule = hier_schedule(4, 2)
+    self.assertEqual(schedule.fit_cap(0), 0)
+    self.assertEqual(schedule.fit_cap(6), 0)  # Rounds end every 4 anyway.
+    self.assertEqual(schedule.fit_cap(4), 0)
+    self.assertEqual(schedule.fit_cap(3), 2)
+    self.assertEqual(schedule.fit_cap(1), 1)
+    for cap in range(1, 9):
+      fitted = schedule.fit_cap(cap)
+      lengths = {r.length for r in schedule.rounds(0, 24, (fitted,))}
+      self.assertLen(lengths, 1, (cap, fitted, lengths))
+
+
 if __name__ == '__main__':
   absltest.main()

@@ -65,6 +65,21 @@ class Schedule:
       yield Round(step, end - step, self.level_after(end))
       step = end
 
+  def fit_cap(self, cap: int) -> int:
+    """A most-steps-per-round `cap` that keeps every round one length.
+
+    Rounds end at every averaging anyway, so a cap of at least the narrowest
+    period changes nothing (0: no cap); a smaller one becomes the largest
+    divisor of that period under it. A cap of 6 with K1 = 4 would otherwise
+    make rounds of 4 and 2 steps, each length its own compiled program.
+    """
+    if cap <= 0 or not self.levels:
+      return cap
+    period = self.levels[0].period
+    if cap >= period:
+      return 0
+    return max(d for d in range(1, cap + 1) if period % d == 0)
+
   def describe(self) -> str:
     if not self.levels:
       return 'no averaging'
