@@ -1,16 +1,18 @@
-"""pytest setup: fake CPU devices before jax is imported, repo on sys.path."""
+"""pytest setup: repo on sys.path, fake CPU devices before jax is imported."""
 
 import os
 import sys
 
-NUM_CPU_DEVICES = 8
-# First in the string: chex.set_n_cpu_devices reads it with re.match.
-os.environ['XLA_FLAGS'] = (
-    f'--xla_force_host_platform_device_count={NUM_CPU_DEVICES} ' +
-    os.environ.get('XLA_FLAGS', ''))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+# pylint: disable=g-import-not-at-top,wrong-import-position
+# Imports no jax: XLA_FLAGS must be set before anything imports it.
+from tests.support import devices
+
+os.environ['XLA_FLAGS'] = devices.xla_flags(
+    devices.NUM_CPU_DEVICES, os.environ.get('XLA_FLAGS', ''))
+
 # absltest helpers (create_tempdir) read flags that pytest never parses.
-from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import flags
 if not flags.FLAGS.is_parsed():
   flags.FLAGS.mark_as_parsed()
