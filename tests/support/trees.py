@@ -1,13 +1,14 @@
-"""Comparing pytrees leaf by leaf."""
+"""Comparing pytrees: the same structure, leaf by leaf close."""
 
-import jax
-import numpy as np
+import chex
 
 
 def assert_trees_close(a, b, atol=1e-5, rtol=1e-5):
-  """Leaves of `a` and `b`, in order, within `atol + rtol * |b|`."""
-  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
-  assert len(leaves_a) == len(leaves_b), (len(leaves_a), len(leaves_b))
-  for x, y in zip(leaves_a, leaves_b):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol,
-                               rtol=rtol)
+  """`a` and `b` have the same structure and leaves within tolerance.
+
+  The same structure: containers, their keys and order, and None leaves;
+  leaves in the same order are not enough. Close: every leaf of `a` within
+  `atol + rtol * |b|` of the one of `b`.
+  """
+  chex.assert_trees_all_equal_structs(a, b)
+  chex.assert_trees_all_close(a, b, atol=atol, rtol=rtol)
