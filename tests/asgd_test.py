@@ -2,6 +2,7 @@
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import pytest
 import tempfile
 
 import jax
@@ -60,6 +61,7 @@ class AsgdTest(parameterized.TestCase):
       trees.assert_trees_close(got[i]['batch_stats'], batch_stats)
       trees.assert_trees_close(got[i]['opt_state'], opt_state)
 
+  @pytest.mark.slow
   def test_one_learner_without_staleness_is_plain_sgd(self):
     data = engines.tiny_data()
     learner = engines.make_learner('bn', data)
@@ -74,6 +76,7 @@ class AsgdTest(parameterized.TestCase):
       trees.assert_trees_close(getattr(asgd, part),
                                getattr(plain, part), atol=1e-6, rtol=1e-6)
 
+  @pytest.mark.slow
   def test_staleness_changes_the_result(self):
     # Guards the reference test: a stale read that silently used the
     # current model would pass it for staleness 0 only.
@@ -133,6 +136,7 @@ def asgd_config(**hier):
 
 class AsgdRunTest(absltest.TestCase):
 
+  @pytest.mark.slow
   def test_a_run_counts_gradient_exchanges(self):
     summary = train.train_and_evaluate(asgd_config(staleness=2),
                                        tempfile.mkdtemp())

@@ -10,9 +10,13 @@ import signal
 import time
 
 from absl.testing import absltest
+import pytest
 
 from tests.support import launcher
 from tests.support import outputs
+
+# Multi-process runs of launch.py, one killed.
+pytestmark = pytest.mark.slow
 
 DEADLINE_S = 400
 SURVIVOR_DEADLINE_S = 120

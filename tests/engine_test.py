@@ -2,6 +2,7 @@
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import pytest
 import chex
 import jax
 import numpy as np
@@ -55,6 +56,7 @@ PACK_CASES = (
 )
 
 
+@pytest.mark.slow
 class OuterOptimizerTest(parameterized.TestCase):
 
   def _run(self, outer_tx, steps=14):
@@ -102,6 +104,7 @@ class OracleTest(parameterized.TestCase):
     self.check_against_reference(p, s, k1, k2, mesh, model, average, pack)
 
   @parameterized.named_parameters(*PACK_CASES)
+  @pytest.mark.slow
   def test_packed_learners_match_reference(self, pack, model):
     engine = self.check_against_reference(8, 4, 2, 2, (1, 2), model,
                                           ('params', 'batch_stats'), pack)
@@ -132,6 +135,7 @@ class OracleTest(parameterized.TestCase):
     return engine
 
   @parameterized.parameters('scan', 'unroll')
+  @pytest.mark.slow
   def test_rounds_equal_single_steps(self, round_loop):
     # One dispatch per round (scanned or unrolled) computes what one
     # dispatch per step computes.
@@ -148,6 +152,7 @@ class OracleTest(parameterized.TestCase):
     trees.assert_trees_close(per_round.params, per_step.params,
                              atol=1e-6)
 
+  @pytest.mark.slow
   def test_streamed_rounds_equal_resident_rounds(self):
     # A round fed the minibatches themselves (streamed data) computes what a
     # round that gathers them from resident data by index computes.
@@ -187,6 +192,7 @@ class OracleTest(parameterized.TestCase):
                                atol=0, rtol=0)
 
 
+@pytest.mark.slow
 class GlobalAverageTest(parameterized.TestCase):
 
   @parameterized.parameters(((1, 1),), ((2, 2),), ((2, 4),))
@@ -263,6 +269,7 @@ class SpecialCasesTest(parameterized.TestCase):
       trees.assert_trees_close(g['params'], w['params'])
 
 
+@pytest.mark.slow
 class LayoutInvarianceTest(absltest.TestCase):
 
   def test_same_parameters_on_1_2_4_8_devices(self):

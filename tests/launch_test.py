@@ -8,6 +8,7 @@ import tempfile
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import pytest
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,9 @@ from hier_avg.tools import cost_model
 from hier_avg import models
 from tests.support import launcher
 from tests.support import outputs
+
+# Every test runs launch.py as a process (BadInputTest one per bad input).
+pytestmark = pytest.mark.slow
 
 FAST = launcher.FAST
 

@@ -8,6 +8,7 @@ stalling the suite.
 import os
 
 from absl.testing import absltest
+import pytest
 import jax
 import numpy as np
 
@@ -17,6 +18,9 @@ from hier_avg.data import streaming
 from tests.support import fake_imagenet
 from tests.support import launcher
 from tests.support import outputs
+
+# Multi-process runs of launch.py.
+pytestmark = pytest.mark.slow
 
 DEADLINE_S = 400
 CONFIG = (*launcher.FAST, '--config.train.steps=8',

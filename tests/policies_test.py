@@ -4,6 +4,7 @@ import os
 from unittest import mock
 
 from absl.testing import absltest
+import pytest
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,6 +60,7 @@ class PoliciesTest(absltest.TestCase):
     np.testing.assert_array_equal(reset['trace'], np.zeros(3))
     self.assertEqual(int(reset['count']), 7)
 
+  @pytest.mark.slow
   def test_opt_state_reset_matches_reference(self):
     data = engines.tiny_data()
     # A step schedule keeps an integer count in the optimizer state, which
@@ -86,6 +88,7 @@ class PoliciesTest(absltest.TestCase):
     self.assertIn(STEPS - 1, [int(x) for x in leaves
                               if np.issubdtype(x.dtype, np.integer)])
 
+  @pytest.mark.slow
   def test_local_and_averaged_statistics_give_the_same_global_model(self):
     # Running statistics are a linear moving average and never feed back
     # into training, so averaging them changes no global mean.
@@ -108,6 +111,7 @@ class PoliciesTest(absltest.TestCase):
     stats = np.asarray(jax.tree.leaves(averaged.batch_stats)[0])
     np.testing.assert_array_equal(stats[0, 0], stats[0, 1])
 
+  @pytest.mark.slow
   def test_recomputed_statistics_are_the_batch_mean_and_variance(self):
     data = engines.tiny_data()
     learner = engines.make_learner('bn', data)
@@ -144,6 +148,7 @@ def _tiny_bn(num_classes, layers):
   return engines.TinyBNNet(num_classes=num_classes, layers=layers)
 
 
+@pytest.mark.slow
 class RecomputeRunTest(absltest.TestCase):
 
   def test_whole_run_exports_the_recomputed_statistics(self):

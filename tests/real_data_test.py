@@ -4,10 +4,14 @@ import os
 import tarfile
 
 from absl.testing import absltest
+import pytest
 
 from configs import cifar10
 from hier_avg import train
 from tests.support import devices
+
+# A run on the real CIFAR-10.
+pytestmark = pytest.mark.slow
 
 ARCHIVE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), 'shared', 'data', 'cifar10-jpeg.tar.gz')

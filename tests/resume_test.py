@@ -11,10 +11,14 @@ import signal
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import pytest
 
 from hier_avg.run import export
 from tests.support import launcher
 from tests.support import outputs
+
+# Every test runs launch.py as processes, killed and resumed.
+pytestmark = pytest.mark.slow
 
 # K1 = 2, K2 = 3: global averaging after steps 6 and 12, local after 2, 4,
 # 8, 10. A checkpoint every 2 steps, a metrics row every step. B = 48 makes

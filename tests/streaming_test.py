@@ -20,6 +20,7 @@ import tempfile
 import types
 
 from absl.testing import absltest
+import pytest
 import jax
 import numpy as np
 
@@ -283,6 +284,7 @@ class ImagenetConfigTest(absltest.TestCase):
       self.assertEqual(c.hier.num_learners * c.data.batch_size, 1024)
 
 
+@pytest.mark.slow
 class StreamedRunTest(absltest.TestCase):
   """train_and_evaluate on the mocked ImageNet, in this process."""
 
