@@ -1,5 +1,6 @@
-"""The shared test support itself: tree comparison, device setup imports."""
+"""The shared test support itself: trees, the launcher, device setup."""
 
+import os
 import subprocess
 import sys
 
@@ -47,6 +48,44 @@ class AssertTreesCloseTest(absltest.TestCase):
           trees.assert_trees_close(_tree(), other)
     with self.assertRaises(AssertionError):
       trees.assert_trees_close(leaves, tuple(leaves))
+
+
+def _python(code, log=None):
+  """A Python process run as `launcher.start` runs launch.py."""
+  if log is None:
+    return launcher.Run([sys.executable, '-c', code], None,
+                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                        text=True)
+  with open(log, 'w') as f:
+    return launcher.Run([sys.executable, '-c', code], log, stdout=f,
+                        stderr=subprocess.STDOUT)
+
+
+class LauncherTest(absltest.TestCase):
+
+  def test_finish_returns_stderr_or_the_log(self):
+    code = 'import sys; print("out"); print("err", file=sys.stderr)'
+    self.assertEqual(launcher.finish(_python(code)), 'err\n')
+    log = os.path.join(self.create_tempdir().full_path, 'log.txt')
+    self.assertCountEqual(launcher.finish(_python(code, log)).split(),
+                          ['out', 'err'])
+
+  def test_a_hung_run_is_killed_and_fails(self):
+    runs = [_python('import time; time.sleep(600)') for _ in range(2)]
+    with self.assertRaisesRegex(AssertionError, 'still ran after 1 s'):
+      launcher.finish_all(runs, timeout=1)
+    self.assertTrue(all(run.returncode is not None for run in runs))
+
+  def test_check_fails_on_an_error_exit(self):
+    code = 'import sys; sys.exit("bad input")'
+    self.assertIn('bad input', launcher.finish(_python(code)))
+    with self.assertRaisesRegex(AssertionError, 'exit code 1:\nbad input'):
+      launcher.finish(_python(code), check=True)
+
+  def test_waiting_for_a_step_fails_when_the_run_ends_first(self):
+    workdir = self.create_tempdir().full_path
+    with self.assertRaisesRegex(AssertionError, 'before step 1'):
+      launcher.wait_for_step(workdir, 1, [_python('pass')], timeout=60)
 
 
 class ImportsTest(absltest.TestCase):
