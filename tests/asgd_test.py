@@ -2,6 +2,7 @@
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import pytest
 import tempfile
 
 import jax
@@ -12,23 +13,25 @@ from hier_avg import config_keys
 from hier_avg import train
 from hier_avg.errors import UserError
 from hier_avg.core.topology import hier_topology
-from tests import averaging_test
-from tests import helpers
-from tests import reference
+from tests.support import collectives
+from tests.support import devices
+from tests.support import engines
+from tests.support import reference
+from tests.support import trees
 
 # More steps than the largest staleness tested, so stale reads happen.
 STEPS = 5
 
 
 def setUpModule():
-  helpers.set_up_devices()
+  devices.set_up_devices()
 
 
 def make_asgd(learner, num_learners, staleness, mesh, pack='auto',
               group_size=1):
   # ASGD has no groups; group_size only shapes the learner grid.
   topology = hier_topology(num_learners, group_size, *mesh)
-  return helpers.make_asgd_engine(learner, topology, staleness, pack)
+  return engines.make_asgd_engine(learner, topology, staleness, pack)
 
 
 class AsgdTest(parameterized.TestCase):
@@ -39,46 +42,48 @@ class AsgdTest(parameterized.TestCase):
       ('fresh_gradients', 4, 0, (1, 1), 'vmap'),
   )
   def test_matches_reference(self, p, staleness, mesh, pack):
-    data = helpers.tiny_data()
-    learner = helpers.make_learner('bn', data, nesterov=True)
+    data = engines.tiny_data()
+    learner = engines.make_learner('bn', data, nesterov=True)
     engine = make_asgd(learner, p, staleness, mesh, pack)
-    sampler = helpers.make_sampler(data, p)
+    sampler = engines.make_sampler(data, p)
     init = engine.init_state(0, data.image_shape)
-    learners = helpers.learner_states(init)
-    helpers.guard_retraces(engine, STEPS)
-    final = helpers.run_engine(engine, data, sampler, STEPS, state=init)
+    learners = engines.learner_states(init)
+    engines.guard_retraces(engine, STEPS)
+    final = engines.run_engine(engine, data, sampler, STEPS, state=init)
 
     params, batch_stats, opt_state = reference.run_asgd(
         learner, learners[0]['params'], learners[0]['batch_stats'],
         learners[0]['opt_state'], [l['rng'] for l in learners],
         data.train_images, data.train_labels, sampler, STEPS, staleness)
-    got = helpers.learner_states(final)
+    got = engines.learner_states(final)
     for i in range(p):  # Every learner holds the shared model.
-      helpers.assert_trees_close(self, got[i]['params'], params)
-      helpers.assert_trees_close(self, got[i]['batch_stats'], batch_stats)
-      helpers.assert_trees_close(self, got[i]['opt_state'], opt_state)
+      trees.assert_trees_close(got[i]['params'], params)
+      trees.assert_trees_close(got[i]['batch_stats'], batch_stats)
+      trees.assert_trees_close(got[i]['opt_state'], opt_state)
 
+  @pytest.mark.slow
   def test_one_learner_without_staleness_is_plain_sgd(self):
-    data = helpers.tiny_data()
-    learner = helpers.make_learner('bn', data)
-    sampler = helpers.make_sampler(data, 1)
-    asgd = helpers.run_engine(make_asgd(learner, 1, 0, (1, 1)), data,
+    data = engines.tiny_data()
+    learner = engines.make_learner('bn', data)
+    sampler = engines.make_sampler(data, 1)
+    asgd = engines.run_engine(make_asgd(learner, 1, 0, (1, 1)), data,
                               sampler, STEPS)
-    plain = helpers.run_engine(
-        helpers.make_engine(learner, 1, 1, 3, 1, (1, 1)), data, sampler,
+    plain = engines.run_engine(
+        engines.make_engine(learner, 1, 1, 3, 1, (1, 1)), data, sampler,
         STEPS)
     # The same operations, fused differently by XLA: equal to 1-2 ulp.
     for part in ('params', 'batch_stats', 'opt_state'):
-      helpers.assert_trees_close(self, getattr(asgd, part),
-                                 getattr(plain, part), atol=1e-6, rtol=1e-6)
+      trees.assert_trees_close(getattr(asgd, part),
+                               getattr(plain, part), atol=1e-6, rtol=1e-6)
 
+  @pytest.mark.slow
   def test_staleness_changes_the_result(self):
     # Guards the reference test: a stale read that silently used the
     # current model would pass it for staleness 0 only.
-    data = helpers.tiny_data()
-    learner = helpers.make_learner('bn', data)
-    sampler = helpers.make_sampler(data, 4)
-    finals = [helpers.run_engine(make_asgd(learner, 4, tau, (2, 1), 'vmap'),
+    data = engines.tiny_data()
+    learner = engines.make_learner('bn', data)
+    sampler = engines.make_sampler(data, 4)
+    finals = [engines.run_engine(make_asgd(learner, 4, tau, (2, 1), 'vmap'),
                                  data, sampler, STEPS).params
               for tau in (0, 2)]
     diff = max(float(np.abs(a - b).max()) for a, b in
@@ -89,22 +94,22 @@ class AsgdTest(parameterized.TestCase):
     # The 'bn' model's gradients (conv, BatchNorm and dense leaves, all
     # float32) travel as one buffer: one all-gather per mesh axis, as
     # `communication` reports, not one per leaf.
-    data = helpers.tiny_data()
-    engine = make_asgd(helpers.make_learner('bn', data), 8, 1, (2, 4),
+    data = engines.tiny_data()
+    engine = make_asgd(engines.make_learner('bn', data), 8, 1, (2, 4),
                        group_size=4)
     state = engine.init_state(0, data.image_shape)
     images, labels = engine.topology.put_replicated(data.train_images,
                                            data.train_labels)
-    indices = engine.topology.put_round_indices(helpers.make_sampler(data, 8), 0, 1)
-    gathers = averaging_test._collectives(  # pylint: disable=protected-access
+    indices = engine.topology.put_round_indices(engines.make_sampler(data, 8), 0, 1)
+    gathers = collectives.count_collectives(
         'all-gather', engine.train_round(None, 1), state, images, labels,
         indices)
     self.assertEqual(gathers, 2)
     self.assertEqual(engine.communication(state)['gradient'].collectives, 2)
 
   def test_communication(self):
-    data = helpers.tiny_data()
-    engine = make_asgd(helpers.make_learner('mlp', data), 8, 1, (2, 4),
+    data = engines.tiny_data()
+    engine = make_asgd(engines.make_learner('mlp', data), 8, 1, (2, 4),
                        group_size=4)
     state = engine.init_state(0, data.image_shape)
     model_bytes = sum(x.nbytes // 8 for x in jax.tree.leaves(state.params))
@@ -131,6 +136,7 @@ def asgd_config(**hier):
 
 class AsgdRunTest(absltest.TestCase):
 
+  @pytest.mark.slow
   def test_a_run_counts_gradient_exchanges(self):
     summary = train.train_and_evaluate(asgd_config(staleness=2),
                                        tempfile.mkdtemp())

@@ -1,7 +1,5 @@
 """Fused averaging inside shard_map: group means, identity, one collective."""
 
-import re
-
 from absl.testing import absltest
 from absl.testing import parameterized
 import jax
@@ -10,11 +8,13 @@ import numpy as np
 
 from hier_avg.core import averaging
 from hier_avg.core.topology import make_topology
-from tests import helpers
+from tests.support import collectives
+from tests.support import devices
+from tests.support import engines
 
 
 def setUpModule():
-  helpers.set_up_devices()
+  devices.set_up_devices()
 
 
 def _average(tree, axes, topology):
@@ -78,15 +78,6 @@ class AveragingTest(parameterized.TestCase):
     self.assertEqual(averaging.bytes_per_learner(one), 11 * 4 + 4 * 2)
 
 
-def _collectives(kind, step_fn, *args) -> int:
-  hlo = step_fn.lower(*args).compile().as_text()
-  return len(re.findall(rf'= \S+ {kind}(?:-start)?\(', hlo))
-
-
-def _all_reduces(step_fn, *args) -> int:
-  return _collectives('all-reduce', step_fn, *args)
-
-
 # (grid, mesh, averaged axes, all-reduces for _tree's float32 + float16)
 COLLECTIVE_CASES = (
     ((2, 4), (2, 4), ('local',), 2),
@@ -108,7 +99,7 @@ class CollectivesTest(parameterized.TestCase):
         lambda t: averaging.average_block(t, axes, topology),
         mesh=topology.mesh, in_specs=topology.learner_spec,
         out_specs=topology.learner_spec))
-    self.assertEqual(_all_reduces(mapped, tree), expected)
+    self.assertEqual(collectives.count_all_reduces(mapped, tree), expected)
     one = jax.tree.map(lambda x: x[0, 0], _tree(grid))
     self.assertEqual(averaging.collectives_per_event(one, axes, topology),
                      expected)
@@ -126,26 +117,30 @@ class CollectivesTest(parameterized.TestCase):
         mesh=topology.mesh, in_specs=topology.learner_spec,
         out_specs=PartitionSpec(), check_vma=False))
     placed = jax.device_put(tree, topology.learner_sharding())
-    self.assertEqual(_collectives('all-gather', mapped, placed), expected)
+    self.assertEqual(
+        collectives.count_collectives('all-gather', mapped, placed), expected)
     one = jax.tree.map(lambda x: x[0, 0], tree)
     self.assertEqual(averaging.gathers_per_event(one, topology), expected)
     for key, value in mapped(placed).items():
       np.testing.assert_array_equal(np.asarray(value), tree[key])
 
   def test_one_all_reduce_per_dtype_per_averaging(self):
-    data = helpers.tiny_data()
-    engine = helpers.make_engine(helpers.make_learner('bn', data), 8, 4, 2, 2,
+    data = engines.tiny_data()
+    engine = engines.make_engine(engines.make_learner('bn', data), 8, 4, 2, 2,
                                  (2, 4))
     state = engine.init_state(0, data.image_shape)
     images, labels = engine.topology.put_replicated(data.train_images,
                                            data.train_labels)
-    indices = engine.topology.put_round_indices(helpers.make_sampler(data, 8), 0, 2)
+    indices = engine.topology.put_round_indices(engines.make_sampler(data, 8), 0, 2)
     args = (state, images, labels, indices)
     local, global_ = engine.schedule.levels
-    self.assertEqual(_all_reduces(engine.train_round(None, 2), *args), 0)
+    self.assertEqual(
+        collectives.count_all_reduces(engine.train_round(None, 2), *args), 0)
     # params and batch_stats are all float32: one fused buffer, one op.
-    self.assertEqual(_all_reduces(engine.train_round(local, 2), *args), 1)
-    self.assertEqual(_all_reduces(engine.train_round(global_, 2), *args), 1)
+    self.assertEqual(
+        collectives.count_all_reduces(engine.train_round(local, 2), *args), 1)
+    self.assertEqual(
+        collectives.count_all_reduces(engine.train_round(global_, 2), *args), 1)
     costs = engine.communication(state)
     self.assertEqual((costs['local'].collectives,
                       costs['global'].collectives), (1, 1))

@@ -11,18 +11,19 @@ from configs import cifar10
 from hier_avg import config_keys
 from hier_avg.run import checkpoint
 from hier_avg.errors import UserError
-from tests import helpers
+from tests.support import devices
+from tests.support import engines
 
 
 def setUpModule():
-  helpers.set_up_devices()
+  devices.set_up_devices()
 
 
 def trained_state(steps=3, outer_tx=None):
-  data = helpers.tiny_data()
-  engine = helpers.make_engine(helpers.make_learner('bn', data), 8, 4, 2, 2,
+  data = engines.tiny_data()
+  engine = engines.make_engine(engines.make_learner('bn', data), 8, 4, 2, 2,
                                (2, 4), outer_tx=outer_tx)
-  state = helpers.run_engine(engine, data, helpers.make_sampler(data, 8),
+  state = engines.run_engine(engine, data, engines.make_sampler(data, 8),
                              steps)
   return engine, data, state
 

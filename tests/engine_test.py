@@ -2,13 +2,16 @@
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import pytest
 import chex
 import jax
 import numpy as np
 import optax
 
-from tests import helpers
-from tests import reference
+from tests.support import devices
+from tests.support import engines
+from tests.support import reference
+from tests.support import trees
 
 STEPS = 24
 
@@ -42,7 +45,7 @@ ORACLE_CASES = (
 
 
 def setUpModule():
-  helpers.set_up_devices()
+  devices.set_up_devices()
 
 
 # (name, runtime.learner_loop, model): 4 learners per device, packed each way.
@@ -53,17 +56,18 @@ PACK_CASES = (
 )
 
 
+@pytest.mark.slow
 class OuterOptimizerTest(parameterized.TestCase):
 
   def _run(self, outer_tx, steps=14):
-    data = helpers.tiny_data()
-    learner = helpers.make_learner('bn', data)
-    engine = helpers.make_engine(learner, 8, 4, 2, 3, (2, 4),
+    data = engines.tiny_data()
+    learner = engines.make_learner('bn', data)
+    engine = engines.make_engine(learner, 8, 4, 2, 3, (2, 4),
                                  outer_tx=outer_tx)
     init = engine.init_state(0, data.image_shape)
-    ref_learners = helpers.learner_states(init)
-    sampler = helpers.make_sampler(data, 8)
-    final = helpers.run_engine(engine, data, sampler, steps, state=init)
+    ref_learners = engines.learner_states(init)
+    sampler = engines.make_sampler(data, 8)
+    final = engines.run_engine(engine, data, sampler, steps, state=init)
     return learner, sampler, data, ref_learners, final
 
   def test_outer_lr_1_without_momentum_is_plain_hier_avg_exactly(self):
@@ -83,13 +87,13 @@ class OuterOptimizerTest(parameterized.TestCase):
     reference.run(learner, ref_learners, reference.hier_levels(8, 4, 2, 3),
                   ('params', 'batch_stats'), data.train_images,
                   data.train_labels, sampler, 14, outer=ref_outer)
-    got = helpers.learner_states(final)
+    got = engines.learner_states(final)
     for i in range(8):
-      helpers.assert_trees_close(self, got[i]['params'],
-                                 ref_learners[i]['params'], atol=1e-5)
+      trees.assert_trees_close(got[i]['params'],
+                               ref_learners[i]['params'], atol=1e-5)
     # The outer step happened: the anchor is the last global model.
-    helpers.assert_trees_close(self, got[0]['outer']['anchor'],
-                               ref_outer.anchor, atol=1e-5)
+    trees.assert_trees_close(got[0]['outer']['anchor'],
+                             ref_outer.anchor, atol=1e-5)
 
 
 class OracleTest(parameterized.TestCase):
@@ -100,6 +104,7 @@ class OracleTest(parameterized.TestCase):
     self.check_against_reference(p, s, k1, k2, mesh, model, average, pack)
 
   @parameterized.named_parameters(*PACK_CASES)
+  @pytest.mark.slow
   def test_packed_learners_match_reference(self, pack, model):
     engine = self.check_against_reference(8, 4, 2, 2, (1, 2), model,
                                           ('params', 'batch_stats'), pack)
@@ -107,55 +112,57 @@ class OracleTest(parameterized.TestCase):
 
   def check_against_reference(self, p, s, k1, k2, mesh, model, average,
                               pack='auto'):
-    data = helpers.tiny_data()
-    learner = helpers.make_learner(model, data, nesterov=True)
-    engine = helpers.make_engine(learner, p, s, k1, k2, mesh, average,
+    data = engines.tiny_data()
+    learner = engines.make_learner(model, data, nesterov=True)
+    engine = engines.make_engine(learner, p, s, k1, k2, mesh, average,
                                  pack=pack)
     self.assertEqual(engine.topology.mesh_shape, mesh)
-    sampler = helpers.make_sampler(data, p)
+    sampler = engines.make_sampler(data, p)
     init = engine.init_state(0, data.image_shape)
-    ref_learners = helpers.learner_states(init)
+    ref_learners = engines.learner_states(init)
     # Recompile guard: one compilation per averaging kind, whatever the step.
-    helpers.guard_retraces(engine, ORACLE_STEPS)
-    final = helpers.run_engine(engine, data, sampler, ORACLE_STEPS,
+    engines.guard_retraces(engine, ORACLE_STEPS)
+    final = engines.run_engine(engine, data, sampler, ORACLE_STEPS,
                                state=init)
 
     reference.run(learner, ref_learners, reference.hier_levels(p, s, k1, k2),
                   average, data.train_images, data.train_labels, sampler,
                   ORACLE_STEPS)
-    got = helpers.learner_states(final)
+    got = engines.learner_states(final)
     for i in range(p):
       for part in ('params', 'batch_stats', 'opt_state'):
-        helpers.assert_trees_close(self, got[i][part], ref_learners[i][part])
+        trees.assert_trees_close(got[i][part], ref_learners[i][part])
     return engine
 
   @parameterized.parameters('scan', 'unroll')
+  @pytest.mark.slow
   def test_rounds_equal_single_steps(self, round_loop):
     # One dispatch per round (scanned or unrolled) computes what one
     # dispatch per step computes.
-    data = helpers.tiny_data()
-    engine = helpers.make_engine(helpers.make_learner('bn', data), 8, 4, 3,
+    data = engines.tiny_data()
+    engine = engines.make_engine(engines.make_learner('bn', data), 8, 4, 3,
                                  2, (2, 2), round_loop=round_loop)
     self.assertEqual(engine.execution.step_loop, round_loop)
-    sampler = helpers.make_sampler(data, 8)
-    per_round = helpers.run_engine(engine, data, sampler, 14)
-    per_step = helpers.run_engine(engine, data, sampler, 14, cut_every=(1,))
+    sampler = engines.make_sampler(data, 8)
+    per_round = engines.run_engine(engine, data, sampler, 14)
+    per_step = engines.run_engine(engine, data, sampler, 14, cut_every=(1,))
     self.assertEqual(set(engine.compiled_rounds),
                      {('local', 3), ('global', 3), (None, 2),
                       (None, 1), ('local', 1), ('global', 1)})
-    helpers.assert_trees_close(self, per_round.params, per_step.params,
-                               atol=1e-6)
+    trees.assert_trees_close(per_round.params, per_step.params,
+                             atol=1e-6)
 
+  @pytest.mark.slow
   def test_streamed_rounds_equal_resident_rounds(self):
     # A round fed the minibatches themselves (streamed data) computes what a
     # round that gathers them from resident data by index computes.
-    data = helpers.tiny_data()
-    engine = helpers.make_engine(helpers.make_learner('bn', data), 4, 2, 2,
+    data = engines.tiny_data()
+    engine = engines.make_engine(engines.make_learner('bn', data), 4, 2, 2,
                                  2, (2, 2))
-    sampler = helpers.make_sampler(data, 4)
+    sampler = engines.make_sampler(data, 4)
     # Local averaging after step 2, global after 4, a lone step 5.
-    resident = helpers.run_engine(engine, data, sampler, 5)
-    streamed = helpers.run_engine(engine, data, sampler, 5, streamed=True)
+    resident = engines.run_engine(engine, data, sampler, 5)
+    streamed = engines.run_engine(engine, data, sampler, 5, streamed=True)
     self.assertIn(('global', 2, 'streamed'), engine.compiled_rounds)
     self.assertEqual(engine.topology.process_learner_ids().tolist(),
                      list(range(4)))
@@ -164,59 +171,60 @@ class OracleTest(parameterized.TestCase):
   def test_learners_diverge_between_averagings(self):
     # Guards the oracle itself: without averaging, learners must differ, so
     # matching the reference is not trivially "everyone is identical".
-    data = helpers.tiny_data()
-    engine = helpers.make_engine(helpers.make_learner('mlp', data), 4, 2,
+    data = engines.tiny_data()
+    engine = engines.make_engine(engines.make_learner('mlp', data), 4, 2,
                                  5, 2, (1, 1))
-    state = helpers.run_engine(engine, data, helpers.make_sampler(data, 4), 3)
-    w = helpers.learner_states(state)
+    state = engines.run_engine(engine, data, engines.make_sampler(data, 4), 3)
+    w = engines.learner_states(state)
     self.assertGreater(
         np.abs(w[0]['params']['Dense_0']['kernel'] -
                w[1]['params']['Dense_0']['kernel']).max(), 1e-4)
 
   def test_init_learners_identical_with_own_keys(self):
-    data = helpers.tiny_data()
-    engine = helpers.make_engine(helpers.make_learner('bn', data), 8, 4, 1, 1)
-    learners = helpers.learner_states(engine.init_state(0, data.image_shape))
+    data = engines.tiny_data()
+    engine = engines.make_engine(engines.make_learner('bn', data), 8, 4, 1, 1)
+    learners = engines.learner_states(engine.init_state(0, data.image_shape))
     keys = {tuple(np.asarray(jax.random.key_data(l['rng'])).ravel())
             for l in learners}
     self.assertLen(keys, 8)
     for l in learners[1:]:
-      helpers.assert_trees_close(self, l['params'], learners[0]['params'],
-                                 atol=0, rtol=0)
+      trees.assert_trees_close(l['params'], learners[0]['params'],
+                               atol=0, rtol=0)
 
 
+@pytest.mark.slow
 class GlobalAverageTest(parameterized.TestCase):
 
   @parameterized.parameters(((1, 1),), ((2, 2),), ((2, 4),))
   def test_mean_of_all_learners_and_state_untouched(self, mesh):
-    data = helpers.tiny_data()
-    engine = helpers.make_engine(helpers.make_learner('bn', data), 8, 4, 5,
+    data = engines.tiny_data()
+    engine = engines.make_engine(engines.make_learner('bn', data), 8, 4, 5,
                                  5, mesh)
-    state = helpers.run_engine(engine, data, helpers.make_sampler(data, 8), 3)
-    before = helpers.learner_states(state)
+    state = engines.run_engine(engine, data, engines.make_sampler(data, 8), 3)
+    before = engines.learner_states(state)
     params, batch_stats = engine.kernels.global_average(state)
-    after = helpers.learner_states(state)
+    after = engines.learner_states(state)
     for part in ('params', 'batch_stats'):
       want = jax.tree.map(lambda *x: np.mean(np.stack(x), 0),
                           *[l[part] for l in before])
       got = params if part == 'params' else batch_stats
-      helpers.assert_trees_close(self, got, want, atol=1e-6)
+      trees.assert_trees_close(got, want, atol=1e-6)
       for b, a in zip(before, after):
-        helpers.assert_trees_close(self, a[part], b[part], atol=0, rtol=0)
+        trees.assert_trees_close(a[part], b[part], atol=0, rtol=0)
 
 
 class SpecialCasesTest(parameterized.TestCase):
   """Hier-AVG's special cases hold exactly (up to float rounding)."""
 
   def _hier(self, p, s, k1, k2, model='mlp', mesh=(-1, -1), **opt):
-    data = helpers.tiny_data()
-    learner = helpers.make_learner(model, data, **opt)
-    engine = helpers.make_engine(learner, p, s, k1, k2, mesh)
-    sampler = helpers.make_sampler(data, p)
+    data = engines.tiny_data()
+    learner = engines.make_learner(model, data, **opt)
+    engine = engines.make_engine(learner, p, s, k1, k2, mesh)
+    sampler = engines.make_sampler(data, p)
     init = engine.init_state(0, data.image_shape)
-    start = helpers.learner_states(init)
-    final = helpers.run_engine(engine, data, sampler, STEPS, state=init)
-    return data, learner, sampler, start, helpers.learner_states(final)
+    start = engines.learner_states(init)
+    final = engines.run_engine(engine, data, sampler, STEPS, state=init)
+    return data, learner, sampler, start, engines.learner_states(final)
 
   def _kavg_reference(self, data, learner, sampler, start, k):
     reference.run(learner, start, reference.kavg_levels(len(start), k),
@@ -239,28 +247,29 @@ class SpecialCasesTest(parameterized.TestCase):
         [l['rng'] for l in start], data.train_images, data.train_labels,
         sampler, STEPS)
     for l in got:
-      helpers.assert_trees_close(self, l['params'], params)
-      helpers.assert_trees_close(self, l['batch_stats'], batch_stats)
+      trees.assert_trees_close(l['params'], params)
+      trees.assert_trees_close(l['batch_stats'], batch_stats)
 
   def test_s_equals_p_is_kavg_with_k1(self):
     data, learner, sampler, start, got = self._hier(8, 8, 3, 2)
     want = self._kavg_reference(data, learner, sampler, start, 3)
     for g, w in zip(got, want):
-      helpers.assert_trees_close(self, g['params'], w['params'])
+      trees.assert_trees_close(g['params'], w['params'])
 
   def test_k2_1_is_kavg_with_k1(self):
     data, learner, sampler, start, got = self._hier(8, 4, 3, 1)
     want = self._kavg_reference(data, learner, sampler, start, 3)
     for g, w in zip(got, want):
-      helpers.assert_trees_close(self, g['params'], w['params'])
+      trees.assert_trees_close(g['params'], w['params'])
 
   def test_s_1_is_kavg_with_k1_times_k2(self):
     data, learner, sampler, start, got = self._hier(8, 1, 2, 3)
     want = self._kavg_reference(data, learner, sampler, start, 6)
     for g, w in zip(got, want):
-      helpers.assert_trees_close(self, g['params'], w['params'])
+      trees.assert_trees_close(g['params'], w['params'])
 
 
+@pytest.mark.slow
 class LayoutInvarianceTest(absltest.TestCase):
 
   def test_same_parameters_on_1_2_4_8_devices(self):
@@ -268,19 +277,19 @@ class LayoutInvarianceTest(absltest.TestCase):
     # copies of the step (minutes on CPU), and this test is about where the
     # learners live, not how a device packs them (OracleTest checks both
     # packings against the reference).
-    data = helpers.tiny_data()
-    learner = helpers.make_learner('bn', data)
-    sampler = helpers.make_sampler(data, 16)
+    data = engines.tiny_data()
+    learner = engines.make_learner('bn', data)
+    sampler = engines.make_sampler(data, 16)
     results = {}
     for mesh in ((1, 1), (1, 2), (2, 2), (2, 4)):
-      engine = helpers.make_engine(learner, 16, 4, 2, 2, mesh, pack='vmap')
+      engine = engines.make_engine(learner, 16, 4, 2, 2, mesh, pack='vmap')
       self.assertEqual(engine.topology.mesh_shape, mesh)
-      state = helpers.run_engine(engine, data, sampler, 20)
+      state = engines.run_engine(engine, data, sampler, 20)
       results[mesh] = jax.tree.map(np.asarray, (state.params,
                                                 state.batch_stats))
     for mesh, tree in results.items():
       with self.subTest(mesh=mesh):
-        helpers.assert_trees_close(self, tree, results[(1, 1)], atol=1e-6)
+        trees.assert_trees_close(tree, results[(1, 1)], atol=1e-6)
 
 
 if __name__ == '__main__':

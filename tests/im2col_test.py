@@ -2,6 +2,7 @@
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import pytest
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,6 +60,7 @@ class Im2colTest(parameterized.TestCase):
                   rhs_dilation=(2, 2))
 
   @parameterized.parameters('cnn_small', 'resnet18')
+  @pytest.mark.slow
   def test_models_compute_the_same_with_either_kernel(self, name):
     x = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
     xla = models.get_model(name, 10, models.make_layers(conv='xla'))

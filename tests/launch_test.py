@@ -2,11 +2,13 @@
 
 import concurrent.futures
 import glob
-import json
 import os
+import shutil
+import tempfile
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import pytest
 
 import jax
 import jax.numpy as jnp
@@ -14,12 +16,13 @@ import numpy as np
 
 from hier_avg.tools import cost_model
 from hier_avg import models
-from tests import helpers
+from tests.support import launcher
+from tests.support import outputs
 
-FAST = ('--config.data.name=synthetic',
-        '--config.data.synthetic_train_examples=1024',
-        '--config.data.synthetic_test_examples=256',
-        '--config.data.batch_size=8')
+# Every test runs launch.py as a process (BadInputTest one per bad input).
+pytestmark = pytest.mark.slow
+
+FAST = launcher.FAST
 
 CLUSTER = cost_model.Cluster(cost_model.Link(1e-6, 1e10),
                              cost_model.Link(1e-5, 1e9), devices_per_node=4)
@@ -33,24 +36,11 @@ def cnn_small_bytes() -> int:
   return 4 * sum(x.size for x in jax.tree.leaves(variables))
 
 
-def snapshot(path):
-  """Every folder and file under `path`, with bytes (to prove no change)."""
-  files = {}
-  for root, folders, names in os.walk(path):
-    for name in folders:
-      files[os.path.relpath(os.path.join(root, name), path) + '/'] = None
-    for name in names:
-      full = os.path.join(root, name)
-      with open(full, 'rb') as f:
-        files[os.path.relpath(full, path)] = f.read()
-  return files
-
-
 class EndToEndTest(absltest.TestCase):
 
   def test_cpu_preset_on_synthetic_data(self):
     workdir = os.path.join(self.create_tempdir().full_path, 'run')
-    result = helpers.run_launch(
+    result = launcher.run(
         workdir, *FAST, '--config.train.steps=12',
         '--config.train.eval_every=6', '--config.train.log_every=4',
         '--config.hier.k2=2')
@@ -58,8 +48,7 @@ class EndToEndTest(absltest.TestCase):
     self.assertIn('step 12/12', result.stderr)
     self.assertIn('ETA', result.stderr)
 
-    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-      rows = [json.loads(line) for line in f]
+    rows = outputs.metrics_rows(workdir)
     train = [r for r in rows if 'train_loss' in r]
     evals = [r for r in rows if 'test_accuracy' in r]
     self.assertEqual([r['step'] for r in train], [4, 6, 8, 12])
@@ -76,8 +65,7 @@ class EndToEndTest(absltest.TestCase):
     self.assertGreater(one_event, 0)
     self.assertEqual(train[-1]['bytes_averaged_per_learner'], 3 * one_event)
 
-    with open(os.path.join(workdir, 'summary.json')) as f:
-      summary = json.load(f)
+    summary = outputs.summary(workdir)
     self.assertEqual(summary['test_accuracy'], evals[-1]['test_accuracy'])
     self.assertEqual(summary['final_train_loss'], train[-1]['train_loss'])
     self.assertEqual(summary['local_averagings'], 2)
@@ -105,11 +93,10 @@ class MixedPrecisionTest(absltest.TestCase):
 
   def test_bfloat16_run_averages_float32_state(self):
     workdir = os.path.join(self.create_tempdir().full_path, 'run')
-    result = helpers.run_launch(workdir, *FAST, '--config.train.steps=4',
-                                '--config.model.dtype=bfloat16')
+    result = launcher.run(workdir, *FAST, '--config.train.steps=4',
+                          '--config.model.dtype=bfloat16')
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
-    with open(os.path.join(workdir, 'summary.json')) as f:
-      summary = json.load(f)
+    summary = outputs.summary(workdir)
     self.assertTrue(np.isfinite(summary['final_train_loss']))
     # One averaging of float32 parameters: 4 bytes each.
     self.assertEqual(summary['bytes_averaged_per_learner'], cnn_small_bytes())
@@ -222,7 +209,11 @@ class BadInputTest(parameterized.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.tmp = absltest.get_default_test_tmpdir()
+    # A folder of its own: the fixed names below must not meet those of
+    # another test session on the same machine.
+    os.makedirs(absltest.get_default_test_tmpdir(), exist_ok=True)
+    cls.tmp = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
+    cls.addClassCleanup(shutil.rmtree, cls.tmp, ignore_errors=True)
     cls.empty = os.path.join(cls.tmp, 'empty_data')
     os.makedirs(cls.empty, exist_ok=True)
     cls.file = os.path.join(cls.tmp, 'a_file')
@@ -255,9 +246,9 @@ class BadInputTest(parameterized.TestCase):
       overrides = [o.format(**fixtures) for o in overrides]
       targets = [o.split('=', 1)[1] for o in overrides
                  if o.startswith('--workdir=')] or [workdir]
-      before = {t: snapshot(t) for t in targets if os.path.isdir(t)}
-      result = helpers.run_launch(workdir, *overrides)
-      after = {t: snapshot(t) for t in before}
+      before = {t: outputs.snapshot(t) for t in targets if os.path.isdir(t)}
+      result = launcher.run(workdir, *overrides)
+      after = {t: outputs.snapshot(t) for t in before}
       return name, (result, before, after)
 
     # Each case is a fresh process; two at a time keeps the suite quick.
@@ -267,11 +258,11 @@ class BadInputTest(parameterized.TestCase):
   def test_the_table_is_large(self):
     self.assertGreaterEqual(len(BAD_INPUTS), 25)
 
-  @parameterized.named_parameters(*BAD_INPUTS)
-  def test_one_line_error(self, overrides, message):
-    del overrides
-    result, before, after = self.results[
-        self._testMethodName.split('test_one_line_error_', 1)[1]]
+  @parameterized.named_parameters(
+      dict(testcase_name=name, case=name, message=message)
+      for name, _, message in BAD_INPUTS)
+  def test_one_line_error(self, case, message):
+    result, before, after = self.results[case]
     self.assertEqual(result.returncode, 2, result.stderr[-2000:])
     self.assertNotIn('Traceback', result.stderr)
     errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
@@ -285,11 +276,11 @@ class BadInputTest(parameterized.TestCase):
     workdir = self.create_tempdir().full_path
     with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
       f.write('{"step": 1}\n')
-    before = snapshot(workdir)
-    result = helpers.run_launch(workdir, *FAST)
+    before = outputs.snapshot(workdir)
+    result = launcher.run(workdir, *FAST)
     self.assertEqual(result.returncode, 2)
     self.assertIn('already holds a run', result.stderr)
-    self.assertEqual(snapshot(workdir), before)
+    self.assertEqual(outputs.snapshot(workdir), before)
 
 
 if __name__ == '__main__':

@@ -5,29 +5,15 @@ import tempfile
 
 from absl.testing import absltest
 
-from configs import cifar10
 from hier_avg import train
 from hier_avg.errors import UserError
 from hier_avg.run import metrics
-from tests import helpers
+from tests.support import devices
+from tests.support.configs import tiny_config
 
 
 def setUpModule():
-  helpers.set_up_devices()
-
-
-def tiny_config(steps: int, schedule: str):
-  config = cifar10.get_config('cpu')
-  config.data.name = 'synthetic'
-  config.data.synthetic_train_examples = 512
-  config.data.synthetic_test_examples = 64
-  config.data.batch_size = 8
-  config.model.name = 'mlp'
-  config.opt.schedule = schedule
-  config.train.steps = steps
-  config.train.log_every = 4
-  config.train.eval_every = 0
-  return config
+  devices.set_up_devices()
 
 
 def learning_rates(workdir: str) -> dict[int, float]:

@@ -5,56 +5,35 @@ killed if they outlive a deadline, so a hang fails the test instead of
 stalling the suite.
 """
 
-import json
 import os
-import socket
-import subprocess
 
 from absl.testing import absltest
+import pytest
 import jax
 import numpy as np
 
 from hier_avg.run import export
 from hier_avg import models
 from hier_avg.data import streaming
-from tests import helpers
-from tests import launch_test
-from tests import streaming_test
+from tests.support import fake_imagenet
+from tests.support import launcher
+from tests.support import outputs
+
+# Multi-process runs of launch.py.
+pytestmark = pytest.mark.slow
 
 DEADLINE_S = 400
-CONFIG = (*launch_test.FAST, '--config.train.steps=8',
+CONFIG = (*launcher.FAST, '--config.train.steps=8',
           '--config.train.log_every=2', '--config.train.eval_every=4',
           '--config.hier.k1=2', '--config.hier.k2=2')
 
 
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 def start(workdir, devices, *flags, log):
-  return helpers.start_launch(workdir, *CONFIG, *flags, devices=devices,
-                              stdout=log, stderr=subprocess.STDOUT)
-
-
-def wait_all(test, procs, logs):
-  """Waits for every process; kills them all past the deadline."""
-  try:
-    for proc in procs:
-      proc.wait(timeout=DEADLINE_S)
-  except subprocess.TimeoutExpired:
-    for proc in procs:
-      proc.kill()
-    test.fail('a process hung; logs:\n' + '\n'.join(
-        open(l.name).read()[-2000:] for l in logs))
-  for proc, log in zip(procs, logs):
-    test.assertEqual(proc.returncode, 0, open(log.name).read()[-3000:])
+  return launcher.start(workdir, *CONFIG, *flags, devices=devices, log=log)
 
 
 def read_run(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    rows = [json.loads(line) for line in f]
+  rows = outputs.metrics_rows(workdir)
   model = export.load_model(os.path.join(workdir, export.MODEL_FILE))
   return rows, model
 
@@ -63,19 +42,18 @@ class MultiProcessTest(absltest.TestCase):
 
   def test_two_processes_match_one(self):
     tmp = self.create_tempdir().full_path
-    logs = [open(os.path.join(tmp, f'log{i}.txt'), 'w') for i in range(3)]
-    port = free_port()
+    logs = [os.path.join(tmp, f'log{i}.txt') for i in range(3)]
+    port = launcher.free_port()
     # Process 0 and 1 share the workdir as hosts share a file system; only
     # process 0 writes to it.
     multi = [start(os.path.join(tmp, 'multi'), 4,
                    f'--coordinator_address=127.0.0.1:{port}',
                    '--num_processes=2', f'--process_id={i}', log=logs[i])
              for i in range(2)]
-    wait_all(self, multi, logs[:2])
+    multi_log, _ = launcher.finish_all(multi, DEADLINE_S, check=True)
     single = start(os.path.join(tmp, 'single'), 8, log=logs[2])
-    wait_all(self, [single], logs[2:])
+    launcher.finish(single, DEADLINE_S, check=True)
 
-    multi_log = open(logs[0].name).read()
     self.assertIn("learner grid {'node': 2, 'local': 4} on mesh {'node': 2, "
                   "'local': 4}", multi_log)
     multi_rows, multi_model = read_run(os.path.join(tmp, 'multi'))
@@ -99,14 +77,12 @@ class StreamedMultiProcessTest(absltest.TestCase):
 
   def test_two_processes_train_and_evaluate_every_example_once(self):
     tmp = self.create_tempdir().full_path
-    data_dir = streaming_test.fake_imagenet_archives(
-        os.path.join(tmp, 'tfds'))
+    data_dir = fake_imagenet.archives(os.path.join(tmp, 'tfds'))
     image_size = 16
     # Prepared once before the run, as several hosts need it.
     data = streaming.load('imagenet2012', data_dir, image_size)
     workdir = os.path.join(tmp, 'run')
-    logs = [open(os.path.join(tmp, f'log{i}.txt'), 'w') for i in range(2)]
-    port = free_port()
+    port = launcher.free_port()
     # P = 8 (2 groups of 4), B = 2: (24 // 8) // 2 = 1 step per epoch.
     flags = (f'--config.data.path={data_dir}',
              f'--config.data.image_size={image_size}',
@@ -115,14 +91,13 @@ class StreamedMultiProcessTest(absltest.TestCase):
              '--config.opt.lr=0.05', '--config.hier.k1=1',
              '--config.hier.k2=2', '--config.train.steps=3',
              '--config.train.eval_batch_size=8')
-    procs = [helpers.start_launch(
+    procs = [launcher.start(
         workdir, *flags, f'--coordinator_address=127.0.0.1:{port}',
         '--num_processes=2', f'--process_id={i}', devices=4,
-        config='configs/imagenet.py', stdout=logs[i],
-        stderr=subprocess.STDOUT) for i in range(2)]
-    wait_all(self, procs, logs)
-    with open(os.path.join(workdir, 'summary.json')) as f:
-      summary = json.load(f)
+        config='configs/imagenet.py', log=os.path.join(tmp, f'log{i}.txt'))
+             for i in range(2)]
+    launcher.finish_all(procs, DEADLINE_S, check=True)
+    summary = outputs.summary(workdir)
     # Each step sees 8 x 2 of the 24 examples.
     self.assertEqual((summary['steps'], summary['epochs']), (3, 2.0))
 

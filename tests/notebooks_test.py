@@ -13,6 +13,7 @@ import re
 from unittest import mock
 
 from absl.testing import absltest
+import pytest
 import nbclient
 import nbformat
 
@@ -71,6 +72,7 @@ def outputs(nb, kind: str) -> list:
   return found
 
 
+@pytest.mark.slow
 class QuickstartTest(absltest.TestCase):
 
   def test_trains_hier_avg_and_kavg_and_plots_them(self):
@@ -116,6 +118,7 @@ class QuickstartTest(absltest.TestCase):
     self.assertIn(f"| kavg | {kavg['test_accuracy']:.4f} |", table)
 
 
+@pytest.mark.slow
 class HierarchyStudyTest(absltest.TestCase):
 
   def test_sweep_table_plots_and_conclusion(self):

@@ -4,6 +4,7 @@ import os
 from unittest import mock
 
 from absl.testing import absltest
+import pytest
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,14 +17,16 @@ from hier_avg import models
 from hier_avg.core import policies
 from hier_avg import train
 from hier_avg.errors import UserError
-from tests import helpers
-from tests import reference
+from tests.support import devices
+from tests.support import engines
+from tests.support import reference
+from tests.support import trees
 
 STEPS = 12
 
 
 def setUpModule():
-  helpers.set_up_devices()
+  devices.set_up_devices()
 
 
 def _conv_batch_moments(params, data, seed, num_batches, batch_size):
@@ -33,7 +36,7 @@ def _conv_batch_moments(params, data, seed, num_batches, batch_size):
   """
   order = np.random.default_rng(seed).permutation(len(data.train_images))
   images = data.train_images[order[:num_batches * batch_size]]
-  return helpers.tiny_bn_batch_moments(params, images, data.mean, data.std,
+  return engines.tiny_bn_batch_moments(params, images, data.mean, data.std,
                                        batch_size)
 
 
@@ -57,26 +60,27 @@ class PoliciesTest(absltest.TestCase):
     np.testing.assert_array_equal(reset['trace'], np.zeros(3))
     self.assertEqual(int(reset['count']), 7)
 
+  @pytest.mark.slow
   def test_opt_state_reset_matches_reference(self):
-    data = helpers.tiny_data()
+    data = engines.tiny_data()
     # A step schedule keeps an integer count in the optimizer state, which
     # a reset must leave alone.
-    learner = helpers.make_learner('bn', data, schedule='step',
+    learner = engines.make_learner('bn', data, schedule='step',
                                    milestones=(1,), decay_factor=0.5)
-    engine = helpers.make_engine(learner, 8, 4, 2, 3, (2, 2),
+    engine = engines.make_engine(learner, 8, 4, 2, 3, (2, 2),
                                  reset_opt_state=True)
-    sampler = helpers.make_sampler(data, 8)
+    sampler = engines.make_sampler(data, 8)
     init = engine.init_state(0, data.image_shape)
-    ref_learners = helpers.learner_states(init)
-    final = helpers.run_engine(engine, data, sampler, STEPS - 1, state=init)
+    ref_learners = engines.learner_states(init)
+    final = engines.run_engine(engine, data, sampler, STEPS - 1, state=init)
     reference.run(learner, ref_learners, reference.hier_levels(8, 4, 2, 3),
                   ('params', 'batch_stats'), data.train_images,
                   data.train_labels, sampler, STEPS - 1,
                   reset_opt_state=True)
-    got = helpers.learner_states(final)
+    got = engines.learner_states(final)
     for i in range(8):
       for part in ('params', 'batch_stats', 'opt_state'):
-        helpers.assert_trees_close(self, got[i][part], ref_learners[i][part])
+        trees.assert_trees_close(got[i][part], ref_learners[i][part])
     # Step 11 is not an averaging step: momentum is back, counts went on.
     leaves = jax.tree.leaves(got[0]['opt_state'])
     self.assertTrue(any(np.any(x != 0) for x in leaves
@@ -84,21 +88,22 @@ class PoliciesTest(absltest.TestCase):
     self.assertIn(STEPS - 1, [int(x) for x in leaves
                               if np.issubdtype(x.dtype, np.integer)])
 
+  @pytest.mark.slow
   def test_local_and_averaged_statistics_give_the_same_global_model(self):
     # Running statistics are a linear moving average and never feed back
     # into training, so averaging them changes no global mean.
-    data = helpers.tiny_data()
-    learner = helpers.make_learner('bn', data)
-    sampler = helpers.make_sampler(data, 8)
+    data = engines.tiny_data()
+    learner = engines.make_learner('bn', data)
+    sampler = engines.make_sampler(data, 8)
     results = []
     for average in (('params', 'batch_stats'), ('params',)):
-      engine = helpers.make_engine(learner, 8, 4, 2, 3, (2, 2), average)
+      engine = engines.make_engine(learner, 8, 4, 2, 3, (2, 2), average)
       # Ends on step 10, a local averaging.
-      state = helpers.run_engine(engine, data, sampler, 10)
+      state = engines.run_engine(engine, data, sampler, 10)
       results.append((state, engine.kernels.global_average(state)))
     (averaged, (p1, s1)), (local, (p2, s2)) = results
     jax.tree.map(np.testing.assert_array_equal, p1, p2)
-    helpers.assert_trees_close(self, s1, s2, atol=1e-6, rtol=1e-6)
+    trees.assert_trees_close(s1, s2, atol=1e-6, rtol=1e-6)
     # ...while two learners of one group hold their own statistics only
     # under 'local'.
     stats = np.asarray(jax.tree.leaves(local.batch_stats)[0])
@@ -106,11 +111,12 @@ class PoliciesTest(absltest.TestCase):
     stats = np.asarray(jax.tree.leaves(averaged.batch_stats)[0])
     np.testing.assert_array_equal(stats[0, 0], stats[0, 1])
 
+  @pytest.mark.slow
   def test_recomputed_statistics_are_the_batch_mean_and_variance(self):
-    data = helpers.tiny_data()
-    learner = helpers.make_learner('bn', data)
-    engine = helpers.make_engine(learner, 8, 4, 2, 3, (2, 4))
-    state = helpers.run_engine(engine, data, helpers.make_sampler(data, 8), 6)
+    data = engines.tiny_data()
+    learner = engines.make_learner('bn', data)
+    engine = engines.make_engine(learner, 8, 4, 2, 3, (2, 4))
+    state = engines.run_engine(engine, data, engines.make_sampler(data, 8), 6)
     params, batch_stats = engine.kernels.global_average(state)
     got = evaluation.recompute_batch_stats(
         engine, params, batch_stats, data.train_images, num_batches=5,
@@ -127,8 +133,8 @@ class PoliciesTest(absltest.TestCase):
         1e-3)
 
   def test_models_without_batchnorm_need_no_recompute(self):
-    data = helpers.tiny_data()
-    engine = helpers.make_engine(helpers.make_learner('mlp', data), 8, 4, 2,
+    data = engines.tiny_data()
+    engine = engines.make_engine(engines.make_learner('mlp', data), 8, 4, 2,
                                  3, (2, 4))
     state = engine.init_state(0, data.image_shape)
     params, batch_stats = engine.kernels.global_average(state)
@@ -139,16 +145,17 @@ class PoliciesTest(absltest.TestCase):
 
 
 def _tiny_bn(num_classes, layers):
-  return helpers.TinyBNNet(num_classes=num_classes, layers=layers)
+  return engines.TinyBNNet(num_classes=num_classes, layers=layers)
 
 
+@pytest.mark.slow
 class RecomputeRunTest(absltest.TestCase):
 
   def test_whole_run_exports_the_recomputed_statistics(self):
     config = cifar10.get_config('cpu')
     config.model.name = 'tiny_bn'
     config.data.name = 'synthetic'
-    config.data.synthetic_image_size = helpers.IMAGE_SIZE
+    config.data.synthetic_image_size = engines.IMAGE_SIZE
     config.data.synthetic_train_examples = 512
     config.data.synthetic_test_examples = 64
     config.data.batch_size = 16

@@ -4,10 +4,14 @@ import os
 import tarfile
 
 from absl.testing import absltest
+import pytest
 
 from configs import cifar10
 from hier_avg import train
-from tests import helpers
+from tests.support import devices
+
+# A run on the real CIFAR-10.
+pytestmark = pytest.mark.slow
 
 ARCHIVE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), 'shared', 'data', 'cifar10-jpeg.tar.gz')
@@ -22,7 +26,7 @@ def _index(name: str) -> int:
 
 
 def setUpModule():
-  helpers.set_up_devices()
+  devices.set_up_devices()
 
 
 @absltest.skipUnless(os.path.exists(ARCHIVE), f'{ARCHIVE} not present')

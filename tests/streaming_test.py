@@ -5,27 +5,24 @@ its data_dir holds real tfds metadata (features, split sizes), written by
 `_mock_dir`, so the code under test reads split sizes exactly as from a
 prepared ImageNet. The mock ignores which part of a split is asked for, so
 the per-host reading is tested on a real imagenet2012 that tfds prepares
-from tiny ILSVRC2012 archives (`fake_imagenet_archives`), as a user's
+from tiny ILSVRC2012 archives (`support.fake_imagenet`), as a user's
 would be.
 """
 
 import contextlib
 import dataclasses
 import hashlib
-import io
-import json
 import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import types
 
 from absl.testing import absltest
+import pytest
 import jax
 import numpy as np
-from PIL import Image
 
 from configs import imagenet
 from hier_avg import config_keys
@@ -33,14 +30,18 @@ from hier_avg.data import feeds
 from hier_avg.data import streaming
 from hier_avg import train
 from hier_avg.errors import UserError
-from tests import helpers
+from tests.support import devices
+from tests.support import engines
+from tests.support import fake_imagenet
+from tests.support import launcher
+from tests.support import outputs
 
 NUM_EXAMPLES = 40  # Per split (the mock yields this many for every split).
 IMAGE_SIZE = 32
 
 
 def setUpModule():
-  helpers.set_up_devices()
+  devices.set_up_devices()
 
 
 def _tfds():
@@ -69,44 +70,6 @@ def _mocked(root):
   with tfds.testing.mock_data(num_examples=NUM_EXAMPLES, data_dir=root,
                               policy=tfds.testing.MockPolicy.USE_FILES):
     yield
-
-
-def fake_imagenet_archives(root, synsets=('n01440764', 'n01443537'),
-                           per_class=12, num_validation=10, seed=0) -> str:
-  """ILSVRC2012_img_{train,val}.tar of random JPEGs in root/downloads/manual.
-
-  The layout of the real archives: the train tar holds one tar per synset
-  (the first two of ImageNet's classes here), the val tar flat files whose
-  labels tfds takes from its own list. Returns `root`, the tfds data_dir.
-  """
-  rng = np.random.default_rng(seed)
-
-  def add(tar, name, data):
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-  def jpeg():
-    size = tuple(int(n) for n in rng.integers(20, 60, 2)) + (3,)
-    buffer = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, size, np.uint8)).save(buffer, 'JPEG')
-    return buffer.getvalue()
-
-  manual = os.path.join(root, 'downloads', 'manual')
-  os.makedirs(manual)
-  with tarfile.open(os.path.join(manual, 'ILSVRC2012_img_train.tar'),
-                    'w') as train:
-    for synset in synsets:
-      inner = io.BytesIO()
-      with tarfile.open(fileobj=inner, mode='w') as images:
-        for i in range(per_class):
-          add(images, f'{synset}_{i}.JPEG', jpeg())
-      add(train, f'{synset}.tar', inner.getvalue())
-  with tarfile.open(os.path.join(manual, 'ILSVRC2012_img_val.tar'),
-                    'w') as validation:
-    for i in range(num_validation):
-      add(validation, f'ILSVRC2012_val_{i + 1:08d}.JPEG', jpeg())
-  return root
 
 
 def _digest(image) -> str:
@@ -202,7 +165,7 @@ class PerHostTest(absltest.TestCase):
     cls.addClassCleanup(shutil.rmtree, root, ignore_errors=True)
     # Prepares it, as the first run on a user's archives does.
     cls.data = streaming.load('imagenet2012',
-                              fake_imagenet_archives(root), IMAGE_SIZE)
+                              fake_imagenet.archives(root), IMAGE_SIZE)
 
   def _split(self, split):
     return [(_digest(x), int(y)) for images, labels, valid in
@@ -254,10 +217,10 @@ class PerHostTest(absltest.TestCase):
 
   def test_recomputed_statistics_are_of_the_first_training_images(self):
     # hier.batch_stats=recompute on a streamed set, one batch per device.
-    learner = helpers.make_learner('bn')
+    learner = engines.make_learner('bn')
     learner = dataclasses.replace(learner, mean=self.data.mean,
                                   std=self.data.std, augment=False)
-    engine = helpers.make_engine(learner, 8, 4, 2, 2, (2, 4))
+    engine = engines.make_engine(learner, 8, 4, 2, 2, (2, 4))
     config = imagenet.get_config()
     config.data.batch_size = 2
     feed = feeds.StreamedFeed(self.data, config.data, 8, 0)
@@ -268,7 +231,7 @@ class PerHostTest(absltest.TestCase):
     got = feed.recompute_batch_stats(params, batch_stats, 5, 2)
     images = next(streaming.eval_batches(self.data, 16, 0, 1,
                                          split=streaming.TRAIN_SPLIT))[0]
-    want_mean, want_var = helpers.tiny_bn_batch_moments(
+    want_mean, want_var = engines.tiny_bn_batch_moments(
         params, images, self.data.mean, self.data.std, 2)
     np.testing.assert_allclose(got['BatchNorm_0']['mean'], want_mean,
                                rtol=1e-4, atol=1e-5)
@@ -287,7 +250,7 @@ class NotPreparedTest(absltest.TestCase):
       streaming.load('imagenet2012', empty, IMAGE_SIZE)
 
   def test_several_processes_never_prepare_it_at_once(self):
-    root = fake_imagenet_archives(self.create_tempdir().full_path)
+    root = fake_imagenet.archives(self.create_tempdir().full_path)
     with self.assertRaisesRegex(UserError, 'with 2 processes, prepare it '
                                 'once before the run'):
       streaming.load('imagenet2012', root, IMAGE_SIZE, process_count=2)
@@ -311,7 +274,7 @@ class WithoutTensorflowTest(absltest.TestCase):
         "  print(e)\n")
     result = subprocess.run(
         [sys.executable, '-c', code], capture_output=True, text=True,
-        env=dict(os.environ, PYTHONPATH=helpers.REPO), check=True)
+        env=launcher.python_env(), check=True)
     self.assertIn('streamed data sets need tensorflow and '
                   'tensorflow-datasets', result.stdout)
 
@@ -330,6 +293,7 @@ class ImagenetConfigTest(absltest.TestCase):
       self.assertEqual(c.hier.num_learners * c.data.batch_size, 1024)
 
 
+@pytest.mark.slow
 class StreamedRunTest(absltest.TestCase):
   """train_and_evaluate on the mocked ImageNet, in this process."""
 
@@ -375,15 +339,11 @@ class StreamedRunTest(absltest.TestCase):
     train.train_and_evaluate(self._config(3), pieces)
     resumed = train.train_and_evaluate(self._config(5), pieces)
     self.assertEqual(resumed['resumed_from_step'], 3)
-    rows = [_rows(d) for d in (whole, pieces)]
+    rows = [[r for r in outputs.metrics_rows(d) if 'train_loss' in r]
+            for d in (whole, pieces)]
     self.assertEqual([r['train_loss'] for r in rows[0]],
                      [r['train_loss'] for r in rows[1]])
     self.assertEqual(summary['test_loss'], resumed['test_loss'])
-
-
-def _rows(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [r for r in map(json.loads, f) if 'train_loss' in r]
 
 
 if __name__ == '__main__':

@@ -6,7 +6,7 @@ import jax
 
 from hier_avg.errors import UserError
 from hier_avg.core.topology import hier_topology, make_topology
-from tests import helpers
+from tests.support import devices
 
 # (P, S, requested mesh, devices available, expected mesh, expected block)
 MESH_CASES = (
@@ -24,7 +24,7 @@ MESH_CASES = (
 
 
 def setUpModule():
-  helpers.set_up_devices()
+  devices.set_up_devices()
 
 
 class TopologyTest(parameterized.TestCase):

@@ -11,11 +11,12 @@ from configs import cifar10
 from hier_avg import train
 from hier_avg.run import workdirs
 from hier_avg.errors import UserError
-from tests import helpers
+from tests.support import devices
+from tests.support import launcher
 
 
 def setUpModule():
-  helpers.set_up_devices()
+  devices.set_up_devices()
 
 
 class LockTest(absltest.TestCase):
@@ -37,7 +38,7 @@ class LockTest(absltest.TestCase):
         [sys.executable, '-c', 'import sys, time; from hier_avg.run import '
          'workdirs; lock = workdirs.Lock(sys.argv[1]); '
          'print("held", flush=True); time.sleep(600)', workdir],
-        env=dict(os.environ, PYTHONPATH=helpers.REPO), stdout=subprocess.PIPE,
+        env=launcher.python_env(), stdout=subprocess.PIPE,
         text=True)
     self.assertEqual(holder.stdout.readline().strip(), 'held')
     with self.assertRaisesRegex(UserError, 'is in use by another run'):

@@ -1,18 +1,11 @@
-"""Small shared builders for the tests: tiny models, data, engines, runs."""
+"""Tiny models, data, learners and engines, and running them round by round."""
 
-import atexit
 import dataclasses
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 
 import chex
 import flax.linen as nn
 import jax
 import numpy as np
-from ml_collections import ConfigDict
 
 from hier_avg.data import datasets
 from hier_avg.core import optim
@@ -27,17 +20,10 @@ from hier_avg.models import layers as layers_lib
 from hier_avg.core.schedule import hier_schedule
 from hier_avg.core.topology import hier_topology
 
-from tests import conftest
-from tests import reference
+from hier_avg import config_keys
+from tests.support import reference
 
 IMAGE_SIZE = 8
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def set_up_devices():
-  """Fails loudly if jax was imported before conftest set the device count."""
-  chex.set_n_cpu_devices(conftest.NUM_CPU_DEVICES)
-  assert jax.device_count() == conftest.NUM_CPU_DEVICES, jax.devices()
 
 
 class TinyBNNet(nn.Module):
@@ -79,10 +65,10 @@ MODELS = {'mlp': lambda: MLP(num_classes=10, hidden=32), 'bn': TinyBNNet,
 
 
 def opt_config(**overrides):
-  c = ConfigDict(dict(lr=0.05, momentum=0.9, nesterov=False,
-                      weight_decay=1e-3, schedule='constant',
-                      warmup_epochs=0.0, milestones=(), decay_factor=0.1))
-  c.update(overrides)
+  """The `opt` block at its registered defaults, set for tiny tests."""
+  c = config_keys.defaults().opt
+  c.update(dict(lr=0.05, weight_decay=1e-3, schedule='constant',
+                milestones=()), **overrides)
   return c
 
 
@@ -172,76 +158,3 @@ def learner_states(state, grid_ndim=2):
   parts = {p: reference.per_learner(getattr(state, p), grid_ndim, n)
            for p in names}
   return [{p: parts[p][i] for p in parts} for i in range(n)]
-
-
-def assert_trees_close(test, a, b, atol=1e-5, rtol=1e-5):
-  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
-  test.assertEqual(len(leaves_a), len(leaves_b))
-  for x, y in zip(leaves_a, leaves_b):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol,
-                               rtol=rtol)
-
-
-_compilation_cache = []
-
-
-def _compilation_cache_dir() -> str:
-  """One persistent compilation cache per test session, removed at exit."""
-  if not _compilation_cache:
-    path = tempfile.mkdtemp(prefix='hier_avg_tests_jax_cache_')
-    atexit.register(shutil.rmtree, path, ignore_errors=True)
-    _compilation_cache.append(path)
-  return _compilation_cache[0]
-
-
-def start_launch(workdir, *flags, devices=conftest.NUM_CPU_DEVICES,
-                 config='configs/cifar10.py:cpu', **popen_kwargs):
-  """`launch.py` as a new process on `devices` fake CPU devices.
-
-  Args:
-    workdir: the run's --workdir.
-    *flags: more command-line flags (config overrides, multi-process flags).
-    devices: fake CPU devices of this process.
-    config: the config file (and preset), relative to the repository.
-    **popen_kwargs: for `subprocess.Popen`: where the output goes.
-  Returns:
-    The running `subprocess.Popen`.
-  """
-  env = dict(os.environ, PYTHONPATH=REPO,
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-             # The processes of a session share their compiled programs: a
-             # resumed run, or a second run of the same config, loads what an
-             # earlier one compiled instead of compiling it again (half of a
-             # short run's time). Same programs, same results. An entry read
-             # while another process writes it fails to load with a warning
-             # and is compiled instead.
-             JAX_COMPILATION_CACHE_DIR=_compilation_cache_dir(),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
-  return subprocess.Popen(
-      [sys.executable, os.path.join(REPO, 'launch.py'),
-       f'--config={os.path.join(REPO, config)}', f'--workdir={workdir}',
-       *flags], env=env, cwd=REPO, **popen_kwargs)
-
-
-def finish_launch(proc, timeout):
-  """Waits for `proc`; kills it (and raises) if it outlives `timeout` s.
-
-  Returns:
-    (stdout, stderr) as `communicate` gives them.
-  """
-  try:
-    return proc.communicate(timeout=timeout)
-  except subprocess.TimeoutExpired:
-    proc.kill()
-    proc.communicate()
-    raise
-
-
-def run_launch(workdir, *flags, timeout=300, **kwargs):
-  """`start_launch` to the end: a CompletedProcess with text output."""
-  proc = start_launch(workdir, *flags, stdout=subprocess.PIPE,
-                      stderr=subprocess.PIPE, text=True, **kwargs)
-  stdout, stderr = finish_launch(proc, timeout)
-  return subprocess.CompletedProcess(proc.args, proc.returncode, stdout,
-                                     stderr)
