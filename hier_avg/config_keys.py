@@ -108,6 +108,14 @@ def one_of(*choices) -> Check:
   return check
 
 
+def registered(registry: dict) -> Check:
+  """One of `registry`'s names, read when checked (models added later
+  count)."""
+  def check(name, value):
+    return one_of(*sorted(registry))(name, value)
+  return check
+
+
 def devices(name, value) -> str | None:
   if not (_is_integer(value) and (value == -1 or value >= 1)):
     return f'{name}={value!r} must be -1 (as many as fit) or an integer >= 1.'
@@ -161,7 +169,7 @@ KEYS = (
     Key('hier.outer_nesterov', False, 'Nesterov outer momentum.', boolean),
     # model
     Key('model.name', 'resnet18', 'See hier_avg.models.MODELS.',
-        one_of(*sorted(models.MODELS))),
+        registered(models.MODELS)),
     Key('model.dtype', 'float32',
         "'bfloat16' computes in bf16; parameters, optimizer state, the loss "
         'and all averaging stay float32.', one_of(*models.DTYPES)),

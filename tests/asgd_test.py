@@ -8,12 +8,12 @@ import tempfile
 import jax
 import numpy as np
 
-from configs import cifar10
 from hier_avg import config_keys
 from hier_avg import train
 from hier_avg.errors import UserError
 from hier_avg.core.topology import hier_topology
 from tests.support import collectives
+from tests.support import configs
 from tests.support import devices
 from tests.support import engines
 from tests.support import reference
@@ -121,13 +121,7 @@ class AsgdTest(parameterized.TestCase):
 
 
 def asgd_config(**hier):
-  config = cifar10.get_config('cpu')
-  config.data.name = 'synthetic'
-  config.data.synthetic_train_examples = 512
-  config.data.synthetic_test_examples = 64
-  config.data.batch_size = 8
-  config.model.name = 'mlp'
-  config.train.steps = 6
+  config = configs.tiny_config(6)
   config.train.log_every = 3
   config.hier.algorithm = 'asgd'
   config.hier.update(hier)

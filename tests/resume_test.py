@@ -130,9 +130,11 @@ class ResumeTest(parameterized.TestCase):
                   'hier.group_size=2', errors[0])
     self.assertNotIn('Traceback', stderr)
     self.assertEqual(outputs.snapshot(workdir), before)
-    # More steps (and other eval/log settings) continue the same run.
+    # More steps (and other eval/log settings) continue the same run; its
+    # cosine keeps the 4-step curve the run began with.
     finish(start(workdir, '--config.train.steps=6',
-                 '--config.train.eval_every=3'))
+                 '--config.train.eval_every=3',
+                 '--config.opt.horizon_steps=4'))
     self.assertEqual([r['step'] for r in outputs.metrics_rows(workdir)],
                      [1, 2, 3, 4, 5, 6])
 

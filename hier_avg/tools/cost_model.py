@@ -142,6 +142,8 @@ def predict(cluster: Cluster, algorithm: Algorithm, num_learners: int,
   require(s % d == 0 or d % s == 0, f'hier.group_size={s} must divide, or be '
           f'a multiple of, devices_per_node={d}, so groups tile the nodes.')
   require(steps >= 0, f'steps={steps} must be >= 0.')
+  require(algorithm.k1 >= 1 and algorithm.k2 >= 1,
+          f'k1={algorithm.k1} and k2={algorithm.k2} must be >= 1.')
   require(model_bytes >= 0 and step_s >= 0, f'model_bytes={model_bytes} and '
           f'step_s={step_s} must be >= 0.')
   counts = hier_schedule(algorithm.k1, algorithm.k2).counts(steps)
