@@ -63,7 +63,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # ---- Workdir (held by this run alone) and state, fresh or resumed -----
   with workdirs.held(workdir), checkpoint.Checkpoints(
       workdir, config.train.keep_checkpoints) as checkpoints:
-    state = _fresh_or_resumed(engine, checkpoints, config, num_steps,
+    agreed = _what_a_resumption_keeps(config, num_steps)
+    state = _fresh_or_resumed(engine, checkpoints, config, agreed,
                               feed.data.image_shape)
     first_step = int(state.step)
     require(first_step <= num_steps,
@@ -84,20 +85,25 @@ def train_and_evaluate(config, workdir: str) -> dict:
     # ---- Train, log, evaluate and checkpoint; then the summary ----------
     with MetricsWriter(workdir, keep_until_step=first_step) as writer:
       loop = _Loop(config, workdir, engine, feed, checkpoints, writer,
-                   lr_schedule, Cadence.from_config(config.train, num_steps))
+                   lr_schedule, Cadence.from_config(config.train, num_steps),
+                   agreed)
       return loop.run(state)
 
 
-def _fresh_or_resumed(engine, checkpoints, config, num_steps, image_shape):
+def _what_a_resumption_keeps(config, num_steps: int) -> dict:
+  """What each checkpoint records and a resumed run must agree with."""
+  return {'fingerprint': config_keys.fingerprint(config),
+          'lr_horizon': optim.horizon(config.opt, num_steps)}
+
+
+def _fresh_or_resumed(engine, checkpoints, config, agreed, image_shape):
   """A fresh state, or the newest checkpoint's when the config matches."""
   state = engine.init_state(config.seed, image_shape)
-  fingerprint = config_keys.fingerprint(config)
 
   def check(record):
-    checkpoint.check_fingerprint(record['fingerprint'], fingerprint,
-                                 checkpoints.directory)
-    checkpoint.check_horizon(record.get('lr_horizon'),
-                             optim.horizon(config.opt, num_steps),
+    checkpoint.check_fingerprint(record['fingerprint'],
+                                 agreed['fingerprint'], checkpoints.directory)
+    checkpoint.check_horizon(record.get('lr_horizon'), agreed['lr_horizon'],
                              bool(config.opt.horizon_steps),
                              checkpoints.directory)
 
@@ -109,14 +115,14 @@ class _Loop:
   """The rounds of one run, and what the host does between them."""
 
   def __init__(self, config, workdir, engine, feed, checkpoints, writer,
-               lr_schedule, cadence: Cadence):
+               lr_schedule, cadence: Cadence, agreed: dict):
     self.config, self.workdir = config, workdir
     self.engine, self.feed = engine, feed
     self.checkpoints, self.writer = checkpoints, writer
     self.lr_schedule, self.cadence = lr_schedule, cadence
     self.num_steps = cadence.num_steps
     self.policy = AveragingPolicy.from_config(config.hier)
-    self.fingerprint = config_keys.fingerprint(config)
+    self.agreed = agreed  # Saved with every checkpoint.
     self.last_eval, self.last_loss = {}, float('nan')
 
   def epoch(self, step: int) -> float:
@@ -129,9 +135,8 @@ class _Loop:
     first_step = int(state.step)
     channels = engine.communication(state)
     rows = self.writer.rows
-    progress = Progress(
-        engine.topology.num_learners * self.config.data.batch_size,
-        wall_s_before=rows[-1]['wall_s'] if rows else 0.0)
+    progress = Progress(feed.examples_per_step,
+                        wall_s_before=rows[-1]['wall_s'] if rows else 0.0)
     cut_every = self.cadence.cut_every + tuple(
         engine.schedule.fit_cap(cap)
         for cap in (engine.max_round_length, feed.max_round_length))
@@ -209,9 +214,7 @@ class _Loop:
       raise TrainingDiverged(
           f'training diverged: non-finite parameters after step {step}; '
           'lower opt.lr or add opt.warmup_epochs.')
-    self.checkpoints.save(state, {
-        'step': step, 'fingerprint': self.fingerprint,
-        'lr_horizon': optim.horizon(self.config.opt, self.num_steps)})
+    self.checkpoints.save(state, {'step': step, **self.agreed})
 
 
 @jax.jit

@@ -2,10 +2,11 @@
 
 A checkpoint holds the whole `TrainState` (each learner's parameters,
 BatchNorm statistics, optimizer state and RNG key, and the step, which fixes
-the schedule's position) plus a JSON record: the step and the config's
-fingerprint (`config_keys.fingerprint`). Saving is asynchronous (training continues while the arrays
-are written) and atomic (orbax writes into a temporary folder and renames
-it when complete, so a half-written checkpoint is never picked up).
+the schedule's position) plus a JSON record: the step, the config's
+fingerprint (`config_keys.fingerprint`) and the lr schedule's horizon.
+Saving is asynchronous (training continues while the arrays are written)
+and atomic (orbax writes into a temporary folder and renames it when
+complete, so a half-written checkpoint is never picked up).
 """
 
 import os
