@@ -83,10 +83,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
     feed.start(engine, first_step)
 
     # ---- Train, log, evaluate and checkpoint; then the summary ----------
+    cadence = Cadence.from_config(config.train, num_steps,
+                                  engine.schedule.shortest_period)
+    if snapped := cadence.snapped_from(config.train):
+      logging.info('hier_avg: %s, so that rounds end only at averagings '
+                   '(every %d steps; each other round length is one more '
+                   'compiled program).', ', '.join(snapped),
+                   engine.schedule.shortest_period)
     with MetricsWriter(workdir, keep_until_step=first_step) as writer:
       loop = _Loop(config, workdir, engine, feed, checkpoints, writer,
-                   lr_schedule, Cadence.from_config(config.train, num_steps),
-                   agreed)
+                   lr_schedule, cadence, agreed)
       return loop.run(state)
 
 

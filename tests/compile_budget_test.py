@@ -40,6 +40,15 @@ class CompileBudgetTest(parameterized.TestCase):
     # (with K1 = 1 every round ends in the global averaging).
     self.assertLessEqual(summary['compiled_round_programs'], 3)
 
+  def test_periods_off_the_averaging_grid_add_no_programs(self):
+    # :kavg averages every 16 steps; logging every 50 and evaluating every
+    # 70 cut rounds of 16, 2, 14, 4, ... steps (8 programs in 200 steps)
+    # before the periods snapped to 48 and 64.
+    config = _shrunk(cifar10.get_config('kavg'))
+    config.train.update(steps=200, log_every=50, eval_every=70)
+    summary = train.train_and_evaluate(config, tempfile.mkdtemp())
+    self.assertLessEqual(summary['compiled_round_programs'], 3)
+
   def test_imagenet_cadences_and_stream_cap_fit_its_periods(self):
     # The streamed preset cannot run here; its arithmetic can be checked.
     config = imagenet.get_config()

@@ -8,6 +8,7 @@ the local one of that step. A third level (pods of nodes) is one more entry.
 """
 
 import dataclasses
+import math
 from typing import Iterator, Sequence
 
 from hier_avg.core.topology import LOCAL, NODE
@@ -54,16 +55,28 @@ class Schedule:
     """Splits steps `[start, stop)` into rounds, each compiled as one call.
 
     A round ends at every averaging (every multiple of the narrowest
-    period), at every multiple of each period in `cut_every` (where the
-    host wants to log or evaluate), and at `stop`.
+    period K), at every multiple of each period in `cut_every` (where the
+    host wants to log or evaluate), and at `stop`. Cuts that divide K are
+    replaced by their greatest common divisor, which cuts at each of them
+    with rounds of one length: cuts at 4 and 6 with K = 12 would otherwise
+    make rounds of 4, 2, 2 and 4 steps, two compiled programs where one
+    does.
     """
-    periods = ([level.period for level in self.levels[:1]] +
-               [p for p in cut_every if p > 0])
+    k = self.shortest_period
+    cuts = [p for p in cut_every if p > 0]
+    dividing = [p for p in cuts if k % p == 0]
+    periods = [k] + [p for p in cuts if k % p] + (
+        [math.gcd(*dividing)] if dividing else [])
     step = start
     while step < stop:
       end = min([stop] + [(step // p + 1) * p for p in periods])
       yield Round(step, end - step, self.level_after(end))
       step = end
+
+  @property
+  def shortest_period(self) -> int:
+    """Steps between averagings of the narrowest level (1: none)."""
+    return self.levels[0].period if self.levels else 1
 
   def fit_cap(self, cap: int) -> int:
     """A most-steps-per-round `cap` that keeps every round one length.
@@ -75,7 +88,7 @@ class Schedule:
     """
     if cap <= 0 or not self.levels:
       return cap
-    period = self.levels[0].period
+    period = self.shortest_period
     if cap >= period:
       return 0
     return max(d for d in range(1, cap + 1) if period % d == 0)
