@@ -38,7 +38,7 @@ def out_of_memory(error: Exception) -> UserError | None:
   first = next((line.strip() for line in text.splitlines() if line.strip()),
                '')[:200]
   return UserError(
-      f'the device ran out of memory ({first}); lower data.batch_size, put '
-      'fewer learners on each device (more devices, or mesh.node_devices/'
-      'mesh.local_devices), set model.conv=xla (im2col patches are large) '
-      'or model.dtype=bfloat16.')
+      f'the device ran out of memory ({first}); lower data.batch_size (or '
+      'train.eval_batch_size, if evaluating), put fewer learners on each '
+      'device (more devices, or mesh.node_devices/mesh.local_devices), set '
+      'model.conv=xla (im2col patches are large) or model.dtype=bfloat16.')

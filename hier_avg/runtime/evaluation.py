@@ -34,16 +34,21 @@ def evaluate_batches(engine: Engine, params, batch_stats, batches,
           'test_loss': loss_sum / num_examples}
 
 
-def global_eval_batch(engine: Engine, batch_size: int) -> int:
-  """`batch_size` rounded up so every device gets an equal slice."""
+def global_eval_batch(engine: Engine, batch_size: int,
+                      num_examples: int) -> int:
+  """`batch_size`, at most the test set, rounded up to the device count.
+
+  A batch larger than the test set would only pad it (and take memory for
+  the padding); rounding up gives every device an equal slice.
+  """
   devices = engine.topology.num_devices
-  return math.ceil(batch_size / devices) * devices
+  return math.ceil(min(batch_size, num_examples) / devices) * devices
 
 
 def evaluate(engine: Engine, params, batch_stats, images: np.ndarray,
              labels: np.ndarray, batch_size: int) -> dict[str, float]:
   """Accuracy and mean cross-entropy of the model on `(images, labels)`."""
-  batch_size = global_eval_batch(engine, batch_size)
+  batch_size = global_eval_batch(engine, batch_size, len(images))
 
   def batches():
     # Every process holds the whole test set and passes whole batches; the
