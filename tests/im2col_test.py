@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hier_avg import models
-from hier_avg.models.im2col import im2col_conv
+from hier_avg.models.im2col import im2col_conv, patch_bytes
 
 # (kernel, strides, padding): the shapes CIFAR networks use, and odd ones.
 CONV_CASES = (
@@ -72,6 +72,49 @@ class Im2colTest(parameterized.TestCase):
     jax.tree.map(np.testing.assert_array_equal, variables, other)
     np.testing.assert_allclose(im2col.apply(variables, x),
                                xla.apply(variables, x), rtol=1e-4, atol=1e-4)
+
+
+class PatchBytesTest(absltest.TestCase):
+  """The im2col memory estimate counts the patches im2col would build."""
+
+  def test_one_convolution(self):
+    conv = lambda x, w, strides, padding: jax.lax.conv_general_dilated(
+        x, w, strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    x, w = jnp.zeros((2, 8, 8, 3)), jnp.zeros((3, 3, 3, 4))
+    # 2 images x 8 x 8 positions x (3 x 3 x 3) patch values x 4 bytes.
+    self.assertEqual(patch_bytes(lambda x, w: conv(x, w, (1, 1), 'SAME'),
+                                 x, w), 2 * 64 * 27 * 4)
+    # Stride 2, no padding: 3 x 3 output positions.
+    self.assertEqual(patch_bytes(lambda x, w: conv(x, w, (2, 2), 'VALID'),
+                                 x, w), 2 * 9 * 27 * 4)
+    self.assertEqual(
+        patch_bytes(lambda x, w: conv(x.astype(jnp.bfloat16),
+                                      w.astype(jnp.bfloat16), (1, 1), 'SAME'),
+                    x, w), 2 * 64 * 27 * 2)
+
+  def test_a_model_sums_its_layers(self):
+    x = jnp.zeros((4, 32, 32, 3))
+    model = models.get_model('cnn_small', 10, models.make_layers(conv='xla'))
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    convs = patch_bytes(lambda v: model.apply(v, x), variables)
+    # Equal to the patches the im2col model's matmuls take: each one's
+    # [N, H, W, kh*kw*Cin] operand.
+    im2col = models.get_model('cnn_small', 10,
+                              models.make_layers(conv='im2col'))
+    jaxpr = jax.make_jaxpr(lambda v: im2col.apply(v, x))(variables)
+    matmul_operands = [e.invars[0].aval for e in jaxpr.jaxpr.eqns
+                       if e.primitive.name == 'dot_general' and
+                       e.invars[0].aval.ndim == 4]
+    self.assertLen(matmul_operands, 3)
+    self.assertEqual(convs, sum(a.size * a.dtype.itemsize
+                                for a in matmul_operands))
+
+  def test_depthwise_convolutions_stay_xla_and_cost_nothing(self):
+    x, w = jnp.zeros((2, 8, 8, 4)), jnp.zeros((3, 3, 1, 4))
+    depthwise = lambda x, w: jax.lax.conv_general_dilated(
+        x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+        feature_group_count=4)
+    self.assertEqual(patch_bytes(depthwise, x, w), 0)
 
 
 class MixedPrecisionTest(absltest.TestCase):

@@ -12,6 +12,9 @@ runs at full speed. The patches are shifted strided slices (no gather).
 shapes, initialization) stay exactly those of `nn.Conv`.
 """
 
+import math
+
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -55,3 +58,39 @@ CONVS = ('xla', 'im2col')
 def conv_function(name: str):
   """The `conv_general_dilated` for `nn.Conv`: None keeps XLA's own."""
   return {'xla': None, 'im2col': im2col_conv}[name]
+
+
+def patch_bytes(fn, *args) -> int:
+  """Bytes of the im2col patches of every dense convolution `fn` runs.
+
+  Traces `fn(*args)` (nothing is computed) and adds, for each
+  `conv_general_dilated` without feature groups (depthwise convolutions
+  stay XLA's), `N * Ho * Wo * kh * kw * Cin` elements of the input's dtype:
+  the patch matrix im2col builds. Training keeps each layer's patches for
+  the backward matmul, so the sum, not the largest, is what must fit.
+  """
+  total = 0
+  for eqn in _equations(jax.make_jaxpr(fn)(*args).jaxpr):
+    if (eqn.primitive.name != 'conv_general_dilated' or
+        eqn.params['feature_group_count'] != 1):
+      continue
+    lhs, rhs = (v.aval for v in eqn.invars[:2])
+    out = eqn.outvars[0].aval
+    numbers = eqn.params['dimension_numbers']
+    batch = lhs.shape[numbers.lhs_spec[0]]
+    cin = rhs.shape[numbers.rhs_spec[1]]
+    window = math.prod(rhs.shape[d] for d in numbers.rhs_spec[2:])
+    positions = math.prod(out.shape[d] for d in numbers.out_spec[2:])
+    total += batch * positions * window * cin * lhs.dtype.itemsize
+  return total
+
+
+def _equations(jaxpr):
+  """Every equation of `jaxpr` and of the jaxprs nested in it."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        inner = getattr(sub, 'jaxpr', sub)  # A ClosedJaxpr or a Jaxpr.
+        if hasattr(inner, 'eqns'):
+          yield from _equations(inner)
