@@ -23,7 +23,6 @@ import optax
 
 from hier_avg import builder
 from hier_avg.data import datasets, sampling
-from hier_avg.core.topology import hier_topology
 
 
 def machine() -> str:
@@ -45,7 +44,7 @@ def make_engine(config, data, mesh=(-1, -1), learner_loop='auto',
   config.runtime.step_loop = step_loop
   config.model.conv, config.model.dtype = conv, dtype
   hier = config.hier
-  topology = hier_topology(hier.num_learners, hier.group_size, *mesh)
+  topology = builder.build_topology(config)
   sampler = sampling.Sampler(len(data.train_images), hier.num_learners,
                              config.data.batch_size, 'partition', 0)
   engine, _ = builder.build_engine(config, data, topology, 10_000,

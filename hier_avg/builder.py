@@ -10,6 +10,7 @@ import optax
 
 from hier_avg import algorithms, models
 from hier_avg.core import optim
+from hier_avg.core.hierarchy import Hierarchy
 from hier_avg.core.learner import Learner
 from hier_avg.core.topology import Topology
 from hier_avg.data import feeds
@@ -33,6 +34,13 @@ def _check_model_takes(learner: Learner, image_shape, name: str) -> None:
         'strides and pooling leave nothing of them; use larger images '
         '(data.image_size, data.synthetic_image_size) or a model made for '
         'this size.') from None
+
+
+def build_topology(config, devices=None) -> Topology:
+  """The learner grid of `config.hier`'s levels on the devices, as
+  `config.mesh` asks."""
+  return Hierarchy.from_config(config.hier).topology(
+      config.mesh.node_devices, config.mesh.local_devices, devices)
 
 
 def build_engine(config, data, topology: Topology, num_steps: int,

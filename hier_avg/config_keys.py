@@ -28,6 +28,7 @@ from typing import Any
 import ml_collections
 
 from hier_avg import models
+from hier_avg.core import hierarchy
 from hier_avg.core import optim
 from hier_avg.core import policies
 from hier_avg.data import datasets
@@ -100,6 +101,15 @@ def numbers_tuple(name, value) -> str | None:
     return f'{name}={value!r} must be a tuple of numbers, e.g. (30, 60).'
 
 
+def level_pairs(name, value) -> str | None:
+  """Pairs of integers >= 1: (group size, period) per level."""
+  if not (isinstance(value, (tuple, list)) and all(
+      isinstance(pair, (tuple, list)) and len(pair) == 2 and
+      all(_is_integer(x) and x >= 1 for x in pair) for pair in value)):
+    return (f'{name}={value!r} must be (group size, period) pairs of '
+            'integers >= 1, innermost first, e.g. ((2, 2), (8, 8)).')
+
+
 def one_of(*choices) -> Check:
   def check(name, value):
     if value not in choices:
@@ -143,6 +153,12 @@ KEYS = (
         integer(1)),
     Key('hier.k2', 4, 'K2: local averagings between global averagings.',
         integer(1)),
+    Key('hier.levels', (),
+        'Any number of levels: (group size, period) pairs, innermost first, '
+        'e.g. ((2, 2), (4, 8), (16, 32)): pairs average every 2 steps, '
+        'groups of 4 every 8, all 16 every 32 (hier_avg/core/hierarchy.py). '
+        'Empty: the two levels of group_size, k1 and k2, which it replaces.',
+        level_pairs),
     Key('hier.algorithm', 'hier',
         "'hier': Hier-AVG (K-AVG and sync SGD as special cases); 'asgd': "
         'simulated asynchronous SGD (hier_avg/algorithms/asgd.py), whose '
@@ -293,10 +309,16 @@ def _relations(config) -> None:
   hier = config.hier
   require(not hier.outer_nesterov or hier.outer_momentum > 0,
           'hier.outer_nesterov=True needs hier.outer_momentum > 0.')
-  require(hier.num_learners % hier.group_size == 0,
-          f'hier.num_learners={hier.num_learners} is not divisible by '
-          f'hier.group_size={hier.group_size}; choose S that divides P.')
+  if hier.levels:
+    hierarchy.Hierarchy.from_config(hier)  # Raises on a broken rule.
+  else:
+    require(hier.num_learners % hier.group_size == 0,
+            f'hier.num_learners={hier.num_learners} is not divisible by '
+            f'hier.group_size={hier.group_size}; choose S that divides P.')
   if hier.algorithm == 'asgd':
+    require(not hier.levels,
+            "hier.algorithm='asgd' has one shared model and no averaging "
+            'levels; leave hier.levels empty.')
     # One shared model and optimizer: no averaging for these to act on.
     require(hier.outer_lr == 1 and hier.outer_momentum == 0,
             "hier.algorithm='asgd' has no global averaging for an outer "
@@ -412,9 +434,15 @@ def validate(config) -> None:
 
 def fingerprint(config) -> dict[str, Any]:
   """The values a resumed run must share (tuples as lists, as JSON has)."""
-  return {key.name: list(value) if isinstance(value, tuple) else value
-          for key in KEYS if not key.resumable
-          for value in (get(config, key.name),)}
+  return {key.name: _as_json(get(config, key.name))
+          for key in KEYS if not key.resumable}
+
+
+def _as_json(value):
+  """Tuples (nested too) as the lists JSON gives back."""
+  if isinstance(value, (tuple, list)):
+    return [_as_json(x) for x in value]
+  return value
 
 
 def changes_results(name: str) -> bool:

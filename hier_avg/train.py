@@ -17,8 +17,8 @@ import jax.numpy as jnp
 
 from hier_avg import builder, config_keys
 from hier_avg.core import optim
+from hier_avg.core.hierarchy import Hierarchy
 from hier_avg.core.policies import AveragingPolicy
-from hier_avg.core.topology import hier_topology
 from hier_avg.data import feeds
 from hier_avg.errors import require
 from hier_avg.run import checkpoint, export, preemption, workdirs
@@ -47,9 +47,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # ---- Check the config and lay out the learners -----------------------
   config_keys.validate(config)
   compilation_cache.configure(config.runtime.compilation_cache)
-  hier = config.hier
-  topology = hier_topology(hier.num_learners, hier.group_size,
-                           config.mesh.node_devices, config.mesh.local_devices)
+  topology = builder.build_topology(config)
   workdirs.check(workdir)
 
   # ---- Data, learner and engine (before the workdir is touched) ---------
@@ -178,6 +176,7 @@ class _Loop:
         'epochs': self.epoch(num_steps),
         'resumed_from_step': first_step,
         'compiled_round_programs': len(engine.compiled_rounds),
+        **_levels(self.config.hier),
         'wall_s': progress.wall_s,
         **engine.counters(channels, num_steps),
         'topology': engine.topology.describe(),
@@ -221,6 +220,16 @@ class _Loop:
           f'training diverged: non-finite parameters after step {step}; '
           'lower opt.lr or add opt.warmup_epochs.')
     self.checkpoints.save(state, {'step': step, **self.agreed})
+
+
+def _levels(hier_config) -> dict:
+  """The effective hierarchy, (group size, period) per level, for the
+  summary (whichever keys spelled it)."""
+  if hier_config.algorithm != 'hier':
+    return {}
+  hierarchy = Hierarchy.from_config(hier_config)
+  return {'levels': [list(level) for level in zip(hierarchy.group_sizes,
+                                                  hierarchy.periods)]}
 
 
 @jax.jit

@@ -5,11 +5,13 @@ Each is a module whose `make(...)` returns a `runtime.algorithm.Algorithm`:
 and `asgd` (simulated asynchronous SGD, the papers' baseline).
 """
 
+import dataclasses
+
 from hier_avg.algorithms import asgd, hierarchical
 from hier_avg.core import outer
 from hier_avg.core.learner import Learner
 from hier_avg.core.policies import AveragingPolicy
-from hier_avg.core.schedule import hier_schedule
+from hier_avg.core.hierarchy import Hierarchy
 from hier_avg.core.topology import Topology
 from hier_avg.runtime.algorithm import Algorithm
 
@@ -26,7 +28,12 @@ def from_config(hier_config, learner: Learner, topology: Topology,
   """The `hier` section's algorithm on `topology`."""
   if hier_config.algorithm == 'asgd':
     return asgd.make(learner, topology, hier_config.staleness, learner_loop)
-  return hierarchical.make(
-      learner, topology, hier_schedule(hier_config.k1, hier_config.k2),
+  hierarchy = Hierarchy.from_config(hier_config)
+  algorithm = hierarchical.make(
+      learner, topology, hierarchy.schedule(),
       AveragingPolicy.from_config(hier_config),
       outer.make_outer_optimizer(hier_config), learner_loop)
+  unused = (' (hier.levels replaces hier.group_size, hier.k1 and hier.k2: '
+            'unused)' if hier_config.levels else '')
+  return dataclasses.replace(
+      algorithm, description=f'{hierarchy.describe()}{unused}')

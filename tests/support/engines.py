@@ -17,8 +17,8 @@ from hier_avg.runtime.execution import Execution
 from hier_avg.core.learner import Learner
 from hier_avg.models import MLP
 from hier_avg.models import layers as layers_lib
-from hier_avg.core.schedule import hier_schedule
-from hier_avg.core.topology import hier_topology
+from hier_avg.core.hierarchy import Hierarchy
+from hier_avg.core.topology import make_topology
 
 from hier_avg import config_keys
 from tests.support import reference
@@ -84,16 +84,27 @@ def make_learner(model='mlp', data=None, augment=True, **opt_overrides):
 
 
 def make_engine(learner, num_learners, group_size, k1, k2, mesh=(-1, -1),
-                average=('params', 'batch_stats'), round_loop='auto',
-                pack='auto', outer_tx=None, reset_opt_state=False):
-  """A Hier-AVG engine; `average` names the averaged parts of the state."""
-  topology = hier_topology(num_learners, group_size, *mesh)
+                *args, **kwargs):
+  """A two-level Hier-AVG engine (`make_levels_engine`'s other arguments)."""
+  return make_levels_engine(learner, Hierarchy(
+      num_learners, (group_size, num_learners), (k1, k1 * k2)), mesh,
+                            *args, **kwargs)
+
+
+def make_levels_engine(learner, hierarchy, mesh=None,
+                       average=('params', 'batch_stats'), round_loop='auto',
+                       pack='auto', outer_tx=None, reset_opt_state=False):
+  """A Hier-AVG engine of `hierarchy`'s levels; `mesh`: devices per grid
+  axis (None: as many as fit); `average`: the averaged parts of the state."""
+  grid = hierarchy.grid_shape
+  topology = make_topology(grid, hierarchy.axis_names,
+                           mesh or (-1,) * len(grid))
   policy = AveragingPolicy(
       batch_stats='average' if 'batch_stats' in average else 'local',
       opt_state=('reset' if reset_opt_state else
                  'average' if 'opt_state' in average else 'local'))
   run = Execution.resolve(pack, round_loop, 16, topology.platform)
-  algorithm = hierarchical.make(learner, topology, hier_schedule(k1, k2),
+  algorithm = hierarchical.make(learner, topology, hierarchy.schedule(),
                                 policy, outer_tx, run.learner_loop)
   return Engine(learner, topology, algorithm, run)
 

@@ -20,16 +20,22 @@ class RefLevel:
   period: int
 
 
+def nested_levels(num_learners, pairs):
+  """Levels of (group size, period) pairs, innermost first: level i's
+  groups are runs of S_i consecutive learners (grid ids are row-major)."""
+  return [RefLevel(tuple(tuple(range(g, g + size))
+                         for g in range(0, num_learners, size)), period)
+          for size, period in pairs]
+
+
 def hier_levels(num_learners, group_size, k1, k2):
   """Hier-AVG's local and global levels, learners numbered node-major."""
-  local = tuple(tuple(range(g, g + group_size))
-                for g in range(0, num_learners, group_size))
-  return [RefLevel(local, k1),
-          RefLevel((tuple(range(num_learners)),), k1 * k2)]
+  return nested_levels(num_learners,
+                       ((group_size, k1), (num_learners, k1 * k2)))
 
 
 def kavg_levels(num_learners, k):
-  return [RefLevel((tuple(range(num_learners)),), k)]
+  return nested_levels(num_learners, ((num_learners, k),))
 
 
 def per_learner(state_tree, grid_ndim, num_learners):
