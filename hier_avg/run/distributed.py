@@ -52,11 +52,17 @@ def initialize(coordinator_address: str | None, num_processes: int | None,
         initialization_timeout=INITIALIZATION_TIMEOUT_S,
         heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S)
   except (RuntimeError, ValueError) as e:
-    first_line = str(e).strip().splitlines()[0] if str(e).strip() else ''
+    first_line = (str(e).strip().splitlines() or [''])[0].rstrip('.')
+    if auto:
+      hint = ('--distributed_auto needs every process started by the '
+              'cluster (a TPU pod, srun in a SLURM job, Open MPI\'s '
+              'mpirun); elsewhere pass --coordinator_address, '
+              '--num_processes and --process_id.')
+    else:
+      hint = ('check that every process got the same --coordinator_address '
+              'and --num_processes and that process 0 is running.')
     raise UserError(f'could not join the multi-process run: {first_line}; '
-                    'check that every process got the same '
-                    '--coordinator_address and --num_processes and that '
-                    'process 0 is running.') from None
+                    f'{hint}') from None
 
 
 def is_main_process() -> bool:

@@ -1,10 +1,11 @@
 """`launch.py` as a new process: the one way the tests start and end runs.
 
 Every run gets the same environment (this checkout on PYTHONPATH, its own
-fake CPU device count, the session's compilation cache); its output goes to
-a log file, or, without one, its stderr to a pipe. `finish` waits for runs
-and returns their output; past the deadline it kills them all, so a hang
-fails the test instead of stalling the suite.
+fake CPU device count, the session's compilation cache), plus the variables
+a test sets (a cluster's, say); its output goes to a log file, or, without
+one, its stderr to a pipe. `finish` waits for runs and returns their output;
+past the deadline it kills them all, so a hang fails the test instead of
+stalling the suite.
 """
 
 import atexit
@@ -79,7 +80,7 @@ class Run(subprocess.Popen):
 
 
 def start(workdir, *flags, devices=NUM_CPU_DEVICES, config=CPU_CONFIG,
-          log=None) -> Run:
+          log=None, env=None) -> Run:
   """Starts `launch.py` on `devices` fake CPU devices.
 
   Args:
@@ -89,10 +90,12 @@ def start(workdir, *flags, devices=NUM_CPU_DEVICES, config=CPU_CONFIG,
     config: the config file (and preset), relative to the repository.
     log: a file that receives the run's stdout and stderr; None: stderr is
       piped for `finish` to return, stdout discarded.
+    env: environment variables of this run, set over the usual ones; a
+      value None removes the variable (e.g. one inherited from a cluster).
   Returns:
     The running process.
   """
-  env = python_env(
+  environment = python_env(
       XLA_FLAGS=xla_flags(devices),
       # The processes of a session share their compiled programs: a
       # resumed run, or a second run of the same config, loads what an
@@ -103,14 +106,19 @@ def start(workdir, *flags, devices=NUM_CPU_DEVICES, config=CPU_CONFIG,
       JAX_COMPILATION_CACHE_DIR=_compilation_cache_dir(),
       JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
       JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+  for name, value in (env or {}).items():
+    if value is None:
+      environment.pop(name, None)
+    else:
+      environment[name] = value
   args = [sys.executable, os.path.join(REPO, 'launch.py'),
           f'--config={os.path.join(REPO, config)}', f'--workdir={workdir}',
           *flags]
   if log is None:
-    return Run(args, None, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
-               stderr=subprocess.PIPE, text=True)
+    return Run(args, None, env=environment, cwd=REPO,
+               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   with open(log, 'w') as f:  # The process holds its own copy.
-    return Run(args, log, env=env, cwd=REPO, stdout=f,
+    return Run(args, log, env=environment, cwd=REPO, stdout=f,
                stderr=subprocess.STDOUT)
 
 
