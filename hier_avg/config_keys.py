@@ -159,6 +159,10 @@ KEYS = (
         'groups of 4 every 8, all 16 every 32 (hier_avg/core/hierarchy.py). '
         'Empty: the two levels of group_size, k1 and k2, which it replaces.',
         level_pairs),
+    Key('hier.sync_warmup_steps', 0,
+        'W: steps 1..W each end with a global averaging (synchronous SGD, '
+        "as post-local SGD starts); the levels' periods then count from W "
+        "(torch's PeriodicModelAverager(warmup_steps=W)).", integer(0)),
     Key('hier.algorithm', 'hier',
         "'hier': Hier-AVG (K-AVG and sync SGD as special cases); 'asgd': "
         'simulated asynchronous SGD (hier_avg/algorithms/asgd.py), whose '
@@ -316,9 +320,9 @@ def _relations(config) -> None:
             f'hier.num_learners={hier.num_learners} is not divisible by '
             f'hier.group_size={hier.group_size}; choose S that divides P.')
   if hier.algorithm == 'asgd':
-    require(not hier.levels,
+    require(not hier.levels and not hier.sync_warmup_steps,
             "hier.algorithm='asgd' has one shared model and no averaging "
-            'levels; leave hier.levels empty.')
+            'levels; leave hier.levels empty and hier.sync_warmup_steps 0.')
     # One shared model and optimizer: no averaging for these to act on.
     require(hier.outer_lr == 1 and hier.outer_momentum == 0,
             "hier.algorithm='asgd' has no global averaging for an outer "

@@ -26,21 +26,24 @@ from hier_avg.errors import require
 
 @dataclasses.dataclass(frozen=True)
 class Hierarchy:
-  """Group sizes and periods per level, innermost first."""
+  """Group sizes and periods per level, innermost first, and the steps of
+  synchronous averaging before them (`Schedule.sync_warmup`)."""
   num_learners: int
   group_sizes: tuple[int, ...]
   periods: tuple[int, ...]
+  sync_warmup: int = 0
 
   @classmethod
   def from_config(cls, hier_config) -> 'Hierarchy':
     """`hier.levels`, or the two levels of `group_size`, `k1` and `k2`."""
-    p = hier_config.num_learners
+    p, warmup = hier_config.num_learners, hier_config.sync_warmup_steps
     if not hier_config.levels:
       k1 = hier_config.k1
-      return cls(p, (hier_config.group_size, p), (k1, k1 * hier_config.k2))
+      return cls(p, (hier_config.group_size, p), (k1, k1 * hier_config.k2),
+                 warmup)
     sizes, periods = zip(*(tuple(level) for level in hier_config.levels))
     check_levels(p, sizes, periods)
-    return cls(p, tuple(sizes), tuple(periods))
+    return cls(p, tuple(sizes), tuple(periods), warmup)
 
   @property
   def depth(self) -> int:
@@ -74,7 +77,8 @@ class Hierarchy:
     return Schedule(tuple(
         Level(name, axes if i == self.depth - 1 else axes[-(i + 1):], period)
         for i, (name, period) in enumerate(zip(self.level_names,
-                                               self.periods))))
+                                               self.periods))),
+                    self.sync_warmup)
 
   def topology(self, node_devices: int = -1, local_devices: int = -1,
                devices=None) -> Topology:
@@ -85,9 +89,13 @@ class Hierarchy:
     return make_topology(self.grid_shape, self.axis_names, mesh, devices)
 
   def describe(self) -> str:
-    return ', '.join(f'{name}: groups of {size} every {period} step(s)'
-                     for name, size, period in zip(
-                         self.level_names, self.group_sizes, self.periods))
+    levels = ', '.join(f'{name}: groups of {size} every {period} step(s)'
+                       for name, size, period in zip(
+                           self.level_names, self.group_sizes, self.periods))
+    if self.sync_warmup:
+      return (f'synchronous for {self.sync_warmup} step(s), then {levels} '
+              'counted from there')
+    return levels
 
 
 def check_levels(num_learners: int, sizes, periods) -> None:

@@ -35,8 +35,15 @@ class Round:
 
 @dataclasses.dataclass(frozen=True)
 class Schedule:
-  """Which averaging follows each step, and how many happened so far."""
+  """Which averaging follows each step, and how many happened so far.
+
+  `sync_warmup` W: steps 1..W each end with the outermost averaging
+  (synchronous SGD; post-local SGD), and the periods count from W, as
+  torch's `PeriodicModelAverager(warmup_steps=W)` does: with W = 5 and
+  K1 = 4 the first local averaging follows step 9.
+  """
   levels: tuple[Level, ...]  # Narrowest (most frequent) first.
+  sync_warmup: int = 0
 
   def __post_init__(self):
     for inner, outer in zip(self.levels, self.levels[1:]):
@@ -45,17 +52,28 @@ class Schedule:
 
   def level_after(self, step: int) -> Level | None:
     """The averaging done after local step `step` (1-based), or None."""
+    if step <= self.sync_warmup and self.levels:
+      return self.levels[-1]
     for level in reversed(self.levels):
-      if step % level.period == 0:
+      if (step - self.sync_warmup) % level.period == 0:
         return level
     return None
+
+  def _next_averaging(self, step: int) -> int:
+    """The first step after `step` that ends with an averaging."""
+    if not self.levels:
+      return math.inf
+    if step < self.sync_warmup:
+      return step + 1
+    k = self.shortest_period
+    return self.sync_warmup + ((step - self.sync_warmup) // k + 1) * k
 
   def rounds(self, start: int, stop: int,
              cut_every: Sequence[int] = ()) -> Iterator[Round]:
     """Splits steps `[start, stop)` into rounds, each compiled as one call.
 
     A round ends at every averaging (every multiple of the narrowest
-    period K), at every multiple of each period in `cut_every` (where the
+    period K, past the warmup's steps of one), at every multiple of each period in `cut_every` (where the
     host wants to log or evaluate), and at `stop`. Cuts that divide K are
     replaced by their greatest common divisor, which cuts at each of them
     with rounds of one length: cuts at 4 and 6 with K = 12 would otherwise
@@ -65,11 +83,12 @@ class Schedule:
     k = self.shortest_period
     cuts = [p for p in cut_every if p > 0]
     dividing = [p for p in cuts if k % p == 0]
-    periods = [k] + [p for p in cuts if k % p] + (
+    periods = [p for p in cuts if k % p] + (
         [math.gcd(*dividing)] if dividing else [])
     step = start
     while step < stop:
-      end = min([stop] + [(step // p + 1) * p for p in periods])
+      end = min([stop, self._next_averaging(step)] +
+                [(step // p + 1) * p for p in periods])
       yield Round(step, end - step, self.level_after(end))
       step = end
 
@@ -102,13 +121,18 @@ class Schedule:
   def counts(self, steps: int) -> dict[str, int]:
     """Averagings of each level done in the first `steps` steps.
 
-    A step divisible by an outer period counts for the outer level only.
+    A step divisible by an outer period counts for the outer level only;
+    each warmup step counts for the outermost.
     """
+    warmup = min(steps, self.sync_warmup)
+    after = steps - warmup
     counts = {}
     for i, level in enumerate(self.levels):
-      n = steps // level.period
+      n = after // level.period
       if i + 1 < len(self.levels):
-        n -= steps // self.levels[i + 1].period
+        n -= after // self.levels[i + 1].period
+      else:
+        n += warmup
       counts[level.name] = n
     return counts
 

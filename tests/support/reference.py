@@ -97,11 +97,13 @@ def _zero_floats(tree):
 
 def run(learner: Learner, learners: list[dict], levels, average, images,
         labels, sampler, steps: int, first_step: int = 0, outer=None,
-        reset_opt_state=False):
+        reset_opt_state=False, sync_warmup=0):
   """Trains `learners` (dicts of params/batch_stats/opt_state/rng) in place.
 
   `reset_opt_state`: the optimizer's floating state (momentum) of every
   learner in an averaged group is zeroed after the averaging.
+  `sync_warmup` W: steps 1..W end with the outermost averaging; periods
+  count from W after that.
   Returns the list of per-learner, per-step losses.
   """
   step_fn = jax.jit(learner.step)
@@ -117,7 +119,11 @@ def run(learner: Learner, learners: list[dict], levels, average, images,
       row.append(float(loss))
     losses.append(row)
     done = t + 1
-    due = [lvl for lvl in levels if done % lvl.period == 0]
+    if done <= sync_warmup:
+      due = levels[-1:]
+    else:
+      due = [lvl for lvl in levels
+             if (done - sync_warmup) % lvl.period == 0]
     if due:
       level = due[-1]  # Levels go narrow to wide: the widest wins.
       for part in average:
