@@ -163,6 +163,16 @@ KEYS = (
         'W: steps 1..W each end with a global averaging (synchronous SGD, '
         "as post-local SGD starts); the levels' periods then count from W "
         "(torch's PeriodicModelAverager(warmup_steps=W)).", integer(0)),
+    Key('hier.measure_drift', True,
+        "At each averaging, the mean over learners of the squared distance "
+        "of a learner's parameters from its group's mean, before averaging "
+        '(consensus distance): <level>_drift in the metrics. Costs no '
+        'communication.', boolean, resumable=True, keeps_results=True),
+    Key('hier.measure_spread', False,
+        'At each outermost averaging, also the mean squared distance of the '
+        "next level's group means from the global mean: <level>_spread. "
+        "One more all-reduce, over the inner level's axes.", boolean,
+        resumable=True, keeps_results=True),
     Key('hier.algorithm', 'hier',
         "'hier': Hier-AVG (K-AVG and sync SGD as special cases); 'asgd': "
         'simulated asynchronous SGD (hier_avg/algorithms/asgd.py), whose '

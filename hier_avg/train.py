@@ -146,10 +146,10 @@ class _Loop:
         for cap in (engine.max_round_length, feed.max_round_length))
     with preemption.stop_on_signals() as stop:
       for round_ in engine.schedule.rounds(first_step, num_steps, cut_every):
-        state, loss = engine.run_round(
+        state, outputs = engine.run_round(
             state, round_, feed.round_inputs(round_.first, round_.length),
             feed.streamed)
-        progress.add(round_.first, loss)
+        progress.add(round_.first, outputs, round_.level)
         done = round_.end
         stopping = stop.agreed()
         due = self.cadence.due(done, stopping=stopping)
@@ -191,10 +191,11 @@ class _Loop:
   def _write_row(self, state, done: int, evaluate: bool, progress,
                  channels, first_step: int) -> None:
     """The metrics row of step `done`, with an evaluation if asked."""
-    self.last_loss, rate = progress.collect()
+    self.last_loss, rate, measures = progress.collect()
     row = dict(step=done, epoch=self.epoch(done), train_loss=self.last_loss,
                learning_rate=float(self.lr_schedule(done - 1)),
-               images_per_s=rate, **self.engine.counters(channels, done))
+               images_per_s=rate, **measures,
+               **self.engine.counters(channels, done))
     eta = (self.num_steps - done) * progress.train_s / (done - first_step)
     logging.info('step %d/%d  epoch %.2f  loss %.4f  %.0f images/s  '
                  'ETA %.0fs', done, self.num_steps, self.epoch(done),

@@ -32,7 +32,8 @@ def from_config(hier_config, learner: Learner, topology: Topology,
   algorithm = hierarchical.make(
       learner, topology, hierarchy.schedule(),
       AveragingPolicy.from_config(hier_config),
-      outer.make_outer_optimizer(hier_config), learner_loop)
+      outer.make_outer_optimizer(hier_config), learner_loop,
+      hier_config.measure_drift, hier_config.measure_spread)
   unused = (' (hier.levels replaces hier.group_size, hier.k1 and hier.k2: '
             'unused)' if hier_config.levels else '')
   return dataclasses.replace(

@@ -90,9 +90,9 @@ def make(learner: Learner, topology: Topology, staleness: int,
           state.stale, state.params))
     return new, loss
 
-  def after_round(state: TrainState, level) -> TrainState:
+  def after_round(state: TrainState, level):
     del level  # ASGD communicates inside every step, not after rounds.
-    return state
+    return state, {}
 
   def channels(state: TrainState) -> dict[str, communication.Channel]:
     """Per step each learner sends one gradient (the size of its model)."""

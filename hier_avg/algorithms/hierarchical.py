@@ -28,7 +28,8 @@ EVENTS = 'averagings'
 def make(learner: Learner, topology: Topology, schedule: Schedule,
          policy: AveragingPolicy = AveragingPolicy(),
          outer_tx: optax.GradientTransformation | None = None,
-         learner_loop: str = 'vmap') -> Algorithm:
+         learner_loop: str = 'vmap', drift: bool = True,
+         spread: bool = False) -> Algorithm:
   """Hier-AVG with `schedule`'s levels on `topology`'s learner grid.
 
   Args:
@@ -38,6 +39,12 @@ def make(learner: Learner, topology: Topology, schedule: Schedule,
     policy: what happens to non-parameter state at averaging.
     outer_tx: optimizer applied at the outermost level, or None.
     learner_loop: how a device runs its block ('vmap' or 'unroll').
+    drift: measure each averaging's drift: every learner's squared
+      distance (of its parameters) from its group's mean, before the
+      averaging; no communication.
+    spread: also, at the outermost averaging, the squared distance of each
+      learner's next-level group mean from the global mean (one more
+      all-reduce, over the inner level's axes).
   """
   nblock = len(topology.grid_shape)
   outermost = schedule.levels[-1] if schedule.levels else None
@@ -53,19 +60,27 @@ def make(learner: Learner, topology: Topology, schedule: Schedule,
     return state.replace(step=state.step + 1, params=params,
                          batch_stats=batch_stats, opt_state=opt_state), loss
 
-  def after_round(state: TrainState, level: Level | None) -> TrainState:
+  def after_round(state: TrainState, level: Level | None):
     if level is None:
-      return state
+      return state, {}
     parts = {p: getattr(state, p) for p in policy.averaged_parts}
-    state = state.replace(**averaging.average_block(parts, level.axes,
-                                                    topology))
-    state = policy.after_averaging(state)
+    means = averaging.average_block(parts, level.axes, topology)
+    measures = {}
+    if drift:
+      measures['drift'] = averaging.squared_distances(
+          state.params, means['params'], nblock)
+    if spread and level == outermost and len(schedule.levels) > 1:
+      group_means = averaging.average_block(
+          state.params, schedule.levels[-2].axes, topology)
+      measures['spread'] = averaging.squared_distances(
+          group_means, means['params'], nblock)
+    state = policy.after_averaging(state.replace(**means))
     if outer_tx is not None and level == outermost:
       params, outer_state = execution.map_block(
           functools.partial(outer.step, outer_tx), 'vmap', nblock,
           state.params, state.outer)
       state = state.replace(params=params, outer=outer_state)
-    return state
+    return state, measures
 
   def extend_state(state: TrainState) -> TrainState:
     if outer_tx is None:

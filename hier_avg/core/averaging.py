@@ -129,3 +129,19 @@ def gathers_per_event(tree, topology: Topology) -> int:
   dtypes = len(_dtype_groups(jax.tree.leaves(tree), select=lambda leaf: True))
   return dtypes * sum(topology.mesh.shape[a] > 1
                       for a in topology.axis_names)
+
+
+def squared_distances(tree, means, nblock: int):
+  """Each learner's squared distance from its group mean, [block...].
+
+  `means` is `average_block(tree, ...)`: the distance is measured on the
+  device, from values it holds anyway, so it costs no communication. It is
+  the sum over every floating element of `(x - mean)**2`, in float32.
+  """
+  def one(x, mean):
+    diff = (x - mean).astype(jnp.float32)
+    return jnp.sum(diff * diff, axis=tuple(range(nblock, x.ndim)))
+  pairs = [one(x, m) for x, m in zip(jax.tree.leaves(tree),
+                                     jax.tree.leaves(means))
+           if _is_averaged(x)]
+  return sum(pairs[1:], pairs[0])

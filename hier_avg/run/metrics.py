@@ -14,6 +14,7 @@ from hier_avg.run import distributed
 METRICS_FILE = 'metrics.jsonl'
 SUMMARY_FILE = 'summary.json'
 PLOT_FILE = 'curves.png'
+DRIFT_PLOT_FILE = 'drift_vs_step.png'
 
 
 def _plain(value):
@@ -113,6 +114,26 @@ class MetricsWriter:
       ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(os.path.join(self.workdir, PLOT_FILE), dpi=100)
+    self._plot_drift(Figure)
+
+  def _plot_drift(self, Figure) -> None:  # pylint: disable=invalid-name
+    """drift_vs_step.png: each level's drift (and spread) per row."""
+    names = sorted({k for r in self.rows for k in r
+                    if k.endswith(('_drift', '_spread'))})
+    if not names:
+      return
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for name in names:
+      rows = [r for r in self.rows if name in r]
+      ax.plot([r['step'] for r in rows], [r[name] for r in rows],
+              label=name)
+    ax.set(xlabel='local step', yscale='log',
+           ylabel='mean squared distance from the group mean')
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(self.workdir, DRIFT_PLOT_FILE), dpi=100)
 
   def __enter__(self) -> 'MetricsWriter':
     return self

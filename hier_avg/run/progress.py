@@ -1,8 +1,9 @@
-"""The host's view of training between two rows: losses, time, throughput.
+"""The host's view of training between two rows: losses, drift, time.
 
-Rounds hand back their losses without waiting (`add`); at a row the losses
-of every process are gathered once (`collect`), checked for divergence and
-averaged, and the time since the last row counts as training time.
+Rounds hand back their outputs without waiting (`add`); at a row the
+losses and the averagings' measures of every process are gathered once
+(`collect`), checked for divergence and averaged, and the time since the
+last row counts as training time.
 """
 
 import time
@@ -25,18 +26,26 @@ class Progress:
     # A resumed run's clock goes on from its checkpoint's row.
     self._start = time.perf_counter() - wall_s_before
     self._pending = []  # (first step, [length, grid...] losses) per round.
+    # (level name, {measure: [1, grid...]}) per averaging.
+    self._measures = []
     self.train_s = 0.0
     self.images_seen = 0
     self._segment_start = time.perf_counter()
 
-  def add(self, first_step: int, losses) -> None:
-    self._pending.append((first_step, losses))
+  def add(self, first_step: int, outputs: dict, level=None) -> None:
+    """A round's outputs (`Engine.train_round`); `level`: its averaging."""
+    self._pending.append((first_step, outputs['loss']))
+    measures = {k: v for k, v in outputs.items() if k != 'loss'}
+    if level is not None and measures:
+      self._measures.append((level.name, measures))
 
-  def collect(self) -> tuple[float, float]:
-    """(mean loss, images/s) of the steps since the last call.
+  def collect(self) -> tuple[float, float, dict[str, float]]:
+    """(mean loss, images/s, measures) of the steps since the last call.
 
     Each process holds its own learners' losses; every process gets all of
-    them, so all agree on the metrics and on divergence.
+    them, so all agree on the metrics and on divergence. `measures` has
+    `<level>_<measure>` (e.g. `local_drift`): the mean over learners, then
+    over that level's averagings since the last call.
     """
     segment_s = time.perf_counter() - self._segment_start
     losses = [(first + 1 + i, step_loss.reshape(-1))
@@ -54,7 +63,17 @@ class Progress:
     images = self.images_per_step * len(losses)
     self.images_seen += images
     return (float(np.mean([l.mean() for _, l in losses])),
-            images / max(segment_s, 1e-9))
+            images / max(segment_s, 1e-9), self._collect_measures())
+
+  def _collect_measures(self) -> dict[str, float]:
+    events = {}
+    for level, measures in self._measures:
+      for name, value in measures.items():
+        everyone = multihost_utils.process_allgather(value, tiled=True)
+        events.setdefault(f'{level}_{name}', []).append(
+            float(np.mean(everyone, dtype=np.float64)))
+    self._measures.clear()
+    return {name: float(np.mean(values)) for name, values in events.items()}
 
   def resume_timing(self) -> None:
     """Evaluation, logging and checkpointing do not count as training."""

@@ -36,8 +36,11 @@ class Algorithm:
   # (state, batch) -> (state, [block...] losses): one step of every
   # learner of the block; batch is ([block..., B, H, W, C], [block..., B]).
   local_step: Callable[[TrainState, Any], tuple[TrainState, jax.Array]]
-  # (state, level or None) -> state.
-  after_round: Callable[[TrainState, Level | None], TrainState]
+  # (state, level or None) -> (state, measures): measures maps names
+  # ('drift', ...) to per-learner [block...] values of this round's
+  # averaging, returned to the host like the losses ({}: none).
+  after_round: Callable[[TrainState, Level | None],
+                        tuple[TrainState, dict[str, jax.Array]]]
   # (whole state, outside `shard_map`) -> what one event of each of the
   # algorithm's communication channels costs, by channel name.
   channels: Callable[[TrainState], dict[str, Channel]]

@@ -84,17 +84,19 @@ class Engine:
 
   def train_round(self, level: Level | None, length: int,
                   streamed: bool = False):
-    """The compiled round `(state, *inputs) -> (state, loss)`.
+    """The compiled round `(state, *inputs) -> (state, outputs)`.
 
     A round is `length` local steps on every learner (one program, so the
     host dispatches once per round, not once per step) followed by the
     algorithm's `after_round(level)`. `inputs` are `(images, labels,
     indices)` for a resident data set (`topology.put_replicated`,
     `topology.put_round_indices`), or the round's `(images, labels)`
-    minibatches when `streamed` (`topology.put_round_batches`). `loss` is
-    every learner's minibatch loss per step, [length, grid...], sharded:
-    the mean over learners is left to the host, so rounds without averaging
-    need no collective at all. Compiled once per (level, length, streamed).
+    minibatches when `streamed` (`topology.put_round_batches`).
+    `outputs['loss']` is every learner's minibatch loss per step, [length,
+    grid...], sharded: the mean over learners is left to the host, so
+    rounds without averaging need no collective at all. The algorithm's
+    measures of the round's averaging (`outputs['drift']`, ...) come as
+    [1, grid...] the same way. Compiled once per (level, length, streamed).
     """
     key = (None if level is None else level.name, length)
     if streamed:
@@ -110,18 +112,18 @@ class Engine:
 
   def run_round(self, state: TrainState, round_: Round, inputs,
                 streamed: bool = False):
-    """Runs one round; returns `(state, loss)` without waiting for them.
+    """Runs one round; returns `(state, outputs)` without waiting for them.
 
     XLA:CPU collectives across fake devices can deadlock when several
     rounds with a collective are in flight, so on CPU this waits for every
     round that ends in an averaging. The one place that knows it: the
     train loop, the tests and the benchmarks all run rounds through here.
     """
-    state, loss = self.train_round(round_.level, round_.length, streamed)(
+    state, outputs = self.train_round(round_.level, round_.length, streamed)(
         state, *inputs)
     if round_.level is not None and self.topology.platform == 'cpu':
       jax.block_until_ready(state)
-    return state, loss
+    return state, outputs
 
   def _build_round(self, level: Level | None, streamed: bool):
     """One round as a sharded, jitted function of the whole learner grid."""
@@ -144,7 +146,11 @@ class Engine:
               state, jax.tree.map(lambda x, k=k: x[k], batches))
           losses.append(loss)
         losses = jnp.stack(losses)
-      return algorithm.after_round(state, level), losses
+      state, measures = algorithm.after_round(state, level)
+      # Every output has a leading axis (steps, or the one averaging) so
+      # that all shard like a round's inputs.
+      return state, {'loss': losses,
+                     **{name: value[None] for name, value in measures.items()}}
 
     round_spec = self.topology.round_spec
     data_specs = ((round_spec,) * 2 if streamed else

@@ -93,7 +93,8 @@ def make_engine(learner, num_learners, group_size, k1, k2, mesh=(-1, -1),
 
 def make_levels_engine(learner, hierarchy, mesh=None,
                        average=('params', 'batch_stats'), round_loop='auto',
-                       pack='auto', outer_tx=None, reset_opt_state=False):
+                       pack='auto', outer_tx=None, reset_opt_state=False,
+                       drift=True, spread=False):
   """A Hier-AVG engine of `hierarchy`'s levels; `mesh`: devices per grid
   axis (None: as many as fit); `average`: the averaged parts of the state."""
   grid = hierarchy.grid_shape
@@ -105,7 +106,8 @@ def make_levels_engine(learner, hierarchy, mesh=None,
                  'average' if 'opt_state' in average else 'local'))
   run = Execution.resolve(pack, round_loop, 16, topology.platform)
   algorithm = hierarchical.make(learner, topology, hierarchy.schedule(),
-                                policy, outer_tx, run.learner_loop)
+                                policy, outer_tx, run.learner_loop, drift,
+                                spread)
   return Engine(learner, topology, algorithm, run)
 
 

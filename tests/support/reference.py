@@ -89,6 +89,36 @@ class RefOuterSGD:
     return self.anchor
 
 
+def _squared_distance(a, b):
+  return sum(float(np.sum((np.asarray(x, np.float64) -
+                           np.asarray(y, np.float64)) ** 2))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def _drift(learners, levels, level, step):
+  """One averaging's (step, level index, drift, spread), written out."""
+  params = [l['params'] for l in learners]
+
+  def mean_of(group):
+    return jax.tree.map(lambda *xs: np.mean(
+        [np.asarray(x, np.float64) for x in xs], 0), *[params[i]
+                                                       for i in group])
+
+  def group_of(groups, i):
+    return next(g for g in groups if i in g)
+
+  means = {g: mean_of(g) for g in level.groups}
+  drift = np.mean([_squared_distance(p, means[group_of(level.groups, i)])
+                   for i, p in enumerate(params)])
+  spread = None
+  if level is levels[-1] and len(levels) > 1:
+    inner = {g: mean_of(g) for g in levels[-2].groups}
+    spread = np.mean([_squared_distance(
+        inner[group_of(levels[-2].groups, i)],
+        means[group_of(level.groups, i)]) for i in range(len(params))])
+  return step, levels.index(level), drift, spread
+
+
 def _zero_floats(tree):
   return jax.tree.map(
       lambda x: np.zeros_like(x) if np.issubdtype(np.asarray(x).dtype,
@@ -97,13 +127,17 @@ def _zero_floats(tree):
 
 def run(learner: Learner, learners: list[dict], levels, average, images,
         labels, sampler, steps: int, first_step: int = 0, outer=None,
-        reset_opt_state=False, sync_warmup=0):
+        reset_opt_state=False, sync_warmup=0, drift=None):
   """Trains `learners` (dicts of params/batch_stats/opt_state/rng) in place.
 
   `reset_opt_state`: the optimizer's floating state (momentum) of every
   learner in an averaged group is zeroed after the averaging.
   `sync_warmup` W: steps 1..W end with the outermost averaging; periods
-  count from W after that.
+  count from W after that. `drift`: a list that gets, per averaging,
+  `(step, level index, drift, spread)`: the mean over learners of the
+  squared distance of their parameters from their group's mean, and (at
+  the outermost level, else None) of their next-level group's mean from
+  the global mean, before averaging, in float64.
   Returns the list of per-learner, per-step losses.
   """
   step_fn = jax.jit(learner.step)
@@ -126,6 +160,8 @@ def run(learner: Learner, learners: list[dict], levels, average, images,
              if (done - sync_warmup) % lvl.period == 0]
     if due:
       level = due[-1]  # Levels go narrow to wide: the widest wins.
+      if drift is not None:
+        drift.append(_drift(learners, levels, level, done))
       for part in average:
         for group in level.groups:
           mean = _group_mean([l[part] for l in learners], group)
