@@ -124,8 +124,10 @@ class HierarchyStudyTest(absltest.TestCase):
   def test_sweep_table_plots_and_conclusion(self):
     folder = self.create_tempdir().full_path
     root = os.path.join(folder, 'study')
-    # Global averaging every 2 steps (K-AVG) vs every 4 (Hier-AVG).
-    variants = {'kavg_k2': (1, 2, 1), 'hier_s2_k2x2': (2, 2, 2)}
+    # Global averaging every 2 steps (K-AVG) vs every 4 in three levels.
+    variants = {'kavg_k2': {'hier.group_size': 1, 'hier.k1': 2,
+                            'hier.k2': 1},
+                'three_levels': {'hier.levels': ((1, 1), (2, 2), (4, 4))}}
     nb = execute('hierarchy_study.ipynb', {
         'ROOT': root, 'NUM_LEARNERS': 4, 'VARIANTS': variants,
         'SEEDS': [0, 1], 'STEPS': 8, 'EVAL_EVERY': 4, 'LOG_EVERY': 4,
@@ -150,7 +152,8 @@ class HierarchyStudyTest(absltest.TestCase):
     self.assertEqual(plots, ['accuracy_vs_bytes.png', 'accuracy_vs_epoch.png',
                              'accuracy_vs_wall.png',
                              'train_loss_vs_epoch.png'])
-    self.assertLen(outputs(nb, 'image/png'), 4)
+    # The report's four plots and the drift curves.
+    self.assertLen(outputs(nb, 'image/png'), 5)
 
     markdown = outputs(nb, 'text/markdown')
     self.assertEqual(markdown[0], table)
@@ -161,11 +164,11 @@ class HierarchyStudyTest(absltest.TestCase):
     self.assertIsNotNone(named, markdown[1])
     self.assertAlmostEqual(means[named[1]], max(means.values()), places=9,
                            msg=markdown[1])
-    if named[1] == 'hier_s2_k2x2':
-      self.assertIn('**hier_s2_k2x2** also has the fewest global averagings '
+    if named[1] == 'three_levels':
+      self.assertIn('**three_levels** also has the fewest global averagings '
                     '(2).', markdown[1])
     else:
-      self.assertIn('Fewest global averagings: **hier_s2_k2x2** (2 vs 4)',
+      self.assertIn('Fewest global averagings: **three_levels** (2 vs 4)',
                     markdown[1])
 
 
