@@ -15,7 +15,8 @@ from hier_avg.core.learner import Learner
 from hier_avg.core.topology import Topology
 from hier_avg.data import feeds
 from hier_avg.errors import UserError
-from hier_avg.runtime import execution
+from hier_avg.models import im2col
+from hier_avg.runtime import execution, memory
 from hier_avg.runtime.engine import Engine
 
 
@@ -34,6 +35,20 @@ def _check_model_takes(learner: Learner, image_shape, name: str) -> None:
         'strides and pooling leave nothing of them; use larger images '
         '(data.image_size, data.synthetic_image_size) or a model made for '
         'this size.') from None
+
+
+def _im2col_patch_bytes(config, data, topology: Topology) -> int:
+  """im2col's patches for one training step of a device's learners."""
+  model = models.get_model(config.model.name, data.num_classes,
+                           models.make_layers('xla', config.model.dtype),
+                           config.model.stem)
+  images = jax.ShapeDtypeStruct(
+      (config.data.batch_size,) + tuple(data.image_shape), jax.numpy.float32)
+  variables = jax.eval_shape(model.init, jax.random.key(0), images)
+  forward = lambda v, x: model.apply(v, x, train=True,
+                                     mutable=['batch_stats'])
+  return topology.learners_per_device * im2col.patch_bytes(
+      forward, variables, images)
 
 
 def build_topology(config, devices=None) -> Topology:
@@ -58,8 +73,10 @@ def build_engine(config, data, topology: Topology, num_steps: int,
   run = execution.Execution.resolve(
       config.runtime.learner_loop, config.runtime.step_loop,
       config.runtime.max_unrolled_steps, topology.platform)
-  conv = execution.resolve_conv(config.model.conv, run.learner_loop,
-                                topology.learners_per_device)
+  conv = execution.resolve_conv(
+      config.model.conv, run.learner_loop, topology.learners_per_device,
+      lambda: _im2col_patch_bytes(config, data, topology),
+      lambda: memory.device_memory_bytes(topology.mesh.local_devices))
   model = models.get_model(config.model.name, data.num_classes,
                            models.make_layers(conv, config.model.dtype),
                            config.model.stem)

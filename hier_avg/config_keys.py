@@ -206,7 +206,7 @@ KEYS = (
     Key('model.conv', 'auto',
         "Convolution kernel: 'xla', 'im2col' (im2col + matmul; fast for "
         "vmapped learners) or 'auto' (im2col when vmapped learners share a "
-        'device).', one_of(*execution.CONV_CHOICES), resumable=True,
+        "device and its patches fit half the device's memory).", one_of(*execution.CONV_CHOICES), resumable=True,
         keeps_results=True),
     Key('model.stem', 'cifar',
         "ResNet stem: 'cifar' (3x3 stride 1) for 32x32 images, or "

@@ -1,5 +1,7 @@
 """im2col convolution: the same function, gradient and parameters as XLA's."""
 
+from unittest import mock
+
 from absl.testing import absltest
 from absl.testing import parameterized
 import pytest
@@ -7,8 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hier_avg import models
+from hier_avg import builder, models
+from hier_avg.data import datasets
 from hier_avg.models.im2col import im2col_conv, patch_bytes
+from tests.support import configs
 
 # (kernel, strides, padding): the shapes CIFAR networks use, and odd ones.
 CONV_CASES = (
@@ -115,6 +119,52 @@ class PatchBytesTest(absltest.TestCase):
         x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
         feature_group_count=4)
     self.assertEqual(patch_bytes(depthwise, x, w), 0)
+
+
+class AutoConvTest(absltest.TestCase):
+  """'auto' takes im2col for vmapped learners only where its patches fit."""
+
+  def _conv(self, config):
+    data = datasets.synthetic(512, 64, 32, 10)
+    topology = builder.build_topology(config)
+    engine, _ = builder.build_engine(config, data, topology, 10, 10)
+    return topology, engine.learner.model.layers.conv_name
+
+  def _config(self):
+    config = configs.tiny_config(1)
+    config.model.name = 'cnn_small'
+    config.runtime.learner_loop = 'vmap'
+    config.mesh.update(node_devices=1, local_devices=1)  # 8 per device.
+    return config
+
+  def test_patches_that_fit_take_im2col(self):
+    topology, conv = self._conv(self._config())
+    self.assertEqual(topology.learners_per_device, 8)
+    self.assertEqual(conv, 'im2col')
+
+  def test_patches_over_the_memory_share_keep_xla(self):
+    config = self._config()
+    # cnn_small's patches: 8 learners x 8 images x (32x32x27 + 16x16x288
+    # + 8x8x576) floats = 4.6 MiB; a share under that keeps XLA's.
+    need = 8 * 8 * (32 * 32 * 27 + 16 * 16 * 288 + 8 * 8 * 576) * 4
+    with mock.patch.object(builder.memory, 'device_memory_bytes',
+                           return_value=2 * need - 1):
+      self.assertEqual(self._conv(config)[1], 'xla')
+    with mock.patch.object(builder.memory, 'device_memory_bytes',
+                           return_value=2 * need):
+      self.assertEqual(self._conv(config)[1], 'im2col')
+    # Asked for by name, im2col is what runs.
+    config.model.conv = 'im2col'
+    with mock.patch.object(builder.memory, 'device_memory_bytes',
+                           return_value=1):
+      self.assertEqual(self._conv(config)[1], 'im2col')
+
+  def test_the_estimate_is_not_asked_unless_im2col_is_in_question(self):
+    config = self._config()
+    config.runtime.learner_loop = 'unroll'
+    with mock.patch.object(builder, '_im2col_patch_bytes',
+                           side_effect=AssertionError('traced')):
+      self.assertEqual(self._conv(config)[1], 'xla')
 
 
 class MixedPrecisionTest(absltest.TestCase):

@@ -19,6 +19,7 @@ learners) in scanned rounds.
 
 import dataclasses
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 
@@ -43,12 +44,33 @@ def resolve_learner_loop(learner_loop: str, platform: str) -> str:
   return learner_loop
 
 
-def resolve_conv(conv: str, learner_loop: str,
-                 learners_per_device: int) -> str:
-  """'auto': im2col when vmapped learners share a device, else XLA's."""
+# The share of a device's memory im2col's patches may take under 'auto'.
+IM2COL_MEMORY_SHARE = 0.5
+
+
+def resolve_conv(conv: str, learner_loop: str, learners_per_device: int,
+                 patch_bytes=lambda: 0, device_bytes=lambda: 1) -> str:
+  """'auto': im2col when vmapped learners share a device, else XLA's.
+
+  Unless the patches would not fit: im2col materializes every
+  convolution's k x k patches (and training keeps them all for the
+  backward pass), `patch_bytes()` for a device's learners in all
+  (`models.im2col.patch_bytes`); above IM2COL_MEMORY_SHARE of
+  `device_bytes()` 'auto' keeps XLA's convolutions. Both are functions,
+  asked only when im2col is in question.
+  """
   if conv == 'auto':
     vmapped = learner_loop == 'vmap'
-    return 'im2col' if vmapped and learners_per_device > 1 else 'xla'
+    if not (vmapped and learners_per_device > 1):
+      return 'xla'
+    need, budget = patch_bytes(), IM2COL_MEMORY_SHARE * device_bytes()
+    if need <= budget:
+      return 'im2col'
+    logging.info('hier_avg: im2col would need %.1f GiB of patches per '
+                 'device, over %.1f GiB (%g of its memory): XLA '
+                 'convolutions instead', need / 2**30, budget / 2**30,
+                 IM2COL_MEMORY_SHARE)
+    return 'xla'
   return conv
 
 
