@@ -1,22 +1,37 @@
 """Where a run's minibatches and test set come from: resident or streamed.
 
-`ResidentFeed`: a data set small enough to sit whole on every device
-(CIFAR, MNIST, folders, synthetic). A round carries only example indices;
-minibatches are gathered and augmented on device.
+`ResidentFeed`: a data set loaded whole into host memory (CIFAR, MNIST,
+folders, synthetic). Where training reads it from is `data.placement`:
+  * 'device': a copy on every device (`topology.put_replicated`); a round
+    carries only example indices, and minibatches are gathered on device.
+  * 'host': the set stays in host memory; each process gathers its own
+    learners' minibatches of a round there (`topology.put_round_gathered`)
+    and the round carries them, as a streamed round does.
+  * 'auto' (the default): 'device' when the set (train images and labels)
+    fits `data.device_memory_fraction` of each device's memory, else
+    'host'. Fake CPU devices share the host's RAM, so there each device's
+    memory is the host's physical memory over their count: 8 CPU devices
+    holding a copy each cost 8 copies of host RAM.
+Both give the learners the same uint8 minibatches, which they augment on
+device with their own keys, so both placements compute bit-identical runs
+(tested). Evaluation and `recompute_batch_stats` read the host copy batch by
+batch under either placement: the test set is never placed whole.
 `StreamedFeed`: a tfds data set read, decoded and augmented on each host
 (ImageNet, `streaming.py`). A round carries its minibatches.
 
 Both give the train loop the same things: `steps_per_epoch` (steps of one
 pass over the learners' shards), `num_examples` and `examples_per_step`,
 `start(engine, first_step)`, `round_inputs(first, length)` for
-`Engine.train_round`, `max_round_length`, `evaluate` and
-`recompute_batch_stats`.
+`Engine.train_round`, `streamed` (whether those inputs are minibatches),
+`max_round_length`, `evaluate` and `recompute_batch_stats`.
 """
 
 import itertools
+import os
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from hier_avg.data import datasets
@@ -33,15 +48,50 @@ def is_streamed(data_config) -> bool:
   return data_config.name in streaming.STREAMED_NAMES
 
 
-# A streamed round's minibatches are held whole on the host and the devices:
-# rounds are cut so that one process's share stays under this.
+# A round that carries minibatches holds them whole on the host and the
+# devices: rounds are cut so that one process's share stays under this.
 MAX_ROUND_BYTES = 1 << 30
+
+PLACEMENTS = ('auto', 'device', 'host')
+
+
+def _max_round_length(engine: Engine, batch_size: int, image_shape) -> int:
+  """Most steps per round whose minibatches fit MAX_ROUND_BYTES."""
+  learners = len(engine.topology.process_learner_ids())
+  step_bytes = learners * batch_size * int(np.prod(image_shape))
+  return max(1, MAX_ROUND_BYTES // step_bytes)
+
+
+def physical_memory_bytes() -> int:
+  return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+
+
+def device_memory_bytes(devices) -> int:
+  """The memory of the smallest of `devices` (this process's).
+
+  An accelerator reports its own (`memory_stats()['bytes_limit']`). CPU
+  devices report none: they share the host's RAM, so each gets its share.
+  """
+  limits = [(device.memory_stats() or {}).get('bytes_limit')
+            for device in devices]
+  if all(limits):
+    return min(limits)
+  return physical_memory_bytes() // len(devices)
+
+
+def choose_placement(placement: str, data_bytes: int,
+                     budget_bytes: float) -> str:
+  """'device' or 'host' for `data.placement`; 'auto' by the budget."""
+  if placement == 'auto':
+    return 'device' if data_bytes <= budget_bytes else 'host'
+  return placement
 
 
 class ResidentFeed:
-  """The whole data set on every device; rounds carry example indices."""
-  streamed = False
-  max_round_length = 0  # Rounds carry indices only: no limit.
+  """A data set in host memory, placed on every device or kept on the host.
+
+  See the module docstring for `data.placement`.
+  """
 
   def __init__(self, data: datasets.Dataset, data_config, num_learners: int,
                seed: int):
@@ -52,19 +102,60 @@ class ResidentFeed:
     self.steps_per_epoch = self._sampler.steps_per_epoch
     self.num_examples = len(data.train_images)
     self.examples_per_step = num_learners * data_config.batch_size
+    self._placement = data_config.placement
+    self._memory_fraction = data_config.device_memory_fraction
     self._seed = seed
     self._engine = self._images = self._labels = None
+    self.placement = None  # 'device' or 'host', once started.
+
+  @property
+  def streamed(self) -> bool:
+    """Whether rounds carry minibatches (`Engine.train_round`)."""
+    return self.placement == 'host'
+
+  @property
+  def max_round_length(self) -> int:
+    if not self.streamed:
+      return 0  # Rounds carry indices only: no limit.
+    return _max_round_length(self._engine, self._sampler.batch_size,
+                             self.data.image_shape)
+
+  def _choose_placement(self, engine: Engine) -> str:
+    """Decides the placement once and logs it in one line.
+
+    Every process must decide alike (they run the same programs): each
+    budget is of its own devices, and the smallest over processes counts.
+    """
+    data_bytes = self.data.train_images.nbytes + self.data.train_labels.nbytes
+    budget = self._memory_fraction * device_memory_bytes(
+        engine.topology.mesh.local_devices)
+    if jax.process_count() > 1:
+      budget = float(np.min(multihost_utils.process_allgather(
+          np.float32(budget))))
+    placement = choose_placement(self._placement, data_bytes, budget)
+    logging.info(
+        'hier_avg: training set %.1f MiB per device if replicated, budget '
+        '%.1f MiB per device (data.device_memory_fraction=%g); placement '
+        '%s (data.placement=%s)', data_bytes / 2**20, budget / 2**20,
+        self._memory_fraction, placement, self._placement)
+    return placement
 
   def start(self, engine: Engine, first_step: int) -> None:
     del first_step  # Indices are a pure function of the step.
     self._engine = engine
-    self._images, self._labels = engine.topology.put_replicated(
-        self.data.train_images, self.data.train_labels)
+    self.placement = self._choose_placement(engine)
+    if self.placement == 'device':
+      self._images, self._labels = engine.topology.put_replicated(
+          self.data.train_images, self.data.train_labels)
 
   def round_inputs(self, first: int, length: int) -> tuple:
+    topology = self._engine.topology
+    if self.streamed:
+      return topology.put_round_gathered(
+          self._sampler, first, length, self.data.train_images,
+          self.data.train_labels)
     return (self._images, self._labels,
-            self._engine.topology.put_round_indices(self._sampler, first,
-                                                    length))
+            topology.put_round_indices(self._sampler, first, length))
 
   def evaluate(self, params, batch_stats, batch_size: int) -> dict:
     return evaluate(self._engine, params, batch_stats, self.data.test_images,
@@ -98,11 +189,8 @@ class StreamedFeed:
 
   @property
   def max_round_length(self) -> int:
-    """Most steps per round, so a round's images fit in MAX_ROUND_BYTES."""
-    learners = len(self._engine.topology.process_learner_ids())
-    step_bytes = (learners * self._batch_size
-                  * int(np.prod(self.data.image_shape)))
-    return max(1, MAX_ROUND_BYTES // step_bytes)
+    return _max_round_length(self._engine, self._batch_size,
+                             self.data.image_shape)
 
   def start(self, engine: Engine, first_step: int) -> None:
     self._engine = engine
