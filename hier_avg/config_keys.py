@@ -32,6 +32,7 @@ from hier_avg.core import hierarchy
 from hier_avg.core import optim
 from hier_avg.core import policies
 from hier_avg.data import datasets
+from hier_avg.data import feeds
 from hier_avg.data import sampling
 from hier_avg.data import streaming
 from hier_avg.errors import UserError, require
@@ -84,6 +85,12 @@ def fraction(name, value) -> str | None:
   """A momentum: a number in [0, 1)."""
   if not (_is_number(value) and 0 <= value < 1):
     return f'{name}={value!r} must be a number in [0, 1).'
+
+
+def share(name, value) -> str | None:
+  """A part of a whole: a number in (0, 1]."""
+  if not (_is_number(value) and 0 < value <= 1):
+    return f'{name}={value!r} must be a number in (0, 1].'
 
 
 def boolean(name, value) -> str | None:
@@ -230,6 +237,17 @@ KEYS = (
         'Random crop + horizontal flip: pad-4 crops on device for data sets '
         'in memory; Inception-style random-resized crops on the host for '
         'streamed ones.', boolean),
+    Key('data.placement', 'auto',
+        "Where a data set held in memory lives: 'device' (whole on every "
+        "device; rounds carry indices), 'host' (in host memory; each round's "
+        "minibatches are gathered there and shipped) or 'auto' (device when "
+        'it fits device_memory_fraction, else host). Same results either way.',
+        one_of(*feeds.PLACEMENTS), resumable=True, keeps_results=True),
+    Key('data.device_memory_fraction', 0.25,
+        "placement='auto': the share of each device's memory the training "
+        'set may take (on CPU, where devices share host RAM, of the '
+        "host's memory divided among its devices).", share, resumable=True,
+        keeps_results=True),
     Key('data.image_size', 224,
         'Streamed data sets: the square size images are cropped and resized '
         'to (evaluation: a centre crop of image_size / (image_size + 32)).',

@@ -48,8 +48,10 @@ class LogsTest(absltest.TestCase):
                          '--config.train.steps=8', '--config.train.log_every=4')
     self.assertEqual(quiet.returncode, 0, quiet.stderr[-2000:])
     lines = quiet.stderr.splitlines()
-    # Layout (2), 2 progress rows, 1 evaluation, where the results are.
-    self.assertLen(lines, 6, quiet.stderr)
+    # Layout (2), the data's placement, 2 progress rows, 1 evaluation,
+    # where the results are.
+    self.assertLen(lines, 7, quiet.stderr)
+    self.assertIn('placement device (data.placement=auto)', lines[2])
     self.assertNotIn('orbax', quiet.stderr)
     self.assertNotIn("Unable to initialize backend 'tpu'", quiet.stderr)
     self.assertIn('hier_avg: done; summary.json', lines[-1])

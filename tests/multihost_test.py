@@ -72,6 +72,35 @@ class MultiProcessTest(absltest.TestCase):
                      jax.tree.structure(single_model))
 
 
+class HostPlacementMultiProcessTest(absltest.TestCase):
+
+  def test_data_on_the_host_trains_as_on_the_devices(self):
+    # Each process gathers only its own learners' minibatches on its host.
+    tmp = self.create_tempdir().full_path
+    runs = {}
+    for placement in ('device', 'host'):
+      port = launcher.free_port()
+      workdir = os.path.join(tmp, placement)
+      texts = launcher.finish_all(
+          [start(workdir, 4, f'--config.data.placement={placement}',
+                 f'--coordinator_address=127.0.0.1:{port}',
+                 '--num_processes=2', f'--process_id={i}',
+                 log=os.path.join(tmp, f'{placement}{i}.txt'))
+           for i in range(2)], DEADLINE_S, check=True)
+      for text in texts:
+        self.assertIn(f'placement {placement} (data.placement={placement})',
+                      text)
+      runs[placement] = read_run(workdir)
+    (device_rows, device_model), (host_rows, host_model) = (
+        runs['device'], runs['host'])
+    drop = ('images_per_s', 'wall_s')
+    self.assertEqual(
+        [{k: v for k, v in row.items() if k not in drop} for row in host_rows],
+        [{k: v for k, v in row.items() if k not in drop}
+         for row in device_rows])
+    jax.tree.map(np.testing.assert_array_equal, host_model, device_model)
+
+
 class StreamedMultiProcessTest(absltest.TestCase):
   """Streamed ImageNet on 2 processes x 4 devices, each reading its half."""
 

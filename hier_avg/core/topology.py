@@ -110,6 +110,12 @@ class Topology:
     """Arrays (a resident data set) replicated on every device."""
     return tuple(jax.device_put(a, self.replicated_sharding()) for a in arrays)
 
+  def _block_indices(self, sampler, first: int, length: int, index):
+    """[length, block..., B]: the indices of one device's learners."""
+    block = self._device_learners(index)
+    rows = sampler.round_indices(first, length, block.reshape(-1))
+    return rows.reshape((length,) + block.shape + rows.shape[-1:])
+
   def put_round_indices(self, sampler, first: int, length: int):
     """Example indices of steps `[first, first + length)`, like the learners.
 
@@ -117,14 +123,30 @@ class Topology:
     builds only the rows of its own devices' learners
     (`sampler.round_indices(first, length, learner_ids)`).
     """
-    def shard(index):
-      block = self._device_learners(index)
-      rows = sampler.round_indices(first, length, block.reshape(-1))
-      return rows.reshape((length,) + block.shape + rows.shape[-1:])
-
     return jax.make_array_from_callback(
         (length,) + self.grid_shape + (sampler.batch_size,),
-        self.round_sharding(), shard)
+        self.round_sharding(),
+        lambda index: self._block_indices(sampler, first, length, index))
+
+  def put_round_gathered(self, sampler, first: int, length: int,
+                         *arrays_NxD):
+    """The minibatches of steps `[first, first + length)`, gathered on host.
+
+    For a data set held in host memory (`data.placement='host'`), the
+    `arrays_NxD[put_round_indices(...)]` that a device-resident round
+    gathers on device: [length, grid..., B, ...] arrays sharded over the
+    learner axes. The gather is here, where indices are placed, because
+    only the topology knows which learners each device holds: each process
+    gathers only its own devices' rows, from the same indices.
+    """
+    def put(array_NxD):
+      def shard(index):
+        return array_NxD[self._block_indices(sampler, first, length, index)]
+      return jax.make_array_from_callback(
+          (length,) + self.grid_shape + (sampler.batch_size,)
+          + array_NxD.shape[1:], self.round_sharding(), shard)
+
+    return tuple(put(a) for a in arrays_NxD)
 
   def put_round_batches(self, *arrays_KxLxB):
     """A process's streamed minibatches of a round, placed like the learners.

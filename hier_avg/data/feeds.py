@@ -1,27 +1,42 @@
 """Where a run's minibatches and test set come from: resident or streamed.
 
-`ResidentFeed`: a data set small enough to sit whole on every device
-(CIFAR, MNIST, folders, synthetic). A round carries only example indices;
-minibatches are gathered and augmented on device.
+`ResidentFeed`: a data set loaded whole into host memory (CIFAR, MNIST,
+folders, synthetic). Where training reads it from is `data.placement`:
+  * 'device': a copy on every device (`topology.put_replicated`); a round
+    carries only example indices, and minibatches are gathered on device.
+  * 'host': the set stays in host memory; each process gathers its own
+    learners' minibatches of a round there (`topology.put_round_gathered`)
+    and the round carries them, as a streamed round does.
+  * 'auto' (the default): 'device' when the set (train images and labels)
+    fits `data.device_memory_fraction` of each device's memory, else
+    'host'. Fake CPU devices share the host's RAM, so there each device's
+    memory is the host's physical memory over their count: 8 CPU devices
+    holding a copy each cost 8 copies of host RAM.
+Both give the learners the same uint8 minibatches, which they augment on
+device with their own keys, so both placements compute bit-identical runs
+(tested). Evaluation and `recompute_batch_stats` read the host copy batch by
+batch under either placement: the test set is never placed whole.
 `StreamedFeed`: a tfds data set read, decoded and augmented on each host
 (ImageNet, `streaming.py`). A round carries its minibatches.
 
 Both give the train loop the same things: `steps_per_epoch` (steps of one
 pass over the learners' shards), `num_examples` and `examples_per_step`,
 `start(engine, first_step)`, `round_inputs(first, length)` for
-`Engine.train_round`, `max_round_length`, `evaluate` and
-`recompute_batch_stats`.
+`Engine.train_round`, `streamed` (whether those inputs are minibatches),
+`max_round_length`, `evaluate` and `recompute_batch_stats`.
 """
 
 import itertools
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from hier_avg.data import datasets
 from hier_avg.data import sampling
 from hier_avg.data import streaming
+from hier_avg.runtime import memory
 from hier_avg.runtime.engine import Engine
 from hier_avg.errors import require
 from hier_avg.runtime.evaluation import (evaluate, evaluate_batches,
@@ -33,13 +48,23 @@ def is_streamed(data_config) -> bool:
   return data_config.name in streaming.STREAMED_NAMES
 
 
-# A round's minibatches are gathered whole before its steps run: a streamed
-# round's on its host, a resident round's on each device (indexing the data
-# set inside a scanned loop made XLA:CPU copy it every step). Rounds are cut
-# so that one process's (streamed) or one device's (resident) share stays
-# under this: K1 = 2000 steps of 8 learners x 128 CIFAR images per device
-# would otherwise gather 6 GB.
+# A round's minibatches are gathered whole before its steps run: on the host
+# for a streamed set or one kept in host memory, on each device for one
+# placed there (indexing the data set inside a scanned loop made XLA:CPU
+# copy it every step). Rounds are cut so that one process's (host) or one
+# device's share stays under this: K1 = 2000 steps of 8 learners x 128
+# CIFAR images per device would otherwise gather 6 GB.
 MAX_ROUND_BYTES = 1 << 30
+
+PLACEMENTS = ('auto', 'device', 'host')
+
+
+def choose_placement(placement: str, data_bytes: int,
+                     budget_bytes: float) -> str:
+  """'device' or 'host' for `data.placement`; 'auto' by the budget."""
+  if placement == 'auto':
+    return 'device' if data_bytes <= budget_bytes else 'host'
+  return placement
 
 
 def steps_within_round_bytes(step_bytes: int) -> int:
@@ -48,8 +73,10 @@ def steps_within_round_bytes(step_bytes: int) -> int:
 
 
 class ResidentFeed:
-  """The whole data set on every device; rounds carry example indices."""
-  streamed = False
+  """A data set in host memory, placed on every device or kept on the host.
+
+  See the module docstring for `data.placement`.
+  """
 
   def __init__(self, data: datasets.Dataset, data_config, num_learners: int,
                seed: int):
@@ -60,28 +87,63 @@ class ResidentFeed:
     self.steps_per_epoch = self._sampler.steps_per_epoch
     self.num_examples = len(data.train_images)
     self.examples_per_step = num_learners * data_config.batch_size
-    self._batch_size = data_config.batch_size
+    self._placement = data_config.placement
+    self._memory_fraction = data_config.device_memory_fraction
     self._seed = seed
     self._engine = self._images = self._labels = None
+    self.placement = None  # 'device' or 'host', once started.
+
+  @property
+  def streamed(self) -> bool:
+    """Whether rounds carry minibatches (`Engine.train_round`)."""
+    return self.placement == 'host'
+
+  def _choose_placement(self, engine: Engine) -> str:
+    """Decides the placement once and logs it in one line.
+
+    Every process must decide alike (they run the same programs): each
+    budget is of its own devices, and the smallest over processes counts.
+    """
+    data_bytes = self.data.train_images.nbytes + self.data.train_labels.nbytes
+    budget = self._memory_fraction * memory.device_memory_bytes(
+        engine.topology.mesh.local_devices)
+    if jax.process_count() > 1:
+      budget = float(np.min(multihost_utils.process_allgather(
+          np.float32(budget))))
+    placement = choose_placement(self._placement, data_bytes, budget)
+    logging.info(
+        'hier_avg: training set %.1f MiB per device if replicated, budget '
+        '%.1f MiB per device (data.device_memory_fraction=%g); placement '
+        '%s (data.placement=%s)', data_bytes / 2**20, budget / 2**20,
+        self._memory_fraction, placement, self._placement)
+    return placement
 
   @property
   def max_round_length(self) -> int:
-    """Most steps per round, so a device's gathered minibatches fit."""
-    images = self.data.train_images
-    step_bytes = (self._engine.topology.learners_per_device
-                  * self._batch_size * images[0].nbytes)
-    return steps_within_round_bytes(step_bytes)
+    """Most steps per round whose gathered minibatches fit: a process's,
+    gathered on the host, or a device's, gathered on the device."""
+    topology = self._engine.topology
+    learners = (len(topology.process_learner_ids()) if self.streamed
+                else topology.learners_per_device)
+    return steps_within_round_bytes(learners * self._sampler.batch_size *
+                                    self.data.train_images[0].nbytes)
 
   def start(self, engine: Engine, first_step: int) -> None:
     del first_step  # Indices are a pure function of the step.
     self._engine = engine
-    self._images, self._labels = engine.topology.put_replicated(
-        self.data.train_images, self.data.train_labels)
+    self.placement = self._choose_placement(engine)
+    if self.placement == 'device':
+      self._images, self._labels = engine.topology.put_replicated(
+          self.data.train_images, self.data.train_labels)
 
   def round_inputs(self, first: int, length: int) -> tuple:
+    topology = self._engine.topology
+    if self.streamed:
+      return topology.put_round_gathered(
+          self._sampler, first, length, self.data.train_images,
+          self.data.train_labels)
     return (self._images, self._labels,
-            self._engine.topology.put_round_indices(self._sampler, first,
-                                                    length))
+            topology.put_round_indices(self._sampler, first, length))
 
   def evaluate(self, params, batch_stats, batch_size: int) -> dict:
     return evaluate(self._engine, params, batch_stats, self.data.test_images,

@@ -89,9 +89,11 @@ class Engine:
     A round is `length` local steps on every learner (one program, so the
     host dispatches once per round, not once per step) followed by the
     algorithm's `after_round(level)`. `inputs` are `(images, labels,
-    indices)` for a resident data set (`topology.put_replicated`,
-    `topology.put_round_indices`), or the round's `(images, labels)`
-    minibatches when `streamed` (`topology.put_round_batches`).
+    indices)` for a data set resident on the devices
+    (`topology.put_replicated`, `topology.put_round_indices`), or the
+    round's `(images, labels)` minibatches when `streamed`
+    (`topology.put_round_batches` for a streamed set,
+    `topology.put_round_gathered` for one kept in host memory).
     `outputs['loss']` is every learner's minibatch loss per step, [length,
     grid...], sharded: the mean over learners is left to the host, so
     rounds without averaging need no collective at all. The algorithm's
