@@ -9,6 +9,7 @@ from absl.testing import parameterized
 import jax.numpy as jnp
 
 from hier_avg.core import averaging
+from hier_avg.core.hierarchy import Hierarchy
 from hier_avg.tools import cost_model as cm
 from hier_avg.errors import UserError
 from hier_avg.core.schedule import hier_schedule
@@ -19,6 +20,20 @@ CLUSTER = cm.Cluster(intra=cm.Link(2e-6, 100e9), inter=cm.Link(20e-6, 10e9),
                      devices_per_node=4)
 MODEL_BYTES = 4e6
 STEP_S = 0.01
+# Three tiers: nodes of 4 devices, pods of 2 nodes, any number of pods; the
+# pod link is slower again, so a tier mix-up shows.
+POD_LINK = cm.Link(100e-6, 1e9)
+CLUSTER3 = cm.TieredCluster((cm.Tier(4, CLUSTER.intra, 'node'),
+                             cm.Tier(2, CLUSTER.inter, 'pod'),
+                             cm.Tier(None, POD_LINK)))
+# (P, levels, sync warmup, steps): three-level schedules, innermost first.
+LEVELS_CASES = (
+    (16, ((4, 2), (8, 6), (16, 24)), 0, 100),
+    (16, ((2, 1), (8, 4), (16, 8)), 0, 37),
+    (24, ((4, 3), (8, 6), (24, 12)), 5, 61),
+    (32, ((1, 2), (8, 4), (32, 16)), 3, 2),
+    (64, ((4, 4), (8, 16), (64, 64)), 0, 1000),
+)
 
 # (n, bytes, ring all-reduce seconds over LINK, worked by hand)
 RING_CASES = (
@@ -77,6 +92,128 @@ class RingTest(parameterized.TestCase):
     flat = cm.Cluster(CLUSTER.intra, CLUSTER.inter, devices_per_node=1)
     self.assertEqual(cm.allreduce_s(flat, 16, MODEL_BYTES),
                      cm.ring_allreduce_s(CLUSTER.inter, 16, MODEL_BYTES))
+
+
+class TierTest(parameterized.TestCase):
+
+  @parameterized.parameters(1, 2, 4, 8, 12, 16, 64, 1024)
+  def test_two_tiers_are_the_node_cluster(self, n):
+    tiered = cm.TieredCluster((cm.Tier(4, CLUSTER.intra),
+                               cm.Tier(None, CLUSTER.inter)))
+    self.assertEqual(CLUSTER.tiers, (cm.Tier(4, CLUSTER.intra, 'node'),
+                                     cm.Tier(None, CLUSTER.inter, 'cluster')))
+    self.assertEqual(cm.allreduce_s(tiered, n, MODEL_BYTES),
+                     cm.allreduce_s(CLUSTER, n, MODEL_BYTES))
+    if n % 4 == 0:
+      self.assertEqual(cm.predict(tiered, cm.hier(4, 2, 3), n, 50,
+                                  MODEL_BYTES, STEP_S),
+                       predict(cm.hier(4, 2, 3), n, steps=50))
+
+  @parameterized.parameters(
+      (1, (1, 1, 1)), (3, (3, 1, 1)), (4, (4, 1, 1)), (8, (4, 2, 1)),
+      (16, (4, 2, 2)), (24, (4, 2, 3)), (64, (4, 2, 8)))
+  def test_span_packs_innermost_first(self, n, expected):
+    self.assertEqual(cm.span(CLUSTER3, n), expected)
+
+  def test_three_tier_allreduce_by_hand(self):
+    # 16 learners = 2 pods of 2 nodes of 4: one ring of the full 4 MB per
+    # tier. NVLink: 2*3*2us + 2*(3/4)*4MB/100GB/s; between the 2 nodes of a
+    # pod: 2*1*20us + 2*(1/2)*4MB/10GB/s; between the 2 pods: 2*1*100us +
+    # 2*(1/2)*4MB/1GB/s.
+    expected = (12e-6 + 6e-5) + (40e-6 + 4e-4) + (200e-6 + 4e-3)
+    self.assertAlmostEqual(cm.allreduce_s(CLUSTER3, 16, MODEL_BYTES),
+                           expected, delta=1e-12)
+    # 24 = 3 pods: the pod ring has 3: 2*2*100us + 2*(2/3)*4MB/1GB/s.
+    expected = (12e-6 + 6e-5) + (40e-6 + 4e-4) + (400e-6 + 16e-3 / 3)
+    self.assertAlmostEqual(cm.allreduce_s(CLUSTER3, 24, MODEL_BYTES),
+                           expected, delta=1e-12)
+    # 8 = one pod: the pod link is not used.
+    self.assertAlmostEqual(cm.allreduce_s(CLUSTER3, 8, MODEL_BYTES),
+                           (12e-6 + 6e-5) + (40e-6 + 4e-4), delta=1e-12)
+
+  def test_bounded_outermost_tier_caps_the_learners(self):
+    bounded = cm.TieredCluster(CLUSTER3.tiers[:2] + (cm.Tier(3, POD_LINK),))
+    self.assertEqual(cm.span(bounded, 24), (4, 2, 3))
+    self.assertEqual(cm.allreduce_s(bounded, 24, MODEL_BYTES),
+                     cm.allreduce_s(CLUSTER3, 24, MODEL_BYTES))
+    with self.assertRaisesRegex(UserError, 'do not fit the cluster'):
+      cm.span(bounded, 48)
+
+
+class LevelsTest(parameterized.TestCase):
+
+  def test_the_usual_algorithms_as_levels(self):
+    self.assertEqual(cm.sync().levels, ((None, 1),))
+    self.assertEqual(cm.kavg(8).levels, ((None, 8),))
+    self.assertEqual(cm.hier(4, 2, 3).levels, ((4, 2), (None, 6)))
+    self.assertEqual(cm.hier(4, 2, 3).group_sizes(32), (4, 32))
+    self.assertEqual(cm.levels('', ((4, 2), (32, 6), (None, 12))).label,
+                     'levels (4, 2), (32, 6), (P, 12)')
+
+  @parameterized.parameters(*LEVELS_CASES)
+  def test_events_match_the_engine(self, p, pairs, warmup, steps):
+    r = cm.predict(CLUSTER3, cm.levels('', pairs, warmup), p, steps,
+                   MODEL_BYTES, STEP_S)
+    sizes, periods = zip(*pairs)
+    schedule = Hierarchy(p, sizes, periods, warmup).schedule()
+    self.assertEqual(r.events, schedule.counts(steps))
+    self.assertEqual([l.name for l in r.levels], ['local', 'level1',
+                                                  'global'])
+    # And step by step, as the engine's rounds average.
+    by_step = {name: 0 for name in r.events}
+    for step in range(1, steps + 1):
+      level = schedule.level_after(step)
+      if level:
+        by_step[level.name] += 1
+    self.assertEqual(r.events, by_step)
+    self.assertEqual(r.local_events, r.events['local'])
+    self.assertEqual(r.global_events, r.events['global'])
+
+  @parameterized.parameters(*LEVELS_CASES)
+  def test_bytes_and_seconds_per_level(self, p, pairs, warmup, steps):
+    r = cm.predict(CLUSTER3, cm.levels('', pairs, warmup), p, steps,
+                   MODEL_BYTES, STEP_S)
+    for level, (size, period) in zip(r.levels, pairs):
+      self.assertEqual((level.group_size, level.period), (size, period))
+      self.assertEqual(level.bytes_per_learner,
+                       level.events * MODEL_BYTES if size > 1 else 0)
+      self.assertAlmostEqual(
+          level.comm_s,
+          level.events * cm.allreduce_s(CLUSTER3, size, MODEL_BYTES))
+    self.assertAlmostEqual(r.comm_s, sum(l.comm_s for l in r.levels))
+    self.assertEqual(r.bytes_per_learner,
+                     sum(l.bytes_per_learner for l in r.levels))
+
+  def test_groups_of_one_send_nothing(self):
+    r = cm.predict(CLUSTER3, cm.levels('', ((1, 2), (4, 4), (None, 8))), 16,
+                   64, MODEL_BYTES, STEP_S)
+    self.assertEqual(r.events, {'local': 16, 'level1': 8, 'global': 8})
+    self.assertEqual((r.levels[0].bytes_per_learner, r.levels[0].comm_s),
+                     (0.0, 0.0))
+    self.assertGreater(r.levels[1].bytes_per_learner, 0)
+    alone = cm.predict(CLUSTER3, cm.kavg(2), 1, 64, MODEL_BYTES, STEP_S)
+    self.assertEqual((alone.bytes_per_learner, alone.comm_s), (0.0, 0.0))
+
+  def test_two_levels_are_hier(self):
+    self.assertEqual(
+        cm.predict(CLUSTER3, cm.levels('x', ((4, 2), (32, 6))), 32, 100,
+                   MODEL_BYTES, STEP_S),
+        cm.predict(CLUSTER3, cm.hier(4, 2, 3), 32, 100, MODEL_BYTES, STEP_S))
+
+  def test_warmup_averages_globally(self):
+    r = cm.predict(CLUSTER3, cm.levels('', ((4, 4), (None, 8)), 5), 16, 13,
+                   MODEL_BYTES, STEP_S)
+    # Steps 1-5 global; then local after 9, global after 13.
+    self.assertEqual(r.events, {'local': 1, 'global': 6})
+
+  def test_pods_averaging_less_often_saves_time(self):
+    # Pod-level averaging over the pod link instead of every global one.
+    two = cm.predict(CLUSTER3, cm.hier(4, 2, 2), 64, 96, MODEL_BYTES, STEP_S)
+    three = cm.predict(CLUSTER3, cm.levels('', ((4, 2), (8, 4), (None, 16))),
+                       64, 96, MODEL_BYTES, STEP_S)
+    self.assertEqual(two.local_events, three.local_events)
+    self.assertLess(three.comm_s, two.comm_s)
+    self.assertGreater(three.speedup_vs_sync, two.speedup_vs_sync)
 
 
 class PredictTest(parameterized.TestCase):
@@ -165,6 +302,35 @@ class PredictTest(parameterized.TestCase):
       ('no_devices', lambda: cm.Cluster(LINK, LINK, 0)),
       ('zero_epochs', lambda: cm.epoch_table(CLUSTER, [8], [cm.sync()], 1, 1,
                                              100, 1, 0)),
+      ('zero_fan_out', lambda: cm.Tier(0, LINK)),
+      ('fan_out_not_an_int', lambda: cm.Tier(2.5, LINK)),
+      ('tier_without_a_link', lambda: cm.Tier(4, None)),
+      ('no_tiers', lambda: cm.TieredCluster(())),
+      ('not_a_tier', lambda: cm.TieredCluster(((4, LINK),))),
+      ('unbounded_inner_tier',
+       lambda: cm.TieredCluster((cm.Tier(None, LINK), cm.Tier(4, LINK)))),
+      ('learners_exceed_the_cluster', lambda: cm.allreduce_s(
+          cm.TieredCluster((cm.Tier(4, LINK), cm.Tier(2, LINK))), 16, 1)),
+      ('partial_pods', lambda: cm.allreduce_s(CLUSTER3, 12, 1)),
+      ('no_levels', lambda: cm.levels('x', ())),
+      ('level_not_a_pair', lambda: cm.levels('x', ((4, 2, 1),))),
+      ('zero_period', lambda: cm.levels('x', ((4, 0), (None, 4)))),
+      ('zero_group', lambda: cm.levels('x', ((0, 2), (None, 4)))),
+      ('inner_group_of_everybody', lambda: cm.levels('x', ((None, 2),
+                                                          (None, 4)))),
+      ('groups_do_not_nest', lambda: cm.levels('x', ((4, 2), (6, 4),
+                                                     (None, 8)))),
+      ('periods_do_not_nest', lambda: cm.levels('x', ((4, 2), (8, 6),
+                                                      (None, 8)))),
+      ('negative_warmup', lambda: cm.levels('x', ((None, 2),), -1)),
+      ('outer_group_is_not_p', lambda: cm.predict(
+          CLUSTER3, cm.levels('x', ((4, 2), (16, 4))), 32, 10, 1, 1)),
+      ('middle_group_does_not_divide_p', lambda: cm.predict(
+          CLUSTER3, cm.levels('x', ((4, 2), (16, 4), (None, 8))), 24, 10, 1,
+          1)),
+      ('group_straddles_pods', lambda: cm.predict(
+          CLUSTER3, cm.levels('x', ((4, 2), (12, 4), (None, 8))), 48, 10, 1,
+          1)),
   )
   def test_bad_input_is_a_one_line_user_error(self, make):
     with self.assertRaises(UserError) as e:
@@ -177,22 +343,49 @@ class TableTest(absltest.TestCase):
   def test_command_prints_a_row_per_learner_count_and_algorithm(self):
     script = os.path.join(os.path.dirname(os.path.dirname(__file__)),
                           'benchmarks', 'cost_table.py')
-    out = subprocess.run(
-        [sys.executable, script, '--learners=8,128', '--k1=2', '--k2=8'],
-        capture_output=True, text=True, timeout=120, check=True).stdout
-    lines = out.strip().split('\n')
+    run = lambda *flags: subprocess.run(
+        [sys.executable, script, '--learners=8,128', '--k1=2', '--k2=8',
+         *flags], capture_output=True, text=True, timeout=120,
+        check=True).stdout.strip().split('\n')
+    # Two tiers: four rows per P.
+    lines = run('--nodes_per_pod=0')
     self.assertStartsWith(lines[0], '| P | nodes | steps/epoch | algorithm |')
     self.assertLen(lines, 2 + 2 * 4)
-    self.assertStartsWith(lines[2], '| 8 | 2 | 48.83 | sync SGD |')
-    self.assertIn('| 128 | 32 | 3.05 | Hier-AVG S=4 K1=2 K2=8 |', lines[-1])
-    self.assertTrue(all(line.endswith('|') for line in lines))
+    self.assertStartsWith(lines[2], '| 8 | 2 | 48.83 | sync SGD | 48.83 |')
+    # 610 steps in 200 epochs: 305 - 38 local and 38 global averagings.
+    self.assertIn('| 128 | 32 | 3.05 | Hier-AVG S=4 K1=2 K2=8 | 1.33 / 0.19 |',
+                  lines[-1])
+    self.assertTrue(all(line.count('|') == 11 for line in lines))
+    # Three tiers (the default: pods of 8 nodes): P = 8 fits in one pod, so
+    # only P = 128 (4 pods) gets the three-level row.
+    # K3 = 2: of the 610 steps, 267 end with a local averaging, 38 - 19 with
+    # a pod one and 19 with a global one.
+    lines = run('--k3=2')
+    self.assertStartsWith(lines[0],
+                          '| P | nodes | pods | steps/epoch | algorithm |')
+    self.assertLen(lines, 2 + 4 + 5)
+    self.assertStartsWith(lines[2], '| 8 | 2 | 1 | 48.83 | sync SGD |')
+    self.assertStartsWith(
+        lines[-1], '| 128 | 32 | 4 | 3.05 | Hier-AVG levels (4, 2), '
+        '(32, 16), (P, 32) | 1.33 / 0.10 / 0.10 |')
+    self.assertTrue(all(line.count('|') == 12 for line in lines))
 
   def test_fractional_epochs_average_over_the_run(self):
     # 50,000 / (1024 * 128) = 0.38 steps per epoch: 38 steps in 100 epochs.
     table = cm.epoch_table(CLUSTER, [1024], [cm.kavg(2)], MODEL_BYTES, STEP_S,
                            50_000, 128, 100)
-    self.assertIn('| 1024 | 256 | 0.38 | K-AVG K=2 | 0.00 | 0.19 |',
-                  table)
+    self.assertIn('| 1024 | 256 | 0.38 | K-AVG K=2 | 0.19 |', table)
+
+  def test_a_function_of_p_gives_rows_where_it_fits(self):
+    def pods(p):
+      return cm.levels('pods', ((4, 2), (8, 4), (None, 8))) if p > 8 else None
+    table = cm.epoch_table(CLUSTER3, [8, 16], [cm.sync(), pods], MODEL_BYTES,
+                           STEP_S, 50_000, 128, 10)
+    lines = table.split('\n')
+    self.assertLen(lines, 2 + 1 + 2)
+    self.assertStartsWith(lines[0], '| P | nodes | pods | steps/epoch |')
+    self.assertStartsWith(lines[-1], '| 16 | 4 | 2 | 24.40 | pods | 6.10 / '
+                          '3.10 / 3.00 |')
 
 
 if __name__ == '__main__':

@@ -2,23 +2,34 @@ r"""Predicted communication and time per epoch: an alpha-beta model.
 
   python benchmarks/cost_table.py --learners=8,128,1024 --k1=4 --k2=8
 
-Compares synchronous SGD, K-AVG and Hier-AVG on one cluster. Every averaging
-event is an all-reduce of one learner's averaged state (`model_bytes`, the
-number `averaging.bytes_per_learner` gives); event counts come from
-`hier_schedule(...).counts`, so they agree exactly with the engine's counters.
-Communication is not overlapped with compute.
+Compares synchronous SGD, K-AVG and Hier-AVG of any depth on one cluster.
+Every averaging event is an all-reduce of one learner's averaged state
+(`model_bytes`, the number `averaging.bytes_per_learner` gives); event
+counts come from `Hierarchy(...).schedule().counts`, so they agree exactly
+with the engine's counters. Communication is not overlapped with compute.
 
-Layout: one learner per device, `devices_per_node` devices per node, so P
-learners fill P / devices_per_node nodes whatever the algorithm; a Hier-AVG
-group of S learners is S <= devices_per_node devices of one node (the intended
-case) or S / devices_per_node whole nodes.
+A cluster is a list of tiers, innermost first, each joining `fan_out` units
+of the tier inside it over one link: e.g. 8 GPUs per node over NVLink, 16
+nodes per pod over InfiniBand, pods over a datacentre interconnect
+(`TieredCluster`); `Cluster(intra, inter, devices_per_node)` is the two-tier
+case of devices in nodes. An algorithm is a list of levels, innermost first,
+of (group size, period), as `hier.levels` (`Algorithm`, `levels`); `sync()`,
+`kavg(k)` and `hier(s, k1, k2)` are the usual ones.
+
+Layout: one learner per device, packed innermost first, so P learners fill
+the same devices whatever the algorithm; a group of S learners is S
+consecutive devices, so S divides, or is a multiple of, the devices of each
+bounded unit (node, pod): S <= devices per node in one node (the intended
+case for the innermost level), or S / devices per node whole nodes of one
+pod, or whole pods, and so on.
 """
 
 import dataclasses
-from typing import Sequence
+import math
+from typing import Callable, Sequence
 
+from hier_avg.core.hierarchy import Hierarchy
 from hier_avg.errors import require
-from hier_avg.core.schedule import hier_schedule
 
 RESNET18_FP32_BYTES = 11_173_962 * 4
 
@@ -36,7 +47,51 @@ class Link:
 
 
 @dataclasses.dataclass(frozen=True)
+class Tier:
+  """`fan_out` units of the tier inside (devices, for the innermost tier)
+  joined by `link` make one unit of this tier, called `unit` ('node',
+  'pod'). `link.bytes_per_s` is per unit of the tier inside: per device for
+  the innermost tier, per node for the next (a node's devices share it), per
+  pod for the one after. `fan_out=None`: as many units as the learners need
+  (the outermost tier only)."""
+  fan_out: int | None
+  link: Link
+  unit: str = ''
+
+  def __post_init__(self):
+    require(self.fan_out is None or (isinstance(self.fan_out, int) and
+                                     self.fan_out >= 1),
+            f'tier fan-out {self.fan_out!r} must be an integer >= 1 (or None '
+            'for an unbounded outermost tier).')
+    require(isinstance(self.link, Link), f'tier link {self.link!r} must be a '
+            'cost_model.Link.')
+
+
+@dataclasses.dataclass(frozen=True)
+class TieredCluster:
+  """Tiers innermost first: `(Tier(8, nvlink, 'node'), Tier(16, ib, 'pod'),
+  Tier(None, datacentre))` is nodes of 8 GPUs, pods of 16 nodes, and any
+  number of pods."""
+  tiers: tuple[Tier, ...]
+
+  def __post_init__(self):
+    object.__setattr__(self, 'tiers', tuple(self.tiers))
+    require(self.tiers, 'a cluster needs at least one tier.')
+    for i, tier in enumerate(self.tiers):
+      require(isinstance(tier, Tier), f'tier {i} ({tier!r}) must be a '
+              'cost_model.Tier(fan_out, link).')
+      require(tier.fan_out is not None or i == len(self.tiers) - 1,
+              f'tier {i} has fan_out=None; only the outermost tier may be '
+              'unbounded.')
+
+  @property
+  def devices_per_node(self) -> int | None:
+    return self.tiers[0].fan_out
+
+
+@dataclasses.dataclass(frozen=True)
 class Cluster:
+  """Two tiers: devices in nodes, and as many nodes as needed."""
   intra: Link   # Device to device inside a node (NVLink), per device.
   inter: Link   # Node to node (Ethernet/IB), per node: its devices share it.
   devices_per_node: int
@@ -44,6 +99,51 @@ class Cluster:
   def __post_init__(self):
     require(self.devices_per_node >= 1, 'devices_per_node='
             f'{self.devices_per_node} must be >= 1.')
+
+  @property
+  def tiers(self) -> tuple[Tier, ...]:
+    return (Tier(self.devices_per_node, self.intra, 'node'),
+            Tier(None, self.inter, 'cluster'))
+
+
+AnyCluster = Cluster | TieredCluster
+
+
+def unit_name(cluster: AnyCluster, i: int) -> str:
+  return cluster.tiers[i].unit or f'tier-{i} unit'
+
+
+def unit_devices(cluster: AnyCluster) -> tuple[int, ...]:
+  """Devices in one unit of each bounded tier, innermost first."""
+  sizes, size = [], 1
+  for tier in cluster.tiers:
+    if tier.fan_out is None:
+      break
+    size *= tier.fan_out
+    sizes.append(size)
+  return tuple(sizes)
+
+
+def span(cluster: AnyCluster, n: int) -> tuple[int, ...]:
+  """Participants per tier of an all-reduce among `n` learners packed
+  innermost first: `m_i` units of tier i-1 (devices, for i = 0) in each
+  unit of tier i, with `n = m_0 m_1 ... m_{T-1}`."""
+  require(n >= 1 and n == int(n),
+          f'an all-reduce needs a whole number >= 1 of participants, got {n}.')
+  n = int(n)
+  counts, rest = [], n
+  for i, (tier, devices) in enumerate(
+      zip(cluster.tiers, unit_devices(cluster) + (None,))):
+    m = rest if tier.fan_out is None else min(rest, tier.fan_out)
+    require(rest % m == 0, f'{n} learners do not fill whole '
+            f'{unit_name(cluster, i)}s of {devices} devices; use a multiple '
+            'of it.')
+    counts.append(m)
+    rest //= m
+  require(rest == 1, f'{n} learners do not fit the cluster\'s '
+          f'{math.prod(unit_devices(cluster))} devices; add an unbounded '
+          'outermost tier (fan_out=None) or use fewer learners.')
+  return tuple(counts)
 
 
 def ring_allreduce_s(link: Link, n: int, nbytes: float) -> float:
@@ -53,66 +153,166 @@ def ring_allreduce_s(link: Link, n: int, nbytes: float) -> float:
           2 * (n - 1) / n * nbytes / link.bytes_per_s)
 
 
-def allreduce_s(cluster: Cluster, n: int, nbytes: float) -> float:
-  """All-reduce among `n` learners packed into nodes, done hierarchically.
+def allreduce_s(cluster: AnyCluster, n: int, nbytes: float) -> float:
+  r"""All-reduce among `n` learners packed into the tiers, done hierarchically.
 
-  Reduce-scatter inside each node, then each device all-reduces its 1/d shard
-  with its peers on the other nodes (the d rings run at once and share the
-  node's link, so together they move the full `nbytes` over it), then
-  all-gather inside the node. Intra reduce-scatter + all-gather cost exactly
-  one intra ring all-reduce, so the total is two ring terms.
+  With `m_i` participants at tier i (`span`), M = `nbytes` and tier i's link
+  (alpha_i, beta_i):
+
+    T(n, M) = sum_i [2 (m_i - 1) alpha_i + 2 (m_i - 1) / m_i * M / beta_i],
+
+  one ring all-reduce of the full M per tier (a tier with m_i = 1 costs 0).
+
+  Reduce-scatter inside each unit of the innermost tier (each device then
+  holds a 1/m_0 shard), then reduce-scatter the shards across the next tier
+  (1/(m_0 m_1) each), and so on; the outermost tier all-reduces its shards,
+  and all-gathers retrace the way down. At tier i each of the m_0 ...
+  m_{i-1} devices of a unit of tier i-1 runs a ring of m_i, with its peers
+  in the other units, on its M / (m_0 ... m_{i-1}) shard; the rings run at
+  once and share the unit's link, so together they move the full M over
+  it. A reduce-scatter plus its all-gather cost exactly one ring
+  all-reduce, hence one ring term of M per tier. With two tiers (nodes of
+  d devices): an intra ring among min(n, d) plus an inter ring among n / d.
 
   Why hierarchical and not a flat ring over all n: the flat ring moves about
   the same bytes over each node's link but pays 2(n-1) inter-node latencies
   instead of 2(n/d-1) (at n = 1024: 2046 vs 510); NCCL and Horovod do the
   hierarchical thing, and a baseline (sync SGD) should not be a straw man.
   """
-  per_node = min(n, cluster.devices_per_node)
-  require(n % per_node == 0, f'{n} learners do not fill whole nodes of '
-          f'{cluster.devices_per_node} devices; use a multiple of it.')
-  return (ring_allreduce_s(cluster.intra, per_node, nbytes) +
-          ring_allreduce_s(cluster.inter, n // per_node, nbytes))
+  return sum(ring_allreduce_s(tier.link, m, nbytes)
+             for tier, m in zip(cluster.tiers, span(cluster, n)))
 
 
 @dataclasses.dataclass(frozen=True)
 class Algorithm:
-  """Any of the three algorithms, as Hier-AVG parameters."""
+  """Levels of averaging, innermost first, as `hier.levels`: each
+  (group size, period in local steps); the outermost group size None (or
+  P) means every learner. `sync_warmup` W: steps 1..W each end with the
+  outermost averaging, then the periods count from W
+  (`hier.sync_warmup_steps`)."""
   label: str
-  group_size: int  # S: learners per local averaging.
-  k1: int          # Local steps between averagings.
-  k2: int          # Local averagings between global ones.
+  levels: tuple[tuple[int | None, int], ...]
+  sync_warmup: int = 0
+
+  def __post_init__(self):
+    object.__setattr__(self, 'levels',
+                       tuple(tuple(level) for level in self.levels))
+    levels = self.levels
+    require(levels and all(len(level) == 2 for level in levels),
+            f'{self.label}: levels={levels} must be one or more (group size, '
+            'period) pairs.')
+    for i, (size, period) in enumerate(levels):
+      require(isinstance(period, int) and period >= 1,
+              f'{self.label}: period {period!r} must be an integer >= 1.')
+      require((size is None and i == len(levels) - 1) or
+              (isinstance(size, int) and size >= 1),
+              f'{self.label}: group size {size!r} must be an integer >= 1 '
+              '(None: every learner, the outermost level only).')
+    for (s_in, t_in), (s_out, t_out) in zip(levels, levels[1:]):
+      require(s_out is None or s_out % s_in == 0,
+              f'{self.label}: group size {s_out} must be a multiple of the '
+              f'{s_in} inside it (groups nest).')
+      require(t_out % t_in == 0, f'{self.label}: period {t_out} must be a '
+              f'multiple of the {t_in} inside it.')
+    require(isinstance(self.sync_warmup, int) and self.sync_warmup >= 0,
+            f'{self.label}: sync_warmup={self.sync_warmup!r} must be an '
+            'integer >= 0.')
+
+  def group_sizes(self, num_learners: int) -> tuple[int, ...]:
+    *inner, (outer, _) = self.levels
+    return tuple(s for s, _ in inner) + (
+        num_learners if outer is None else outer,)
+
+  @property
+  def periods(self) -> tuple[int, ...]:
+    return tuple(t for _, t in self.levels)
+
+  def hierarchy(self, num_learners: int) -> Hierarchy:
+    """The engine's `Hierarchy` for `num_learners` learners."""
+    sizes, p = self.group_sizes(num_learners), num_learners
+    require(sizes[-1] == p, f'{self.label}: the outermost group size '
+            f'{sizes[-1]} must be hier.num_learners={p} (or None).')
+    for inner, outer in zip(sizes, sizes[1:]):
+      require(outer % inner == 0, f'{self.label}: group size {inner} must '
+              f'divide the {outer} around it (hier.num_learners={p}).')
+    return Hierarchy(p, sizes, self.periods, self.sync_warmup)
 
 
 def sync() -> Algorithm:
   # Averaging the models after every step equals all-reducing the gradients.
-  return Algorithm('sync SGD', 1, 1, 1)
+  return Algorithm('sync SGD', ((None, 1),))
 
 
 def kavg(k: int) -> Algorithm:
-  return Algorithm(f'K-AVG K={k}', 1, k, 1)
+  return Algorithm(f'K-AVG K={k}', ((None, k),))
 
 
 def hier(group_size: int, k1: int, k2: int) -> Algorithm:
-  return Algorithm(f'Hier-AVG S={group_size} K1={k1} K2={k2}', group_size,
-                   k1, k2)
+  return Algorithm(f'Hier-AVG S={group_size} K1={k1} K2={k2}',
+                   ((group_size, k1), (None, k1 * k2)))
+
+
+def describe_levels(pairs) -> str:
+  """'(4, 4), (32, 16), (P, 64)': None as P."""
+  return ', '.join(f'({"P" if s is None else s}, {t})' for s, t in pairs)
+
+
+def levels(label: str, pairs, sync_warmup: int = 0) -> Algorithm:
+  """Any depth: `levels('', ((4, 4), (32, 16), (None, 64)))`; an empty
+  label becomes 'levels (4, 4), (32, 16), (P, 64)'."""
+  pairs = tuple(tuple(pair) for pair in pairs)
+  return Algorithm(label or f'levels {describe_levels(pairs)}', pairs,
+                   sync_warmup)
+
+
+@dataclasses.dataclass(frozen=True)
+class LevelPrediction:
+  """One level's share of a `Prediction`."""
+  name: str                 # 'local', 'level1', ..., 'global', as the engine.
+  group_size: int
+  period: int
+  events: int
+  bytes_per_learner: float  # Payload: events x averaged state bytes.
+  comm_s: float
 
 
 @dataclasses.dataclass(frozen=True)
 class Prediction:
   """Per learner, over the `steps` predicted (an epoch's worth, usually)."""
   steps: int
-  local_events: int
-  global_events: int
-  local_bytes_per_learner: float   # Payload: events x averaged state bytes.
-  global_bytes_per_learner: float
-  local_comm_s: float
-  global_comm_s: float
+  levels: tuple[LevelPrediction, ...]  # Innermost first.
   compute_s: float
   sync_total_s: float              # Same cluster, steps and model, sync SGD.
 
+  def level(self, name: str) -> LevelPrediction | None:
+    return next((l for l in self.levels if l.name == name), None)
+
+  @property
+  def events(self) -> dict[str, int]:
+    return {l.name: l.events for l in self.levels}
+
+  def _of(self, name: str, field: str):
+    level = self.level(name)
+    return getattr(level, field) if level else 0
+
+  # The two-level names; 0 where the algorithm has no such level (sync SGD
+  # and K-AVG have only 'global').
+  local_events = property(lambda self: self._of('local', 'events'))
+  global_events = property(lambda self: self._of('global', 'events'))
+  local_bytes_per_learner = property(
+      lambda self: self._of('local', 'bytes_per_learner'))
+  global_bytes_per_learner = property(
+      lambda self: self._of('global', 'bytes_per_learner'))
+  local_comm_s = property(lambda self: self._of('local', 'comm_s'))
+  global_comm_s = property(lambda self: self._of('global', 'comm_s'))
+
+  @property
+  def bytes_per_learner(self) -> float:
+    return sum(l.bytes_per_learner for l in self.levels)
+
   @property
   def comm_s(self) -> float:
-    return self.local_comm_s + self.global_comm_s
+    return sum(l.comm_s for l in self.levels)
 
   @property
   def total_s(self) -> float:
@@ -123,75 +323,103 @@ class Prediction:
     return self.sync_total_s / self.total_s if self.total_s else 1.0
 
 
-def predict(cluster: Cluster, algorithm: Algorithm, num_learners: int,
+def check_tiles(cluster: AnyCluster, group_size: int, what: str) -> None:
+  """Groups of `group_size` consecutive devices tile the cluster's units:
+  the size divides, or is a multiple of, the devices of each bounded unit."""
+  for i, devices in enumerate(unit_devices(cluster)):
+    require(group_size % devices == 0 or devices % group_size == 0,
+            f'{what} must divide, or be a multiple of, the '
+            f'{devices} devices of a {unit_name(cluster, i)}, so groups tile '
+            f'the {unit_name(cluster, i)}s.')
+
+
+def predict(cluster: AnyCluster, algorithm: Algorithm, num_learners: int,
             steps: int, model_bytes: float, step_s: float) -> Prediction:
   """Events, bytes and seconds of `steps` local steps of `algorithm`.
 
   Args:
-    cluster: links and node size.
-    algorithm: `sync()`, `kavg(k)` or `hier(s, k1, k2)`.
+    cluster: tiers and links (`Cluster` or `TieredCluster`).
+    algorithm: `sync()`, `kavg(k)`, `hier(s, k1, k2)` or `levels(...)`.
     num_learners: P.
     steps: local steps per learner (steps_per_epoch for one epoch).
     model_bytes: bytes of one learner's averaged state per event.
     step_s: compute seconds of one local step.
   """
-  p, s = num_learners, algorithm.group_size
-  require(p >= 1 and s >= 1 and p % s == 0, f'hier.group_size={s} must '
-          f'divide hier.num_learners={p} (both >= 1).')
-  d = cluster.devices_per_node
-  require(s % d == 0 or d % s == 0, f'hier.group_size={s} must divide, or be '
-          f'a multiple of, devices_per_node={d}, so groups tile the nodes.')
+  p = num_learners
+  require(p >= 1 and p == int(p), f'hier.num_learners={p} must be a whole '
+          'number >= 1.')
+  p = int(p)
+  sizes = algorithm.group_sizes(p)
+  hierarchy = algorithm.hierarchy(p)
+  names = hierarchy.level_names
+  span(cluster, p)  # P fills whole units.
+  for name, size in zip(names[:-1], sizes[:-1]):
+    check_tiles(cluster, size, f'hier.group_size={size}' if len(sizes) == 2
+                else f'{algorithm.label}: the {name} group size {size}')
   require(steps >= 0, f'steps={steps} must be >= 0.')
-  require(algorithm.k1 >= 1 and algorithm.k2 >= 1,
-          f'k1={algorithm.k1} and k2={algorithm.k2} must be >= 1.')
   require(model_bytes >= 0 and step_s >= 0, f'model_bytes={model_bytes} and '
           f'step_s={step_s} must be >= 0.')
-  counts = hier_schedule(algorithm.k1, algorithm.k2).counts(steps)
-  # Averaging among one learner is a no-op: it sends nothing.
-  local_bytes = counts['local'] * model_bytes if s > 1 else 0.0
-  global_bytes = counts['global'] * model_bytes if p > 1 else 0.0
+  counts = hierarchy.schedule().counts(steps)
+  # Averaging among one learner is a no-op: it sends nothing. One
+  # all-reduce per event; `averaging` issues one per dtype, so a state of
+  # several float dtypes pays a few more latencies, not modeled here.
+  per_level = tuple(
+      LevelPrediction(
+          name, size, period, counts[name],
+          counts[name] * model_bytes if size > 1 else 0.0,
+          counts[name] * allreduce_s(cluster, size, model_bytes))
+      for name, size, period in zip(names, sizes, algorithm.periods))
   compute_s = steps * step_s
-  # One all-reduce per event; `averaging` issues one per dtype, so a state
-  # of several float dtypes pays a few more latencies, not modeled here.
-  local_comm_s = counts['local'] * allreduce_s(cluster, s, model_bytes)
-  global_comm_s = counts['global'] * allreduce_s(cluster, p, model_bytes)
   if algorithm == sync():
-    sync_total_s = local_comm_s + global_comm_s + compute_s
+    sync_total_s = sum(l.comm_s for l in per_level) + compute_s
   else:
     sync_total_s = predict(cluster, sync(), p, steps, model_bytes,
                            step_s).total_s
-  return Prediction(steps, counts['local'], counts['global'], local_bytes,
-                    global_bytes, local_comm_s, global_comm_s, compute_s,
-                    sync_total_s)
+  return Prediction(steps, per_level, compute_s, sync_total_s)
 
 
-def epoch_table(cluster: Cluster, learners: Sequence[int],
-                algorithms: Sequence[Algorithm], model_bytes: float,
-                step_s: float, num_examples: int, batch_size: int,
-                epochs: int) -> str:
+def epoch_table(
+    cluster: AnyCluster, learners: Sequence[int],
+    algorithms: Sequence[Algorithm | Callable[[int], Algorithm | None]],
+    model_bytes: float, step_s: float, num_examples: int, batch_size: int,
+    epochs: int) -> str:
   """A Markdown table of per-epoch figures, averaged over `epochs` epochs.
 
   An epoch is num_examples / (P B) steps, a fraction when P B > num_examples
   (the engine refuses those: B > N / P), and an averaging period can exceed
   an epoch, so counts are taken over the whole run and divided by `epochs`.
+  One column per bounded tier counts its units (nodes, pods); per-level
+  figures are lists, innermost level first. An entry of `algorithms` may be
+  a function of P giving the algorithm for P learners, or None for no row
+  (a three-level hierarchy of pods needs more than one pod).
   """
   require(epochs >= 1 and batch_size >= 1 and num_examples >= 1,
           'epochs, batch_size and num_examples must be >= 1.')
   gb = 1e9
-  rows = ['| P | nodes | steps/epoch | algorithm | local avg/epoch | '
-          'global avg/epoch | local GB/learner/epoch | global GB/learner/epoch '
-          '| comm s/epoch | total s/epoch | speedup vs sync |',
-          '|' + '---|' * 11]
+  units = unit_devices(cluster)[:len(cluster.tiers) - 1]
+  unit_columns = ''.join(f'{unit_name(cluster, i)}s | '
+                         for i in range(len(units)))
+  rows = [f'| P | {unit_columns}steps/epoch | algorithm | avg/epoch per level '
+          '| GB/learner/epoch per level | comm s/epoch per level | '
+          'comm s/epoch | total s/epoch | speedup vs sync |',
+          '|' + '---|' * (9 + len(units))]
+
+  def per_level(values, fmt):
+    return ' / '.join(format(v / epochs, fmt) for v in values)
+
   for p in learners:
     steps = round(num_examples / (p * batch_size) * epochs)
-    nodes = -(-p // cluster.devices_per_node)
-    for algorithm in algorithms:
+    counts = ''.join(f'{-(-p // devices)} | ' for devices in units)
+    for entry in algorithms:
+      algorithm = entry if isinstance(entry, Algorithm) else entry(p)
+      if algorithm is None:
+        continue
       r = predict(cluster, algorithm, p, steps, model_bytes, step_s)
       rows.append(
-          f'| {p} | {nodes} | {steps / epochs:.2f} | {algorithm.label} | '
-          f'{r.local_events / epochs:.2f} | {r.global_events / epochs:.2f} | '
-          f'{r.local_bytes_per_learner / gb / epochs:.3g} | '
-          f'{r.global_bytes_per_learner / gb / epochs:.3g} | '
+          f'| {p} | {counts}{steps / epochs:.2f} | {algorithm.label} | '
+          f'{per_level([l.events for l in r.levels], ".2f")} | '
+          f'{per_level([l.bytes_per_learner / gb for l in r.levels], ".3g")} '
+          f'| {per_level([l.comm_s for l in r.levels], ".3g")} | '
           f'{r.comm_s / epochs:.3g} | {r.total_s / epochs:.3g} | '
           f'{r.speedup_vs_sync:.2f} |')
   return '\n'.join(rows)
