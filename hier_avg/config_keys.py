@@ -30,6 +30,7 @@ import ml_collections
 from hier_avg import models
 from hier_avg.core import hierarchy
 from hier_avg.core import optim
+from hier_avg.core import periods
 from hier_avg.core import policies
 from hier_avg.data import datasets
 from hier_avg.data import feeds
@@ -117,6 +118,20 @@ def level_pairs(name, value) -> str | None:
             'integers >= 1, innermost first, e.g. ((2, 2), (8, 8)).')
 
 
+def integers_tuple(minimum: int) -> Check:
+  def check(name, value):
+    if not (isinstance(value, (tuple, list)) and
+            all(_is_integer(x) and x >= minimum for x in value)):
+      return (f'{name}={value!r} must be a tuple of integers >= {minimum}, '
+              'e.g. (2, 4).')
+  return check
+
+
+def power_of_two(name, value) -> str | None:
+  if not (_is_integer(value) and value >= 1 and value & (value - 1) == 0):
+    return f'{name}={value!r} must be a power of two (1, 2, 4, 8, ...).'
+
+
 def one_of(*choices) -> Check:
   def check(name, value):
     if value not in choices:
@@ -170,6 +185,28 @@ KEYS = (
         'W: steps 1..W each end with a global averaging (synchronous SGD, '
         "as post-local SGD starts); the levels' periods then count from W "
         "(torch's PeriodicModelAverager(warmup_steps=W)).", integer(0)),
+    Key('hier.period_schedule', 'constant',
+        "Averaging periods over training (hier_avg/core/periods.py): "
+        "'constant'; 'step' (all periods times period_factors[i] from "
+        'epoch period_milestones[i] on); '
+        "'adaptive' (AdaComm: at each outermost averaging the multiplier "
+        'becomes ceil(sqrt(loss / first loss) * adaptive_base), clipped to '
+        '[adaptive_min, adaptive_max], rounded down to a power of two). A '
+        'change takes effect at an outermost averaging; periods then count '
+        'from there.', one_of(*periods.PERIOD_SCHEDULES)),
+    Key('hier.period_milestones', (),
+        "Epochs at which 'step' multiplies every period...", numbers_tuple),
+    Key('hier.period_factors', (),
+        '...by these integers (one per milestone; the multiplier from it '
+        'on, not cumulative).', integers_tuple(1)),
+    Key('hier.adaptive_base', 4,
+        "'adaptive': the periods' multiplier at start (a power of two).",
+        power_of_two),
+    Key('hier.adaptive_min', 1,
+        "'adaptive': the smallest multiplier (a power of two).",
+        power_of_two),
+    Key('hier.adaptive_max', 8,
+        "'adaptive': the largest multiplier (a power of two).", power_of_two),
     Key('hier.measure_drift', True,
         "At each averaging, the mean over learners of the squared distance "
         "of a learner's parameters from its group's mean, before averaging "
@@ -347,10 +384,24 @@ def _relations(config) -> None:
     require(hier.num_learners % hier.group_size == 0,
             f'hier.num_learners={hier.num_learners} is not divisible by '
             f'hier.group_size={hier.group_size}; choose S that divides P.')
+  milestones = tuple(hier.period_milestones)
+  require(len(milestones) == len(hier.period_factors),
+          f'hier.period_milestones={milestones} and hier.period_factors='
+          f'{tuple(hier.period_factors)} must have one factor per milestone.')
+  require(all(m >= 0 for m in milestones) and
+          all(a < b for a, b in zip(milestones, milestones[1:])),
+          f'hier.period_milestones={milestones} must be increasing epochs '
+          '>= 0.')
+  require(hier.adaptive_min <= hier.adaptive_base <= hier.adaptive_max,
+          f'hier.adaptive_base={hier.adaptive_base} must lie in '
+          f'[hier.adaptive_min, hier.adaptive_max] = [{hier.adaptive_min}, '
+          f'{hier.adaptive_max}].')
   if hier.algorithm == 'asgd':
-    require(not hier.levels and not hier.sync_warmup_steps,
+    require(not hier.levels and not hier.sync_warmup_steps and
+            hier.period_schedule == 'constant',
             "hier.algorithm='asgd' has one shared model and no averaging "
-            'levels; leave hier.levels empty and hier.sync_warmup_steps 0.')
+            'levels; leave hier.levels empty, hier.sync_warmup_steps 0 and '
+            "hier.period_schedule 'constant'.")
     # One shared model and optimizer: no averaging for these to act on.
     require(hier.outer_lr == 1 and hier.outer_momentum == 0,
             "hier.algorithm='asgd' has no global averaging for an outer "

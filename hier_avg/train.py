@@ -1,10 +1,12 @@
 """`train_and_evaluate(config, workdir)`: the whole run, top to bottom.
 
 Stages: check the config -> lay out learners on devices -> load data ->
-build learner, algorithm and engine -> take the workdir (one run at a time)
--> create the sharded state, or resume it from the newest checkpoint ->
-train round by round, logging, evaluating the globally averaged model and
-checkpointing as the cadence says -> write the summary, plots and model.
+build learner, algorithm (with its averaging periods over training) and
+engine -> take the workdir (one run at a time) -> create the sharded
+state, or resume it (and the periods' phases) from the newest checkpoint
+-> train round by round, logging, evaluating the globally averaged model
+and checkpointing as the cadence says -> write the summary, plots and
+model.
 Everything that can refuse the run happens before the workdir is touched.
 """
 
@@ -15,8 +17,9 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 
-from hier_avg import builder, config_keys
+from hier_avg import algorithms, builder, config_keys
 from hier_avg.core import optim
+from hier_avg.core import periods as periods_lib
 from hier_avg.core.hierarchy import Hierarchy
 from hier_avg.core.policies import AveragingPolicy
 from hier_avg.data import feeds
@@ -25,6 +28,7 @@ from hier_avg.run import checkpoint, export, preemption, workdirs
 from hier_avg.run.cadence import Cadence
 from hier_avg.run.metrics import MetricsWriter, SUMMARY_FILE, read_summary
 from hier_avg.run.progress import Progress, TrainingDiverged
+from hier_avg.run.progress import step_mean_losses
 from hier_avg.runtime import compilation_cache, evaluation
 
 
@@ -55,6 +59,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   num_steps = total_steps(config.train, feed.steps_per_epoch)
   engine, lr_schedule = builder.build_engine(
       config, feed.data, topology, num_steps, feed.steps_per_epoch)
+  # `hier.period_schedule`: the controller owns the phases; the loop tells
+  # it each outermost averaging and keeps its state in every checkpoint.
+  engine.algorithm, periods = algorithms.with_period_schedule(
+      engine.algorithm, config.hier, feed.steps_per_epoch)
   logging.info('hier_avg: %s; %s', topology.describe(),
                engine.algorithm.description)
 
@@ -62,8 +70,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
   with workdirs.held(workdir), checkpoint.Checkpoints(
       workdir, config.train.keep_checkpoints) as checkpoints:
     agreed = _what_a_resumption_keeps(config, num_steps)
-    state = _fresh_or_resumed(engine, checkpoints, config, agreed,
-                              feed.data.image_shape)
+    state, record = _fresh_or_resumed(engine, checkpoints, config, agreed,
+                                      feed.data.image_shape)
+    if periods is not None:
+      if record is not None:
+        periods.restore(record['periods'])
+      logging.info('hier_avg: averaging periods: %s%s',
+                   periods_lib.describe_phases(
+                       periods_lib.phases_before(periods.phases, num_steps)),
+                   ' so far' if periods.needs_losses else '')
     first_step = int(state.step)
     require(first_step <= num_steps,
             f'the run in {workdir} already reached step {first_step}, past '
@@ -90,7 +105,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                    engine.schedule.shortest_period)
     with MetricsWriter(workdir, keep_until_step=first_step) as writer:
       loop = _Loop(config, workdir, engine, feed, checkpoints, writer,
-                   lr_schedule, cadence, agreed)
+                   lr_schedule, cadence, agreed, periods)
       return loop.run(state)
 
 
@@ -101,7 +116,8 @@ def _what_a_resumption_keeps(config, num_steps: int) -> dict:
 
 
 def _fresh_or_resumed(engine, checkpoints, config, agreed, image_shape):
-  """A fresh state, or the newest checkpoint's when the config matches."""
+  """A fresh state, or the newest checkpoint's when the config matches;
+  and that checkpoint's record (None: fresh)."""
   state = engine.init_state(config.seed, image_shape)
 
   def check(record):
@@ -112,14 +128,15 @@ def _fresh_or_resumed(engine, checkpoints, config, agreed, image_shape):
                              checkpoints.directory)
 
   restored = checkpoints.restore(state, check)
-  return state if restored is None else restored[0]
+  return (state, None) if restored is None else restored
 
 
 class _Loop:
   """The rounds of one run, and what the host does between them."""
 
   def __init__(self, config, workdir, engine, feed, checkpoints, writer,
-               lr_schedule, cadence: Cadence, agreed: dict):
+               lr_schedule, cadence: Cadence, agreed: dict,
+               periods: periods_lib.PeriodController | None = None):
     self.config, self.workdir = config, workdir
     self.engine, self.feed = engine, feed
     self.checkpoints, self.writer = checkpoints, writer
@@ -128,6 +145,9 @@ class _Loop:
     self.policy = AveragingPolicy.from_config(config.hier)
     self.agreed = agreed  # Saved with every checkpoint.
     self.last_eval, self.last_loss = {}, float('nan')
+    self.periods = periods
+    # The rounds' losses since the last outermost averaging, for `periods`.
+    self._period_losses = []
 
   def epoch(self, step: int) -> float:
     """Examples seen / N: a pass over the shards may leave some out."""
@@ -150,6 +170,7 @@ class _Loop:
             state, round_, feed.round_inputs(round_.first, round_.length),
             feed.streamed)
         progress.add(round_.first, outputs, round_.level)
+        self._tell_periods(round_, outputs)
         done = round_.end
         stopping = stop.agreed()
         due = self.cadence.due(done, stopping=stopping)
@@ -176,7 +197,7 @@ class _Loop:
         'epochs': self.epoch(num_steps),
         'resumed_from_step': first_step,
         'compiled_round_programs': len(engine.compiled_rounds),
-        **_levels(self.config.hier),
+        **_levels(self.config.hier, engine.schedule, num_steps),
         'wall_s': progress.wall_s,
         **engine.counters(channels, num_steps),
         'topology': engine.topology.describe(),
@@ -214,23 +235,60 @@ class _Loop:
                    self.last_eval['test_loss'])
     self.writer.write(**row, wall_s=progress.wall_s)
 
+  def _tell_periods(self, round_, outputs) -> None:
+    """Tells the period controller each outermost averaging, so that it
+    may start a phase before the next round is planned (`Schedule.rounds`
+    plans one round at a time)."""
+    periods = self.periods
+    if periods is None:
+      return
+    # The warmup's steps (rounds of one step) belong to no phase.
+    if periods.needs_losses and round_.end > self.engine.schedule.sync_warmup:
+      self._period_losses.append((round_.first, outputs['loss']))
+    outermost = self.engine.schedule.levels[-1]
+    if round_.level is None or round_.level.name != outermost.name:
+      return
+    # Adaptive periods wait here for the round's losses: one host sync
+    # per outermost averaging.
+    self._hand_losses_to_periods()
+    before = periods.phases[-1]
+    periods.after_outermost(round_.end)
+    if periods.phases[-1] != before and round_.end < self.num_steps:
+      logging.info('hier_avg: from step %d every averaging period x%d',
+                   round_.end, periods.phases[-1].multiplier)
+
+  def _hand_losses_to_periods(self) -> None:
+    # Gathered from every process (`step_mean_losses`): all processes
+    # see the same losses and take the same decision.
+    if self._period_losses:
+      self.periods.add_losses(step_mean_losses(self._period_losses))
+      self._period_losses.clear()
+
   def _save(self, state, step: int) -> None:
     # Never keep a diverged state: the last good checkpoint must stay good.
     if not bool(_all_finite(state.params)):
       raise TrainingDiverged(
           f'training diverged: non-finite parameters after step {step}; '
           'lower opt.lr or add opt.warmup_epochs.')
-    self.checkpoints.save(state, {'step': step, **self.agreed})
+    record = {'step': step, **self.agreed}
+    if self.periods is not None:
+      self._hand_losses_to_periods()
+      record['periods'] = self.periods.record()
+    self.checkpoints.save(state, record)
 
 
-def _levels(hier_config) -> dict:
+def _levels(hier_config, schedule, num_steps: int) -> dict:
   """The effective hierarchy, (group size, period) per level, for the
-  summary (whichever keys spelled it)."""
+  summary (whichever keys spelled it), and the phases of its periods,
+  (start step, multiplier) each."""
   if hier_config.algorithm != 'hier':
     return {}
   hierarchy = Hierarchy.from_config(hier_config)
   return {'levels': [list(level) for level in zip(hierarchy.group_sizes,
-                                                  hierarchy.periods)]}
+                                                  hierarchy.periods)],
+          'period_phases': [[p.start, p.multiplier] for p in
+                            periods_lib.phases_before(schedule.phases,
+                                                      num_steps)]}
 
 
 @jax.jit

@@ -8,7 +8,7 @@ and `asgd` (simulated asynchronous SGD, the papers' baseline).
 import dataclasses
 
 from hier_avg.algorithms import asgd, hierarchical
-from hier_avg.core import outer
+from hier_avg.core import outer, periods
 from hier_avg.core.learner import Learner
 from hier_avg.core.policies import AveragingPolicy
 from hier_avg.core.hierarchy import Hierarchy
@@ -38,3 +38,19 @@ def from_config(hier_config, learner: Learner, topology: Topology,
             'unused)' if hier_config.levels else '')
   return dataclasses.replace(
       algorithm, description=f'{hierarchy.describe()}{unused}')
+
+
+def with_period_schedule(algorithm: Algorithm, hier_config,
+                         steps_per_epoch: int
+                         ) -> tuple[Algorithm, periods.PeriodController | None]:
+  """`algorithm` with `hier.period_schedule`'s periods, and the controller
+  the train loop feeds (None for 'constant': `algorithm` unchanged)."""
+  schedule = algorithm.schedule
+  controller = None
+  if hier_config.algorithm == 'hier' and schedule.levels:
+    controller = periods.from_config(hier_config, schedule.sync_warmup,
+                                     schedule.levels[-1].period,
+                                     steps_per_epoch)
+  if controller is None:
+    return algorithm, None
+  return hierarchical.with_periods(algorithm, controller), controller

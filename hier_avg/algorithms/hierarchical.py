@@ -7,6 +7,7 @@ optional outer optimizer (SlowMo / DiLoCo, `core/outer.py`) steps on the
 pseudo-gradient.
 """
 
+import dataclasses
 import functools
 import math
 
@@ -14,6 +15,7 @@ import optax
 
 from hier_avg.core import averaging, outer
 from hier_avg.core.learner import Learner, step_key
+from hier_avg.core.periods import PeriodController
 from hier_avg.core.policies import AveragingPolicy
 from hier_avg.core.schedule import Level, Schedule
 from hier_avg.core.state import TrainState
@@ -106,3 +108,16 @@ def make(learner: Learner, topology: Topology, schedule: Schedule,
       event_counts=schedule.counts,
       extra_state=('outer',) if outer_tx is not None else (),
       extend_state=extend_state)
+
+
+def with_periods(algorithm: Algorithm,
+                 periods: PeriodController) -> Algorithm:
+  """`algorithm` (from `make`) averaging in `periods`' phases.
+
+  The levels and their compiled rounds stay the same; when each averages
+  and how many averaged (the counters) follow the phases.
+  """
+  schedule = algorithm.schedule.with_periods(periods)
+  return dataclasses.replace(
+      algorithm, schedule=schedule, event_counts=schedule.counts,
+      description=f'{algorithm.description}; periods {periods.rule}')

@@ -7,10 +7,12 @@ levels fall on the same step the widest one wins: a global averaging replaces
 the local one of that step. A third level (pods of nodes) is one more entry.
 """
 
+import bisect
 import dataclasses
 import math
 from typing import Iterator, Sequence
 
+from hier_avg.core.periods import Phase, PeriodController
 from hier_avg.core.topology import LOCAL, NODE
 
 
@@ -41,21 +43,50 @@ class Schedule:
   (synchronous SGD; post-local SGD), and the periods count from W, as
   torch's `PeriodicModelAverager(warmup_steps=W)` does: with W = 5 and
   K1 = 4 the first local averaging follows step 9.
+
+  `periods` (`core/periods.py`): the phases of periods that change over
+  training, each `(start, multiplier m)`: from its start on every level
+  averages every m times its `period`, counted from that start. A level's
+  `period` is its period at m = 1. None: one phase, m = 1 from W. Phases
+  may be added while training (adaptive periods): every answer reads the
+  phases as they are when asked, and `rounds` plans one round at a time.
   """
   levels: tuple[Level, ...]  # Narrowest (most frequent) first.
   sync_warmup: int = 0
+  periods: PeriodController | None = dataclasses.field(default=None,
+                                                       compare=False)
 
   def __post_init__(self):
     for inner, outer in zip(self.levels, self.levels[1:]):
       assert outer.period % inner.period == 0, (inner, outer)
       assert set(inner.axes) <= set(outer.axes), (inner, outer)
+    assert self.phases[0].start == self.sync_warmup, self.phases
+
+  def with_periods(self, periods: PeriodController | None) -> 'Schedule':
+    """The same levels with `periods`' phases."""
+    return dataclasses.replace(self, periods=periods)
+
+  @property
+  def phases(self) -> tuple[Phase, ...]:
+    """The phases so far, in order; the first starts at W."""
+    if self.periods is None:
+      return (Phase(self.sync_warmup, 1),)
+    return self.periods.phases
+
+  def _phase_of(self, step: int) -> Phase:
+    """The phase step `step` (1-based) belongs to (the first for the
+    warmup's steps)."""
+    phases = self.phases
+    starts = [p.start for p in phases]
+    return phases[max(0, bisect.bisect_left(starts, step) - 1)]
 
   def level_after(self, step: int) -> Level | None:
     """The averaging done after local step `step` (1-based), or None."""
     if step <= self.sync_warmup and self.levels:
       return self.levels[-1]
+    phase = self._phase_of(step)
     for level in reversed(self.levels):
-      if (step - self.sync_warmup) % level.period == 0:
+      if (step - phase.start) % (level.period * phase.multiplier) == 0:
         return level
     return None
 
@@ -65,8 +96,9 @@ class Schedule:
       return math.inf
     if step < self.sync_warmup:
       return step + 1
-    k = self.shortest_period
-    return self.sync_warmup + ((step - self.sync_warmup) // k + 1) * k
+    phase = self._phase_of(step + 1)
+    k = self.shortest_period * phase.multiplier
+    return phase.start + ((step - phase.start) // k + 1) * k
 
   def rounds(self, start: int, stop: int,
              cut_every: Sequence[int] = ()) -> Iterator[Round]:
@@ -78,15 +110,16 @@ class Schedule:
     replaced by their greatest common divisor, which cuts at each of them
     with rounds of one length: cuts at 4 and 6 with K = 12 would otherwise
     make rounds of 4, 2, 2 and 4 steps, two compiled programs where one
-    does.
+    does. With phases, K is the phase's (m times the narrowest period), and
+    each round is planned when the one before has been taken.
     """
-    k = self.shortest_period
     cuts = [p for p in cut_every if p > 0]
-    dividing = [p for p in cuts if k % p == 0]
-    periods = [p for p in cuts if k % p] + (
-        [math.gcd(*dividing)] if dividing else [])
     step = start
     while step < stop:
+      k = self.shortest_period * self._phase_of(step + 1).multiplier
+      dividing = [p for p in cuts if k % p == 0]
+      periods = [p for p in cuts if k % p] + (
+          [math.gcd(*dividing)] if dividing else [])
       end = min([stop, self._next_averaging(step)] +
                 [(step // p + 1) * p for p in periods])
       yield Round(step, end - step, self.level_after(end))
@@ -94,7 +127,8 @@ class Schedule:
 
   @property
   def shortest_period(self) -> int:
-    """Steps between averagings of the narrowest level (1: none)."""
+    """Steps between averagings of the narrowest level (1: none), at
+    m = 1."""
     return self.levels[0].period if self.levels else 1
 
   def fit_cap(self, cap: int) -> int:
@@ -104,36 +138,48 @@ class Schedule:
     period changes nothing (0: no cap); a smaller one becomes the largest
     divisor of that period under it. A cap of 6 with K1 = 4 would otherwise
     make rounds of 4 and 2 steps, each length its own compiled program.
+    With phases the cap must divide the narrowest period of every
+    multiplier the run may use, K times their greatest common divisor, and
+    changes nothing only from K times the largest.
     """
     if cap <= 0 or not self.levels:
       return cap
-    period = self.shortest_period
-    if cap >= period:
+    multipliers = (self.periods.multipliers if self.periods is not None
+                   else (1,))
+    if cap >= self.shortest_period * max(multipliers):
       return 0
-    return max(d for d in range(1, cap + 1) if period % d == 0)
+    period = self.shortest_period * math.gcd(*multipliers)
+    return max(d for d in range(1, min(cap, period) + 1) if period % d == 0)
 
   def describe(self) -> str:
     if not self.levels:
       return 'no averaging'
-    return ', '.join(f'{l.name} averaging over {"+".join(l.axes)} every '
-                     f'{l.period} step(s)' for l in self.levels)
+    levels = ', '.join(f'{l.name} averaging over {"+".join(l.axes)} every '
+                       f'{l.period} step(s)' for l in self.levels)
+    if self.periods is None:
+      return levels
+    return f'{levels}; periods {self.periods.rule}'
 
   def counts(self, steps: int) -> dict[str, int]:
     """Averagings of each level done in the first `steps` steps.
 
     A step divisible by an outer period counts for the outer level only;
-    each warmup step counts for the outermost.
+    each warmup step counts for the outermost. Each phase counts from its
+    start (where the phase before ended in an outermost averaging).
     """
     warmup = min(steps, self.sync_warmup)
-    after = steps - warmup
-    counts = {}
-    for i, level in enumerate(self.levels):
-      n = after // level.period
-      if i + 1 < len(self.levels):
-        n -= after // self.levels[i + 1].period
-      else:
-        n += warmup
-      counts[level.name] = n
+    counts = {level.name: 0 for level in self.levels}
+    phases = self.phases
+    for phase, after in zip(phases, phases[1:] + (None,)):
+      end = steps if after is None else min(steps, after.start)
+      n = max(0, end - phase.start)
+      for i, level in enumerate(self.levels):
+        counts[level.name] += n // (level.period * phase.multiplier)
+        if i + 1 < len(self.levels):
+          counts[level.name] -= n // (self.levels[i + 1].period *
+                                      phase.multiplier)
+    if self.levels:
+      counts[self.levels[-1].name] += warmup
     return counts
 
 

@@ -18,6 +18,22 @@ class TrainingDiverged(UserError):
   """The loss or the parameters became NaN or infinite."""
 
 
+def gather_losses(pending) -> list[tuple[int, np.ndarray]]:
+  """(step, every learner's loss) for each step of `pending`'s rounds,
+  each `(first step, [length, grid...] losses)`, from every process."""
+  return [(first + 1 + i, step_loss.reshape(-1))
+          for first, round_loss in pending
+          for i, step_loss in enumerate(
+              multihost_utils.process_allgather(round_loss, tiled=True))]
+
+
+def step_mean_losses(pending) -> list[tuple[int, float]]:
+  """(step, mean loss over all learners of all processes, in float64) for
+  each step of `pending` (as `gather_losses`): the same on every host."""
+  return [(step, float(np.mean(loss, dtype=np.float64)))
+          for step, loss in gather_losses(pending)]
+
+
 class Progress:
   """Losses and training time since the last row, and in all."""
 
@@ -48,10 +64,7 @@ class Progress:
     over that level's averagings since the last call.
     """
     segment_s = time.perf_counter() - self._segment_start
-    losses = [(first + 1 + i, step_loss.reshape(-1))
-              for first, round_loss in self._pending
-              for i, step_loss in enumerate(
-                  multihost_utils.process_allgather(round_loss, tiled=True))]
+    losses = gather_losses(self._pending)
     self._pending.clear()
     for step, loss in losses:
       bad = np.flatnonzero(~np.isfinite(loss))

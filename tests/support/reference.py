@@ -127,7 +127,7 @@ def _zero_floats(tree):
 
 def run(learner: Learner, learners: list[dict], levels, average, images,
         labels, sampler, steps: int, first_step: int = 0, outer=None,
-        reset_opt_state=False, sync_warmup=0, drift=None):
+        reset_opt_state=False, sync_warmup=0, drift=None, level_at=None):
   """Trains `learners` (dicts of params/batch_stats/opt_state/rng) in place.
 
   `reset_opt_state`: the optimizer's floating state (momentum) of every
@@ -137,7 +137,9 @@ def run(learner: Learner, learners: list[dict], levels, average, images,
   `(step, level index, drift, spread)`: the mean over learners of the
   squared distance of their parameters from their group's mean, and (at
   the outermost level, else None) of their next-level group's mean from
-  the global mean, before averaging, in float64.
+  the global mean, before averaging, in float64. `level_at`: a function
+  of the step t (1-based) giving the index into `levels` of the averaging
+  after it, or None; it replaces the periods and `sync_warmup`.
   Returns the list of per-learner, per-step losses.
   """
   step_fn = jax.jit(learner.step)
@@ -153,7 +155,10 @@ def run(learner: Learner, learners: list[dict], levels, average, images,
       row.append(float(loss))
     losses.append(row)
     done = t + 1
-    if done <= sync_warmup:
+    if level_at is not None:
+      index = level_at(done)
+      due = [] if index is None else [levels[index]]
+    elif done <= sync_warmup:
       due = levels[-1:]
     else:
       due = [lvl for lvl in levels
