@@ -17,7 +17,6 @@ import pytest
 import jax
 import numpy as np
 
-from hier_avg.run import export
 from tests.support import launcher
 from tests.support import outputs
 
@@ -86,12 +85,6 @@ def results(rows) -> list[dict]:
   return [{k: r.get(k) for k in keys} for r in rows]
 
 
-def read_run(workdir):
-  rows = outputs.metrics_rows(workdir)
-  model = export.load_model(os.path.join(workdir, export.MODEL_FILE))
-  return rows, model
-
-
 class SlurmTest(absltest.TestCase):
 
   def test_two_tasks_join_one_run_like_explicit_flags(self):
@@ -124,8 +117,9 @@ class SlurmTest(absltest.TestCase):
                     text)
     self.assertIn("learner grid {'node': 2, 'local': 4} on mesh {'node': 2, "
                   "'local': 4}", auto_texts[0])
-    auto_rows, auto_model = read_run(os.path.join(tmp, 'auto'))
-    explicit_rows, explicit_model = read_run(os.path.join(tmp, 'explicit'))
+    auto_rows, auto_model = outputs.rows_and_model(os.path.join(tmp, 'auto'))
+    explicit_rows, explicit_model = outputs.rows_and_model(
+        os.path.join(tmp, 'explicit'))
     self.assertEqual([r['step'] for r in auto_rows], [2, 4, 6, 8])
     self.assertEqual([r['step'] for r in auto_rows if 'test_accuracy' in r],
                      [4, 8])

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import optax
 
+from hier_avg.core.hierarchy import Hierarchy
 from tests.support import devices
 from tests.support import engines
 from tests.support import reference
@@ -273,23 +274,13 @@ class SpecialCasesTest(parameterized.TestCase):
 class LayoutInvarianceTest(absltest.TestCase):
 
   def test_same_parameters_on_1_2_4_8_devices(self):
-    # Vmapped learners: unrolled, the 16 learners of one device compile 16
-    # copies of the step (minutes on CPU), and this test is about where the
-    # learners live, not how a device packs them (OracleTest checks both
-    # packings against the reference).
-    data = engines.tiny_data()
-    learner = engines.make_learner('bn', data)
-    sampler = engines.make_sampler(data, 16)
-    results = {}
-    for mesh in ((1, 1), (1, 2), (2, 2), (2, 4)):
-      engine = engines.make_engine(learner, 16, 4, 2, 2, mesh, pack='vmap')
-      self.assertEqual(engine.topology.mesh_shape, mesh)
-      state = engines.run_engine(engine, data, sampler, 20)
-      results[mesh] = jax.tree.map(np.asarray, (state.params,
-                                                state.batch_stats))
-    for mesh, tree in results.items():
+    # Vmapped (OracleTest checks both packings against the reference).
+    results = engines.train_on_meshes(
+        Hierarchy(16, (4, 16), (2, 4)), ((1, 1), (1, 2), (2, 2), (2, 4)), 20)
+    for mesh, (shape, tree) in results.items():
       with self.subTest(mesh=mesh):
-        trees.assert_trees_close(tree, results[(1, 1)], atol=1e-6)
+        self.assertEqual(shape, mesh)
+        trees.assert_trees_close(tree, results[(1, 1)][1], atol=1e-6)
 
 
 if __name__ == '__main__':

@@ -2,7 +2,6 @@
 what a round gathers (under a byte cap), and evaluation batches (within the
 test set)."""
 
-import os
 import tempfile
 import types
 from unittest import mock
@@ -15,7 +14,6 @@ import numpy as np
 from hier_avg import config_keys, train
 from hier_avg.core.schedule import hier_schedule
 from hier_avg.data import datasets, feeds
-from hier_avg.run import export
 from hier_avg.runtime import evaluation, memory
 from hier_avg.runtime.engine import Engine
 from tests.support import devices, engines, outputs
@@ -96,7 +94,7 @@ def _results(workdir):
   """What a run computed: its final model and its metrics rows' values."""
   rows = [{k: v for k, v in row.items() if k not in ('images_per_s', 'wall_s')}
           for row in outputs.metrics_rows(workdir)]
-  return export.load_model(os.path.join(workdir, export.MODEL_FILE)), rows
+  return outputs.final_model(workdir), rows
 
 
 class PlacementRunTest(absltest.TestCase):

@@ -6,17 +6,16 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import chex
 import jax
-import numpy as np
 import pytest
 
 from hier_avg import builder, config_keys, train
 from hier_avg.core.hierarchy import Hierarchy
 from hier_avg.core.schedule import hier_schedule
 from hier_avg.errors import UserError
-from hier_avg.run import export
 from tests.support import configs
 from tests.support import devices
 from tests.support import engines
+from tests.support import outputs
 from tests.support import reference
 from tests.support import trees
 
@@ -153,20 +152,13 @@ class ThreeLevelOracleTest(parameterized.TestCase):
 class ThreeLevelRunTest(absltest.TestCase):
 
   def test_same_parameters_on_1_2_4_8_devices(self):
-    data = engines.tiny_data()
-    learner = engines.make_learner('bn', data)
-    sampler = engines.make_sampler(data, 8)
-    results = {}
-    for mesh in ((1, 1, 1), (1, 1, 2), (1, 2, 2), (2, 2, 2)):
-      engine = engines.make_levels_engine(learner, _hierarchy(THREE_LEVELS),
-                                          mesh, pack='vmap')
-      self.assertEqual(engine.topology.mesh_shape, mesh)
-      state = engines.run_engine(engine, data, sampler, STEPS)
-      results[mesh] = jax.tree.map(np.asarray, (state.params,
-                                                state.batch_stats))
-    for mesh, tree in results.items():
+    results = engines.train_on_meshes(
+        _hierarchy(THREE_LEVELS),
+        ((1, 1, 1), (1, 1, 2), (1, 2, 2), (2, 2, 2)), STEPS)
+    for mesh, (shape, tree) in results.items():
       with self.subTest(mesh=mesh):
-        trees.assert_trees_close(tree, results[(1, 1, 1)], atol=1e-6)
+        self.assertEqual(shape, mesh)
+        trees.assert_trees_close(tree, results[(1, 1, 1)][1], atol=1e-6)
 
   def test_levels_spelling_trains_the_group_size_spelling_bit_for_bit(self):
     def run(**hier):
@@ -174,7 +166,7 @@ class ThreeLevelRunTest(absltest.TestCase):
       config.hier.update(num_learners=8, **hier)
       workdir = tempfile.mkdtemp()
       summary = train.train_and_evaluate(config, workdir)
-      return summary, export.load_model(f'{workdir}/{export.MODEL_FILE}')
+      return summary, outputs.final_model(workdir)
 
     pairs, pairs_model = run(levels=((4, 2), (8, 6)))
     keys, keys_model = run(group_size=4, k1=2, k2=3)

@@ -12,7 +12,6 @@ import pytest
 import jax
 import numpy as np
 
-from hier_avg.run import export
 from hier_avg import models
 from hier_avg.data import streaming
 from tests.support import fake_imagenet
@@ -30,12 +29,6 @@ CONFIG = (*launcher.FAST, '--config.train.steps=8',
 
 def start(workdir, devices, *flags, log):
   return launcher.start(workdir, *CONFIG, *flags, devices=devices, log=log)
-
-
-def read_run(workdir):
-  rows = outputs.metrics_rows(workdir)
-  model = export.load_model(os.path.join(workdir, export.MODEL_FILE))
-  return rows, model
 
 
 class MultiProcessTest(absltest.TestCase):
@@ -56,8 +49,9 @@ class MultiProcessTest(absltest.TestCase):
 
     self.assertIn("learner grid {'node': 2, 'local': 4} on mesh {'node': 2, "
                   "'local': 4}", multi_log)
-    multi_rows, multi_model = read_run(os.path.join(tmp, 'multi'))
-    single_rows, single_model = read_run(os.path.join(tmp, 'single'))
+    multi_rows, multi_model = outputs.rows_and_model(os.path.join(tmp, 'multi'))
+    single_rows, single_model = outputs.rows_and_model(
+        os.path.join(tmp, 'single'))
     self.assertEqual([r['step'] for r in multi_rows],
                      [r['step'] for r in single_rows])
     for a, b in zip(multi_rows, single_rows):
@@ -90,7 +84,7 @@ class HostPlacementMultiProcessTest(absltest.TestCase):
       for text in texts:
         self.assertIn(f'placement {placement} (data.placement={placement})',
                       text)
-      runs[placement] = read_run(workdir)
+      runs[placement] = outputs.rows_and_model(workdir)
     (device_rows, device_model), (host_rows, host_model) = (
         runs['device'], runs['host'])
     drop = ('images_per_s', 'wall_s')
@@ -132,7 +126,7 @@ class StreamedMultiProcessTest(absltest.TestCase):
 
     # The run's evaluation, over 2 processes in padded batches, equals the
     # saved model scored here on the 10 validation images read in one go.
-    variables = export.load_model(os.path.join(workdir, export.MODEL_FILE))
+    variables = outputs.final_model(workdir)
     model = models.get_model('cnn_small', 1000)
     images, labels, valid = next(streaming.eval_batches(data, 10, 0, 1))
     self.assertTrue(valid.all())

@@ -16,10 +16,11 @@ from hier_avg.core import periods
 from hier_avg.core.hierarchy import Hierarchy
 from hier_avg.core.periods import AdaptivePeriods, Phase, StepPeriods
 from hier_avg.errors import UserError
-from hier_avg.run import checkpoint, export
+from hier_avg.run import checkpoint
 from tests.support import configs
 from tests.support import devices
 from tests.support import engines
+from tests.support import outputs
 from tests.support import reference
 from tests.support import trees
 
@@ -381,8 +382,8 @@ class AdaptiveRunTest(absltest.TestCase):
     for name in ('local_averagings', 'global_averagings'):
       self.assertEqual(again[name], whole[name])
     chex.assert_trees_all_equal(
-        export.load_model(f'{resumed}/{export.MODEL_FILE}'),
-        export.load_model(f'{straight}/{export.MODEL_FILE}'))
+        outputs.final_model(resumed),
+        outputs.final_model(straight))
 
 
 if __name__ == '__main__':

@@ -10,10 +10,10 @@ from hier_avg import config_keys, train
 from hier_avg.core.hierarchy import Hierarchy
 from hier_avg.core.schedule import Schedule
 from hier_avg.errors import UserError
-from hier_avg.run import export
 from tests.support import configs
 from tests.support import devices
 from tests.support import engines
+from tests.support import outputs
 from tests.support import reference
 from tests.support import trees
 
@@ -97,8 +97,8 @@ class WarmupResumeTest(absltest.TestCase):
     again = train.train_and_evaluate(config(12), resumed)
     self.assertEqual(again['resumed_from_step'], 3)
     chex.assert_trees_all_equal(
-        export.load_model(f'{resumed}/{export.MODEL_FILE}'),
-        export.load_model(f'{straight}/{export.MODEL_FILE}'))
+        outputs.final_model(resumed),
+        outputs.final_model(straight))
     # 5 warmup steps and 1 global averaging at 5 + 4: 6 global in all.
     self.assertEqual(whole['global_averagings'], 6)
     self.assertEqual(again['local_averagings'], whole['local_averagings'])

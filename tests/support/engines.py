@@ -111,6 +111,26 @@ def make_levels_engine(learner, hierarchy, mesh=None,
   return Engine(learner, topology, algorithm, run)
 
 
+def train_on_meshes(hierarchy, meshes, steps):
+  """`hierarchy`'s learners (BatchNorm net, vmapped) trained `steps` steps
+  on each mesh in `meshes`: {mesh: (mesh shape got, (params, batch_stats))}.
+
+  Vmapped: unrolled, many learners per device compile one copy of the step
+  each (minutes on CPU), and this is about where learners live, not how a
+  device packs them.
+  """
+  data = tiny_data()
+  learner = make_learner('bn', data)
+  sampler = make_sampler(data, hierarchy.num_learners)
+  results = {}
+  for mesh in meshes:
+    engine = make_levels_engine(learner, hierarchy, mesh, pack='vmap')
+    state = run_engine(engine, data, sampler, steps)
+    results[mesh] = (engine.topology.mesh_shape, jax.tree.map(
+        np.asarray, (state.params, state.batch_stats)))
+  return results
+
+
 def make_asgd_engine(learner, topology, staleness, pack='auto'):
   run = Execution.resolve(pack, 'auto', 16, topology.platform)
   return Engine(learner, topology,

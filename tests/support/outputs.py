@@ -2,7 +2,7 @@
 
 import os
 
-from hier_avg.run import metrics
+from hier_avg.run import export, metrics
 
 
 def metrics_rows(workdir: str) -> list[dict]:
@@ -16,6 +16,16 @@ def metrics_rows(workdir: str) -> list[dict]:
 def summary(workdir: str) -> dict:
   """The run's summary.json ({} until the run has ended)."""
   return metrics.read_summary(workdir)
+
+
+def final_model(workdir: str) -> dict:
+  """The variables of the run's exported final model."""
+  return export.load_model(os.path.join(workdir, export.MODEL_FILE))
+
+
+def rows_and_model(workdir: str) -> tuple[list[dict], dict]:
+  """A finished run's metrics rows and final model."""
+  return metrics_rows(workdir), final_model(workdir)
 
 
 def snapshot(path: str) -> dict:
