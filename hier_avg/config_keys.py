@@ -184,7 +184,8 @@ KEYS = (
     Key('hier.sync_warmup_steps', 0,
         'W: steps 1..W each end with a global averaging (synchronous SGD, '
         "as post-local SGD starts); the levels' periods then count from W "
-        "(torch's PeriodicModelAverager(warmup_steps=W)).", integer(0)),
+        "(torch's PeriodicModelAverager(warmup_steps=W) with its step "
+        'counter started at 1).', integer(0)),
     Key('hier.period_schedule', 'constant',
         "Averaging periods over training (hier_avg/core/periods.py): "
         "'constant'; 'step' (all periods times period_factors[i] from "

@@ -40,9 +40,10 @@ class Schedule:
   """Which averaging follows each step, and how many happened so far.
 
   `sync_warmup` W: steps 1..W each end with the outermost averaging
-  (synchronous SGD; post-local SGD), and the periods count from W, as
-  torch's `PeriodicModelAverager(warmup_steps=W)` does: with W = 5 and
-  K1 = 4 the first local averaging follows step 9.
+  (synchronous SGD; post-local SGD), and the periods count from W: with
+  W = 5 and K1 = 4 the first local averaging follows step 9, as torch's
+  `PeriodicModelAverager(warmup_steps=W)` does once its step counter
+  starts at 1 (README, "Coming from PyTorch").
 
   `periods` (`core/periods.py`): the phases of periods that change over
   training, each `(start, multiplier m)`: from its start on every level
@@ -105,8 +106,9 @@ class Schedule:
     """Splits steps `[start, stop)` into rounds, each compiled as one call.
 
     A round ends at every averaging (every multiple of the narrowest
-    period K, past the warmup's steps of one), at every multiple of each period in `cut_every` (where the
-    host wants to log or evaluate), and at `stop`. Cuts that divide K are
+    period K, past the warmup's steps of one), at every multiple of each
+    period in `cut_every` (where the host wants to log or evaluate), and
+    at `stop`. Cuts that divide K are
     replaced by their greatest common divisor, which cuts at each of them
     with rounds of one length: cuts at 4 and 6 with K = 12 would otherwise
     make rounds of 4, 2, 2 and 4 steps, two compiled programs where one
