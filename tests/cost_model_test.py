@@ -200,6 +200,16 @@ class LevelsTest(parameterized.TestCase):
                    MODEL_BYTES, STEP_S),
         cm.predict(CLUSTER3, cm.hier(4, 2, 3), 32, 100, MODEL_BYTES, STEP_S))
 
+  @parameterized.parameters(*LEVELS_CASES)
+  def test_elapsed_from_counters_is_the_prediction(self, p, pairs, warmup,
+                                                   steps):
+    r = cm.predict(CLUSTER3, cm.levels('', pairs, warmup), p, steps,
+                   MODEL_BYTES, STEP_S)
+    counters = [(l.group_size, l.events) for l in r.levels]
+    self.assertAlmostEqual(
+        cm.elapsed_s(CLUSTER3, steps, STEP_S, counters, MODEL_BYTES),
+        r.total_s)
+
   def test_warmup_averages_globally(self):
     r = cm.predict(CLUSTER3, cm.levels('', ((4, 4), (None, 8)), 5), 16, 13,
                    MODEL_BYTES, STEP_S)

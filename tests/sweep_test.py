@@ -6,6 +6,7 @@ import tempfile
 
 from absl.testing import absltest
 
+from hier_avg.tools import cost_model
 from hier_avg.tools import sweeps as sweep
 from hier_avg.errors import UserError
 
@@ -22,23 +23,34 @@ def _nested(overrides) -> dict:
   return config
 
 
+# Two levels of 8 learners (groups of 4), B = 32, as train.py summarizes.
+LEVELS = [[4, 4], [8, 16]]
+CONFIG = {'hier': {'num_learners': 8, 'algorithm': 'hier'},
+          'data': {'batch_size': 32}}
+
+
 def fake_run(root, point, accuracies, wall=10.0):
   """A finished point's files, as train.py writes them."""
   workdir = os.path.join(root, point.name)
   os.makedirs(workdir)
   rows = [dict(step=10 * (i + 1), epoch=0.5 * (i + 1), train_loss=1.0 / (i + 1),
                test_accuracy=a, bytes_averaged_per_learner=100 * (i + 1),
+               images_per_s=320.0, local_averagings=2 * (i + 1),
+               global_averagings=i + 1, global_drift=0.1 / (i + 1),
                wall_s=wall * (i + 1)) for i, a in enumerate(accuracies)]
   with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
     f.writelines(json.dumps(r) + '\n' for r in rows)
+  config = _nested(point.overrides)
+  for part, values in CONFIG.items():
+    config[part] = {**values, **config.get(part, {})}
   with open(os.path.join(workdir, 'summary.json'), 'w') as f:
     json.dump(dict(test_accuracy=accuracies[-1], test_loss=1.0,
                    final_train_loss=rows[-1]['train_loss'], epochs=1.0,
                    steps=20, bytes_averaged_per_learner=3_000_000,
                    global_bytes_per_learner=2_000_000,
-                   global_averagings=3, local_averagings=5,
-                   images_per_s=100.0, wall_s=2 * wall,
-                   config=_nested(point.overrides)), f)
+                   local_bytes_per_learner=1_000_000,
+                   global_averagings=2, local_averagings=1, levels=LEVELS,
+                   images_per_s=100.0, wall_s=2 * wall, config=config), f)
 
 
 class PointsTest(absltest.TestCase):
@@ -180,12 +192,72 @@ class RunAndReportTest(absltest.TestCase):
     with open(result['markdown']) as f:
       markdown = f.read()
     self.assertIn('| x | 2 | 1.00 | 0.6000 ± 0.1414 |', markdown)
-    self.assertIn('| 3.0 / 2.0 | 3 |', markdown)
+    self.assertIn('| 3.0 / 2.0 | 1.0 / 2.0 | 2 |', markdown)
     with open(result['csv']) as f:
       self.assertEqual(len(f.readlines()), 5)
     self.assertEqual(
         sorted(os.path.basename(p) for p in result['plots']),
-        sorted([p[0] for p in sweep.PLOTS] + [sweep.LOSS_PLOT]))
+        sorted([p[0] for p in sweep.PLOTS] + [sweep.LOSS_PLOT,
+                                               sweep.DRIFT_PLOT]))
+
+  def test_report_models_time_and_lists_unfinished_points(self):
+    root = tempfile.mkdtemp()
+    spec = sweep.SweepSpec('configs/cifar10.py:cpu',
+                           variants={'x': {}, 'y': {}},
+                           clusters={'slow': SLOW})
+    x, y = spec.points()
+    fake_run(root, x, [0.1, 0.5])
+    os.makedirs(os.path.join(root, 'logs'))
+    with open(os.path.join(root, 'logs', y.name + '.log'), 'w') as f:
+      f.write('step 14/390 loss 9.1\nerror: training diverged: non-finite '
+              'loss at step 25 (learner 3); lower opt.lr.\n')
+    result = sweep.report(spec, root)
+    self.assertEqual(result['missing'], 1)
+    with open(result['markdown']) as f:
+      markdown = f.read()
+    expected = sweep.modeled_seconds(
+        sweep.read_rows(os.path.join(root, x.name, 'metrics.jsonl')),
+        sweep.read_summary(os.path.join(root, x.name)), SLOW)[-1]
+    self.assertIn(' modeled s (slow) |', markdown)
+    self.assertIn(f'| {expected:,.0f} ± 0 |', markdown)
+    self.assertIn('- y: training diverged: non-finite loss at step 25 '
+                  '(learner 3); lower opt.lr.', markdown)
+    self.assertIn(os.path.join(root, sweep.MODELED_PLOT.format('slow')),
+                  result['plots'])
+
+
+# Nodes of 4 devices: free links inside, 1 ms and 1 MB/s between nodes.
+SLOW = cost_model.Cluster(intra=cost_model.Link(0.0, 1e9),
+                          inter=cost_model.Link(1e-3, 1e6),
+                          devices_per_node=4)
+
+
+class ModeledTimeTest(absltest.TestCase):
+
+  def test_measured_compute_plus_modeled_averagings(self):
+    summary = dict(levels=LEVELS, config=CONFIG,
+                   local_averagings=6, local_bytes_per_learner=6_000_000,
+                   global_averagings=2, global_bytes_per_learner=2_000_000)
+    rows = [dict(step=8, images_per_s=320.0, local_averagings=2,
+                 global_averagings=0),
+            dict(step=16, images_per_s=640.0, local_averagings=3,
+                 global_averagings=1),
+            dict(step=24, images_per_s=320.0, local_averagings=6,
+                 global_averagings=2)]
+    # One learner's step: B / median(images/s) = 32 / 320 = 0.1 s. An
+    # event moves 1 MB: inside a node 2 * 3/4 * 1e6 / 1e9 = 1.5 ms; among
+    # all 8 the same plus a ring of 2 nodes, 2 * 1 ms + 2 * 1/2 * 1 s.
+    local, global_ = 1.5e-3, 1.5e-3 + 2e-3 + 1.0
+    expected = [8 * 0.1 + 2 * local, 16 * 0.1 + 3 * local + global_,
+                24 * 0.1 + 6 * local + 2 * global_]
+    for got, want in zip(sweep.modeled_seconds(rows, summary, SLOW),
+                         expected):
+      self.assertAlmostEqual(got, want)
+
+  def test_a_run_without_levels_has_no_modeled_time(self):
+    summary = dict(config={'hier': {'algorithm': 'asgd'}})
+    with self.assertRaisesRegex(UserError, "hier.algorithm='asgd' has none"):
+      sweep.modeled_seconds([dict(step=1, images_per_s=1.0)], summary, SLOW)
 
   def test_report_without_results(self):
     spec = sweep.SweepSpec('configs/cifar10.py:cpu')

@@ -378,6 +378,22 @@ def predict(cluster: AnyCluster, algorithm: Algorithm, num_learners: int,
   return Prediction(steps, per_level, compute_s, sync_total_s)
 
 
+def elapsed_s(cluster: AnyCluster, steps: int, step_s: float,
+              averagings: Sequence[tuple[int, int]],
+              model_bytes: float) -> float:
+  """Modeled wall clock of a run so far: `steps` local steps of `step_s`
+  compute seconds each, then for each level `(group size, averagings so
+  far)` that many all-reduces of `model_bytes` among its groups, not
+  overlapped with compute (as `predict`). From a run's own counters, so
+  periods that changed during training (`hier.period_schedule`) count as
+  they ran."""
+  require(steps >= 0 and step_s >= 0 and model_bytes >= 0,
+          f'steps={steps}, step_s={step_s} and model_bytes={model_bytes} '
+          'must be >= 0.')
+  return steps * step_s + sum(events * allreduce_s(cluster, size, model_bytes)
+                              for size, events in averagings)
+
+
 def epoch_table(
     cluster: AnyCluster, learners: Sequence[int],
     algorithms: Sequence[Algorithm | Callable[[int], Algorithm | None]],

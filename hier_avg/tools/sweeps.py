@@ -25,6 +25,8 @@ import numpy as np
 
 from hier_avg import config_keys
 from hier_avg import errors
+from hier_avg.core.hierarchy import Hierarchy
+from hier_avg.tools import cost_model
 from hier_avg.errors import UserError, require
 from hier_avg.run.metrics import METRICS_FILE, SUMMARY_FILE, read_rows, read_summary
 
@@ -41,6 +43,9 @@ PLOTS = (
     ('accuracy_vs_wall.png', 'wall_s', 'wall time (s)', 'linear'),
 )
 LOSS_PLOT = 'train_loss_vs_epoch.png'
+DRIFT_PLOT = 'drift_vs_step.png'
+# Per cluster of `SweepSpec.clusters`, test accuracy against modeled time.
+MODELED_PLOT = 'accuracy_vs_modeled_time_{}.png'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +83,9 @@ class SweepSpec:
       variant. A key named 'seed' is aggregated over in the report.
     restrict: variant name -> {grid key: the values it runs}, for variants
       that need only part of the grid (e.g. fewer seeds).
+    clusters: name -> a `cost_model` cluster: the report adds, per
+      cluster, each run's modeled wall clock (`modeled_seconds`) to the
+      table and plots test accuracy against it.
   """
   config: str
   overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -85,6 +93,8 @@ class SweepSpec:
       default_factory=dict)
   grid: Mapping[str, Sequence[Any]] = dataclasses.field(default_factory=dict)
   restrict: Mapping[str, Mapping[str, Sequence[Any]]] = dataclasses.field(
+      default_factory=dict)
+  clusters: Mapping[str, cost_model.AnyCluster] = dataclasses.field(
       default_factory=dict)
 
   def points(self) -> list[Point]:
@@ -311,6 +321,44 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
   return float(values.mean()), std
 
 
+def level_sizes(summary: dict) -> dict[str, int]:
+  """A run's averaging levels, name -> group size, innermost first ({} for
+  ASGD, which has none)."""
+  levels = summary.get('levels') or []
+  if not levels:
+    return {}
+  sizes, periods = zip(*levels)
+  names = Hierarchy(summary['config']['hier']['num_learners'], sizes,
+                    periods).level_names
+  return dict(zip(names, sizes))
+
+
+def modeled_seconds(rows: Sequence[dict], summary: dict,
+                    cluster: cost_model.AnyCluster) -> list[float]:
+  """Per metrics row: the run's wall clock had each learner its own device
+  on `cluster` (`cost_model.elapsed_s`).
+
+  Compute per step is the run's own, measured: one learner's share of a
+  step, B / (images per second), the median over the rows (all learners
+  of the run share this machine, so a step of P learners takes P times as
+  long as one learner's). Communication is the cost model's, for the
+  averagings the run counted by then.
+  """
+  sizes = level_sizes(summary)
+  require(bool(sizes), 'a modeled wall clock needs averaging levels; '
+          f"hier.algorithm={summary['config']['hier']['algorithm']!r} has "
+          'none.')
+  rates = [r['images_per_s'] for r in rows if r.get('images_per_s')]
+  step_s = summary['config']['data']['batch_size'] / float(np.median(rates))
+  model_bytes = max(
+      summary[f'{name}_bytes_per_learner'] / summary[f'{name}_averagings']
+      for name in sizes if summary.get(f'{name}_averagings'))
+  return [cost_model.elapsed_s(
+      cluster, row['step'], step_s,
+      [(size, row.get(f'{name}_averagings', 0))
+       for name, size in sizes.items()], model_bytes) for row in rows]
+
+
 def collect(spec: SweepSpec, root: str) -> list[dict]:
   """One row per finished point: its settings and its summary numbers."""
   rows = []
@@ -331,11 +379,38 @@ def collect(spec: SweepSpec, root: str) -> list[dict]:
     row['global_bytes_per_learner'] = summary.get(
         'global_bytes_per_learner',
         summary.get('gradient_bytes_per_learner', ''))
+    row['level_bytes_per_learner'] = ' / '.join(
+        str(summary[f'{name}_bytes_per_learner'])
+        for name in level_sizes(summary))
+    if spec.clusters:
+      metrics = read_rows(os.path.join(root, point.name, METRICS_FILE))
+      for name, cluster in spec.clusters.items():
+        row[f'modeled_s:{name}'] = (
+            modeled_seconds(metrics, summary, cluster)[-1]
+            if level_sizes(summary) else '')
     rows.append(row)
   return rows
 
 
-def aggregate(rows: list[dict]) -> list[dict]:
+def unfinished(spec: SweepSpec, root: str) -> list[tuple[str, str]]:
+  """(point, why) for each point without a summary: the last `error:` line
+  of its log (a diverged run says so there), else whether it started."""
+  result = []
+  for point in spec.points():
+    if is_finished(root, point):
+      continue
+    log_path = os.path.join(root, LOG_DIR, point.name + '.log')
+    why = 'not started'
+    if os.path.exists(log_path):
+      with open(log_path) as f:
+        errors_seen = [line.strip()[len('error: '):] for line in f
+                       if line.startswith('error: ')]
+      why = errors_seen[-1] if errors_seen else 'interrupted'
+    result.append((point.name, why))
+  return result
+
+
+def aggregate(rows: list[dict], clusters: Sequence[str] = ()) -> list[dict]:
   """Rows grouped by `group` (seeds together): mean and std of the numbers."""
   groups: dict[str, list[dict]] = {}
   for row in rows:
@@ -345,42 +420,71 @@ def aggregate(rows: list[dict]) -> list[dict]:
     entry = {'group': group, 'runs': len(members)}
     for key in ('test_accuracy', 'final_train_loss', 'wall_s'):
       entry[key] = _mean_std([m[key] for m in members])
+    for name in clusters:
+      values = [m[f'modeled_s:{name}'] for m in members]
+      entry[f'modeled_s:{name}'] = (_mean_std(values) if '' not in values
+                                    else None)
     for key in ('bytes_averaged_per_learner', 'global_bytes_per_learner',
-                'global_averagings'):
+                'global_averagings', 'level_bytes_per_learner'):
       entry[key] = members[0][key]
     entry['epochs'] = members[0]['epochs']
     table.append(entry)
   return table
 
 
-def markdown_table(table: list[dict]) -> str:
+def markdown_table(table: list[dict], clusters: Sequence[str] = (),
+                   not_finished: Sequence[tuple[str, str]] = ()) -> str:
+  """The table of `aggregate`; then the points that did not finish."""
+  modeled = ''.join(f' modeled s ({name}) |' for name in clusters)
   lines = ['| point | runs | epochs | test accuracy | final train loss | '
-           'MB sent per learner (all / between nodes) | global averagings | '
-           'wall s |',
-           '|---|---|---|---|---|---|---|---|']
+           'MB sent per learner (all / between nodes) | MB per level '
+           f'(innermost first) | global averagings |{modeled} wall s |',
+           '|---|---|---|---|---|---|---|---|' + '---|' * len(clusters)
+           + '---|']
   for e in table:
     acc, acc_std = e['test_accuracy']
     loss, loss_std = e['final_train_loss']
     wall, _ = e['wall_s']
     megabytes = (e['bytes_averaged_per_learner'] or 0) / 1e6
     network = (e['global_bytes_per_learner'] or 0) / 1e6
+    per_level = ' / '.join(
+        f'{int(b) / 1e6:,.1f}' for b in
+        e['level_bytes_per_learner'].split(' / ')) if e[
+            'level_bytes_per_learner'] else '—'
+    times = ''.join(
+        ' — |' if e[f'modeled_s:{name}'] is None else
+        ' {:,.0f} ± {:,.0f} |'.format(*e[f'modeled_s:{name}'])
+        for name in clusters)
     lines.append(
         f"| {e['group']} | {e['runs']} | {e['epochs']:.2f} | "
         f'{acc:.4f} ± {acc_std:.4f} | {loss:.4f} ± {loss_std:.4f} | '
-        f"{megabytes:,.1f} / {network:,.1f} | {e['global_averagings']} | "
-        f'{wall:.0f} |')
+        f'{megabytes:,.1f} / {network:,.1f} | {per_level} | '
+        f"{e['global_averagings']} |{times} {wall:.0f} |")
+  if not_finished:
+    lines += ['', 'Not finished:', '']
+    lines += [f'- {name}: {why}' for name, why in not_finished]
   return '\n'.join(lines) + '\n'
 
 
 def _curves(spec: SweepSpec, root: str, key: str
             ) -> dict[str, list[list[dict]]]:
-  """Per group, each finished seed's metric rows that have `key`."""
+  """Per group, each finished seed's metric rows that have `key`, each
+  with its modeled time on every cluster (`modeled_s:<name>`) where the
+  run has averaging levels."""
   curves: dict[str, list[list[dict]]] = {}
   for point in spec.points():
-    if is_finished(root, point):
-      rows = read_rows(os.path.join(root, point.name, METRICS_FILE))
-      curves.setdefault(point.group, []).append(
-          [r for r in rows if key in r])
+    summary = finished_summary(root, point)
+    if summary is None:
+      continue
+    rows = read_rows(os.path.join(root, point.name, METRICS_FILE))
+    if level_sizes(summary):
+      for name, cluster in spec.clusters.items():
+        for row, seconds in zip(rows, modeled_seconds(rows, summary,
+                                                      cluster)):
+          row[f'modeled_s:{name}'] = seconds
+    rows = [r for r in rows if key in r]
+    if rows:
+      curves.setdefault(point.group, []).append(rows)
   return curves
 
 
@@ -394,13 +498,33 @@ def _mean_curve(runs: list[list[dict]], x_key: str, y_key: str):
   return np.asarray(x), y.mean(0), y.std(0)
 
 
+def _draw(ax, curves, x_key: str, y_key: str, marker: str | None) -> None:
+  """One line per group (mean over its runs), a band of one std."""
+  for group, runs in curves.items():
+    runs = [run for run in runs if all(x_key in r for r in run)]
+    if not runs:
+      continue
+    x, y, std = _mean_curve(runs, x_key, y_key)
+    line, = ax.plot(x, y, label=f'{group} (n={len(runs)})', marker=marker,
+                    markersize=3)
+    if len(runs) > 1:
+      ax.fill_between(x, y - std, y + std, alpha=0.15,
+                      color=line.get_color())
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+
+
 def plot(spec: SweepSpec, root: str) -> list[str]:
-  """Test accuracy vs epoch, bytes and wall time; train loss vs epoch."""
+  """Test accuracy vs epoch, bytes, wall time and each cluster's modeled
+  time; train loss vs epoch; each level's drift vs step."""
   # A bare Figure, not pyplot: no global backend switch (see metrics.plot).
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   written = []
   figures = [(name, x, label, scale, 'test_accuracy', 'test accuracy')
              for name, x, label, scale in PLOTS]
+  figures += [(MODELED_PLOT.format(name), f'modeled_s:{name}',
+               f'modeled wall clock on {name} (s)', 'linear',
+               'test_accuracy', 'test accuracy') for name in spec.clusters]
   figures.append((LOSS_PLOT, 'epoch', 'epoch', 'linear', 'train_loss',
                   'train loss (mean of learners)'))
   for filename, x_key, x_label, x_scale, y_key, y_label in figures:
@@ -409,24 +533,38 @@ def plot(spec: SweepSpec, root: str) -> list[str]:
       continue
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
-    for group, runs in curves.items():
-      x, y, std = _mean_curve(runs, x_key, y_key)
-      line, = ax.plot(x, y, label=f'{group} (n={len(runs)})',
-                      marker='o' if y_key == 'test_accuracy' else None,
-                      markersize=3)
-      if len(runs) > 1:
-        ax.fill_between(x, y - std, y + std, alpha=0.15,
-                        color=line.get_color())
+    _draw(ax, curves, x_key, y_key,
+          'o' if y_key == 'test_accuracy' else None)
     ax.set(xlabel=x_label, ylabel=y_label, xscale=x_scale)
     if y_key == 'train_loss':
       ax.set_yscale('log')
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
     fig.tight_layout()
     path = os.path.join(root, filename)
     fig.savefig(path, dpi=110)
     written.append(path)
-  return written
+  drift = _plot_drift(spec, root, Figure)
+  return written + ([drift] if drift else [])
+
+
+def _plot_drift(spec: SweepSpec, root: str, Figure) -> str | None:  # pylint: disable=invalid-name
+  """drift_vs_step.png: a panel per level's drift (and spread), a line per
+  group; None when no run measured drift."""
+  keys = []
+  for point in spec.points():
+    if is_finished(root, point):
+      rows = read_rows(os.path.join(root, point.name, METRICS_FILE))
+      keys += [k for r in rows for k in r
+               if k.endswith(('_drift', '_spread')) and k not in keys]
+  if not keys:
+    return None
+  fig = Figure(figsize=(7, 3.2 * len(keys)))
+  for ax, key in zip(np.atleast_1d(fig.subplots(len(keys), 1)), keys):
+    _draw(ax, _curves(spec, root, key), 'step', key, None)
+    ax.set(xlabel='step', ylabel=key.replace('_', ' '), yscale='log')
+  fig.tight_layout()
+  path = os.path.join(root, DRIFT_PLOT)
+  fig.savefig(path, dpi=110)
+  return path
 
 
 def report(spec: SweepSpec, root: str) -> dict[str, Any]:
@@ -441,11 +579,11 @@ def report(spec: SweepSpec, root: str) -> dict[str, Any]:
     writer = csv.DictWriter(f, columns)
     writer.writeheader()
     writer.writerows(rows)
-  table = aggregate(rows)
+  table = aggregate(rows, tuple(spec.clusters))
   md_path = os.path.join(root, RESULTS_MD)
   with open(md_path, 'w') as f:
-    f.write(markdown_table(table))
+    f.write(markdown_table(table, tuple(spec.clusters),
+                           unfinished(spec, root)))
   return {'rows': rows, 'table': table, 'csv': csv_path,
           'markdown': md_path, 'plots': plot(spec, root),
           'missing': len(spec.points()) - len(rows)}
-
