@@ -28,6 +28,7 @@ from typing import Any
 import ml_collections
 
 from hier_avg import models
+from hier_avg.core import compression
 from hier_avg.core import hierarchy
 from hier_avg.core import optim
 from hier_avg.core import periods
@@ -127,6 +128,23 @@ def integers_tuple(minimum: int) -> Check:
   return check
 
 
+def choices_tuple(*choices) -> Check:
+  def check(name, value):
+    if not (isinstance(value, (tuple, list)) and
+            all(v in choices for v in value)):
+      return (f'{name}={value!r} must be a tuple of '
+              f'{", ".join(map(repr, choices))}, one per level, e.g. '
+              f'{tuple(choices[:2])!r}.')
+  return check
+
+
+def booleans_tuple(name, value) -> str | None:
+  if not (isinstance(value, (tuple, list)) and
+          all(isinstance(v, bool) for v in value)):
+    return (f'{name}={value!r} must be a tuple of booleans, one per level, '
+            'e.g. (False, True).')
+
+
 def power_of_two(name, value) -> str | None:
   if not (_is_integer(value) and value >= 1 and value & (value - 1) == 0):
     return f'{name}={value!r} must be a power of two (1, 2, 4, 8, ...).'
@@ -218,6 +236,19 @@ KEYS = (
         "next level's group means from the global mean: <level>_spread. "
         "One more all-reduce, over the inner level's axes.", boolean,
         resumable=True, keeps_results=True),
+    Key('hier.compress', (),
+        "Per level, innermost first (as hier.levels; two levels: (local, "
+        "global)): how a learner's change since its group's last common "
+        "model travels when that level averages: 'none' (float32 "
+        "all-reduce, exactly today's averaging), 'bfloat16', or 'int8' "
+        '(blockwise absmax, a float32 scale per 256 values); compressed '
+        'payloads are all-gathered and averaged in float32 '
+        '(hier_avg/core/compression.py). Empty: none at every level.',
+        choices_tuple(*compression.COMPRESSIONS)),
+    Key('hier.error_feedback', (),
+        'Per level: each learner keeps what compression lost at that '
+        "level's averaging and sends it with the next one. Empty: off.",
+        booleans_tuple),
     Key('hier.algorithm', 'hier',
         "'hier': Hier-AVG (K-AVG and sync SGD as special cases); 'asgd': "
         'simulated asynchronous SGD (hier_avg/algorithms/asgd.py), whose '
@@ -385,6 +416,10 @@ def _relations(config) -> None:
     require(hier.num_learners % hier.group_size == 0,
             f'hier.num_learners={hier.num_learners} is not divisible by '
             f'hier.group_size={hier.group_size}; choose S that divides P.')
+  depth = len(hier.levels) if hier.levels else 2
+  problems = compression.check_levels(hier.compress, hier.error_feedback,
+                                      depth)
+  require(not problems, problems[0] if problems else '')
   milestones = tuple(hier.period_milestones)
   require(len(milestones) == len(hier.period_factors),
           f'hier.period_milestones={milestones} and hier.period_factors='
@@ -399,10 +434,10 @@ def _relations(config) -> None:
           f'{hier.adaptive_max}].')
   if hier.algorithm == 'asgd':
     require(not hier.levels and not hier.sync_warmup_steps and
-            hier.period_schedule == 'constant',
+            hier.period_schedule == 'constant' and not hier.compress,
             "hier.algorithm='asgd' has one shared model and no averaging "
-            'levels; leave hier.levels empty, hier.sync_warmup_steps 0 and '
-            "hier.period_schedule 'constant'.")
+            'levels; leave hier.levels and hier.compress empty, '
+            "hier.sync_warmup_steps 0 and hier.period_schedule 'constant'.")
     # One shared model and optimizer: no averaging for these to act on.
     require(hier.outer_lr == 1 and hier.outer_momentum == 0,
             "hier.algorithm='asgd' has no global averaging for an outer "

@@ -92,7 +92,7 @@ class HierarchyTest(parameterized.TestCase):
   def test_asgd_refuses_levels(self):
     config = configs.tiny_config(1)
     config.hier.update(algorithm='asgd', levels=((8, 2),))
-    with self.assertRaisesRegex(UserError, 'leave hier.levels empty'):
+    with self.assertRaisesRegex(UserError, 'leave hier.levels and'):
       config_keys.validate(config)
 
   def test_levels_replace_an_unused_group_size(self):

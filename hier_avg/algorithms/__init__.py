@@ -33,7 +33,8 @@ def from_config(hier_config, learner: Learner, topology: Topology,
       learner, topology, hierarchy.schedule(),
       AveragingPolicy.from_config(hier_config),
       outer.make_outer_optimizer(hier_config), learner_loop,
-      hier_config.measure_drift, hier_config.measure_spread)
+      hier_config.measure_drift, hier_config.measure_spread,
+      hier_config.compress, hier_config.error_feedback)
   unused = (' (hier.levels replaces hier.group_size, hier.k1 and hier.k2: '
             'unused)' if hier_config.levels else '')
   return dataclasses.replace(

@@ -10,10 +10,13 @@ pseudo-gradient.
 import dataclasses
 import functools
 import math
+from typing import Sequence
 
+import jax
+import jax.numpy as jnp
 import optax
 
-from hier_avg.core import averaging, outer
+from hier_avg.core import averaging, compression, outer
 from hier_avg.core.learner import Learner, step_key
 from hier_avg.core.periods import PeriodController
 from hier_avg.core.policies import AveragingPolicy
@@ -31,7 +34,8 @@ def make(learner: Learner, topology: Topology, schedule: Schedule,
          policy: AveragingPolicy = AveragingPolicy(),
          outer_tx: optax.GradientTransformation | None = None,
          learner_loop: str = 'vmap', drift: bool = True,
-         spread: bool = False) -> Algorithm:
+         spread: bool = False, compress: Sequence[str] = (),
+         error_feedback: Sequence[bool] = ()) -> Algorithm:
   """Hier-AVG with `schedule`'s levels on `topology`'s learner grid.
 
   Args:
@@ -47,9 +51,23 @@ def make(learner: Learner, topology: Topology, schedule: Schedule,
     spread: also, at the outermost averaging, the squared distance of each
       learner's next-level group mean from the global mean (one more
       all-reduce, over the inner level's axes).
+    compress: per level, innermost first, 'none', 'bfloat16' or 'int8'
+      (`core/compression.py`); empty: 'none' everywhere.
+    error_feedback: per level, keep and resend what compression lost.
   """
   nblock = len(topology.grid_shape)
-  outermost = schedule.levels[-1] if schedule.levels else None
+  levels = schedule.levels
+  outermost = levels[-1] if levels else None
+  # Compressed levels: name -> kind; each keeps its group's anchor (the
+  # last common model of the group) in `state.comm`, and with error
+  # feedback every learner's residual.
+  compressed = {level.name: kind for level, kind in zip(
+      levels, compression.per_level(compress, len(levels), 'none'))
+                if kind != 'none'}
+  fed_back = tuple(level.name for level, on in zip(
+      levels, compression.per_level(error_feedback, len(levels), False))
+                   if on)
+  depth = {level.name: i for i, level in enumerate(levels)}
 
   def local_step(state: TrainState, batch):
     def one(params, batch_stats, opt_state, rng, batch):
@@ -66,7 +84,16 @@ def make(learner: Learner, topology: Topology, schedule: Schedule,
     if level is None:
       return state, {}
     parts = {p: getattr(state, p) for p in policy.averaged_parts}
-    means = averaging.average_block(parts, level.axes, topology)
+    kind = compressed.get(level.name)
+    if kind is None:
+      means = averaging.average_block(parts, level.axes, topology)
+    else:
+      rest = {p: v for p, v in parts.items() if p != 'params'}
+      means = averaging.average_block(rest, level.axes, topology)
+      means['params'], residual = averaging.average_compressed(
+          state.params, state.comm['anchor'][level.name],
+          state.comm['residual'].get(level.name), level.axes, topology,
+          kind)
     measures = {}
     if drift:
       measures['drift'] = averaging.squared_distances(
@@ -82,31 +109,61 @@ def make(learner: Learner, topology: Topology, schedule: Schedule,
           functools.partial(outer.step, outer_tx), 'vmap', nblock,
           state.params, state.outer)
       state = state.replace(params=params, outer=outer_state)
+    if compressed:
+      # Every group of this level and of the levels inside it now holds a
+      # common model: their next changes count from it.
+      anchors = {name: state.params if depth[name] <= depth[level.name]
+                 else anchor for name, anchor in state.comm['anchor'].items()}
+      residuals = dict(state.comm['residual'])
+      if kind is not None and residual is not None:
+        residuals[level.name] = residual
+      state = state.replace(comm={'anchor': anchors, 'residual': residuals})
     return state, measures
 
   def extend_state(state: TrainState) -> TrainState:
-    if outer_tx is None:
-      return state
-    return state.replace(outer=execution.map_block(
-        functools.partial(outer.init, outer_tx), 'vmap', nblock,
-        state.params))
+    if outer_tx is not None:
+      state = state.replace(outer=execution.map_block(
+          functools.partial(outer.init, outer_tx), 'vmap', nblock,
+          state.params))
+    if compressed:
+      zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32),
+                           state.params)
+      state = state.replace(comm={
+          'anchor': {name: state.params for name in compressed},
+          'residual': {name: zeros for name in fed_back}})
+    return state
 
   def channels(state: TrainState) -> dict[str, communication.Channel]:
     one = communication.one_learner(
         {p: getattr(state, p) for p in policy.averaged_parts}, nblock)
-    nbytes = averaging.bytes_per_learner(one)
+    rest = {p: v for p, v in one.items() if p != 'params'}
     grid = dict(zip(topology.axis_names, topology.grid_shape))
-    return {level.name: communication.Channel(
-        f'{level.name}_{EVENTS}',
-        averaging.collectives_per_event(one, level.axes, topology),
-        nbytes if math.prod(grid[a] for a in level.axes) > 1 else 0)
-            for level in schedule.levels}
 
+    def channel(level):
+      kind = compressed.get(level.name)
+      if kind is None:
+        nbytes = averaging.bytes_per_learner(one)
+        collectives = averaging.collectives_per_event(one, level.axes,
+                                                      topology)
+      else:
+        nbytes = (averaging.compressed_bytes_per_learner(one['params'], kind)
+                  + averaging.bytes_per_learner(rest))
+        collectives = (averaging.gathers_per_compressed_event(
+            one['params'], level.axes, topology, kind) +
+                       averaging.collectives_per_event(rest, level.axes,
+                                                       topology))
+      alone = math.prod(grid[a] for a in level.axes) == 1
+      return communication.Channel(f'{level.name}_{EVENTS}', collectives,
+                                   0 if alone else nbytes)
+
+    return {level.name: channel(level) for level in levels}
+
+  extra = (('outer',) if outer_tx is not None else ()) + (
+      ('comm',) if compressed else ())
   return Algorithm(
       description=schedule.describe(), schedule=schedule,
       local_step=local_step, after_round=after_round, channels=channels,
-      event_counts=schedule.counts,
-      extra_state=('outer',) if outer_tx is not None else (),
+      event_counts=schedule.counts, extra_state=extra,
       extend_state=extend_state)
 
 

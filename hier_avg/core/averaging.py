@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from hier_avg.core import compression
 from hier_avg.core.topology import Topology
 
 
@@ -86,6 +87,78 @@ def average_block(tree, axes: tuple[str, ...], topology: Topology):
       mean = lax.pmean(mean, mesh_axes)
     means[dtype] = jnp.broadcast_to(mean, flat.shape)
   return jax.tree.unflatten(treedef, _split_by_dtype(means, leaves, groups, nblock))
+
+
+def average_compressed(tree, anchor, residual, axes: tuple[str, ...],
+                       topology: Topology, kind: str):
+  """Each group's `anchor + mean_j D(Q(x_j - anchor [+ r_j]))`.
+
+  `compression.py` says why and how; here the payloads of a group are
+  all-gathered over the level's mesh axes (one all-gather per payload
+  array, dtype and mesh axis) and every device averages what it received
+  in float32, over the level's block axes.
+
+  Args:
+    tree: the learners' parameters (floating leaves are averaged).
+    anchor: the group's last common model, like `tree` (equal within the
+      group).
+    residual: float32 residuals like `tree` (error feedback), or None.
+    axes: the level's grid axes.
+    topology: the learner grid and mesh.
+    kind: 'bfloat16' or 'int8'.
+  Returns:
+    (averaged tree, new residuals or None).
+  """
+  names = topology.axis_names
+  nblock = len(names)
+  block_dims = tuple(i for i, a in enumerate(names) if a in axes)
+  mesh_axes = _mesh_axes(axes, topology)
+  leaves, treedef = jax.tree.flatten(tree)
+  groups = _dtype_groups(leaves)
+  flats = _concatenate_by_dtype(leaves, groups, nblock)
+  anchors = _concatenate_by_dtype(jax.tree.leaves(anchor), groups, nblock)
+  residuals = (None if residual is None else _concatenate_by_dtype(
+      jax.tree.leaves(residual), groups, nblock))
+  means, kept = {}, {}
+  for dtype, flat in flats.items():
+    change = flat.astype(jnp.float32) - anchors[dtype].astype(jnp.float32)
+    if residuals is not None:
+      change = change + residuals[dtype]
+    payload = compression.quantize(change, kind)
+    if residuals is not None:
+      kept[dtype] = change - compression.dequantize(payload, kind)
+    wire = compression.to_wire(payload)
+    for axis in mesh_axes:
+      wire = {name: lax.all_gather(x, axis, axis=names.index(axis),
+                                   tiled=True) for name, x in wire.items()}
+    payload = compression.from_wire(wire, kind)
+    mean = compression.dequantize(payload, kind).mean(axis=block_dims,
+                                                      keepdims=True)
+    means[dtype] = (anchors[dtype].astype(jnp.float32) + mean).astype(dtype)
+  averaged = jax.tree.unflatten(
+      treedef, _split_by_dtype(means, leaves, groups, nblock))
+  if residual is None:
+    return averaged, None
+  residual_leaves = jax.tree.leaves(residual)
+  return averaged, jax.tree.unflatten(
+      treedef, _split_by_dtype(kept, residual_leaves, groups, nblock))
+
+
+def gathers_per_compressed_event(tree, axes: tuple[str, ...],
+                                 topology: Topology, kind: str) -> int:
+  """All-gathers `average_compressed` issues per event."""
+  dtypes = len(_dtype_groups(jax.tree.leaves(tree)))
+  return (dtypes * compression.payload_arrays(kind) *
+          len(_mesh_axes(axes, topology)))
+
+
+def compressed_bytes_per_learner(tree_one_learner, kind: str) -> int:
+  """Bytes of one learner's compressed payload of `tree`: per dtype, its
+  floating leaves side by side (int8 blocks run across leaves)."""
+  leaves = jax.tree.leaves(tree_one_learner)
+  return sum(compression.payload_bytes(sum(leaves[i].size for i in indices),
+                                       kind)
+             for indices in _dtype_groups(leaves).values())
 
 
 def collectives_per_event(tree, axes: tuple[str, ...],

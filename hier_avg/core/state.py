@@ -26,17 +26,23 @@ class TrainState(flax.struct.PyTreeNode):
   # steps, a ring buffer with leaves grid_shape + (tau,) + leaf_shape (step
   # t reads and then overwrites slot t % tau). None otherwise.
   stale: Any = None
+  # With compressed averaging (`core/compression.py`): {'anchor': {level:
+  # the model its group last held in common}, 'residual': {level: what
+  # compression lost, float32, where error feedback is on}}, per learner.
+  # None without.
+  comm: Any = None
 
 
 def state_specs(learner_spec, replicated_spec,
                 extra: Sequence[str] = ()) -> TrainState:
   """PartitionSpecs for a `TrainState` (a pytree prefix of it).
 
-  `extra`: the optional fields ('outer', 'stale') the algorithm fills; they
-  shard like the learners, the others stay None.
+  `extra`: the optional fields ('outer', 'stale', 'comm') the algorithm
+  fills; they shard like the learners, the others stay None.
   """
   return TrainState(step=replicated_spec, params=learner_spec,
                     batch_stats=learner_spec, opt_state=learner_spec,
                     rng=learner_spec,
                     outer=learner_spec if 'outer' in extra else None,
-                    stale=learner_spec if 'stale' in extra else None)
+                    stale=learner_spec if 'stale' in extra else None,
+                    comm=learner_spec if 'comm' in extra else None)

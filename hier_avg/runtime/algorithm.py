@@ -46,7 +46,8 @@ class Algorithm:
   channels: Callable[[TrainState], dict[str, Channel]]
   # steps -> events of each channel, by name, in the first `steps` steps.
   event_counts: Callable[[int], dict[str, int]]
-  # Optional `TrainState` fields this algorithm fills ('outer', 'stale'),
-  # and the function that fills them from the fresh state (inside jit).
+  # Optional `TrainState` fields this algorithm fills ('outer', 'stale',
+  # 'comm'), and the function that fills them from the fresh state (inside
+  # jit).
   extra_state: tuple[str, ...] = ()
   extend_state: Callable[[TrainState], TrainState] = _unchanged

@@ -94,7 +94,8 @@ def make_engine(learner, num_learners, group_size, k1, k2, mesh=(-1, -1),
 def make_levels_engine(learner, hierarchy, mesh=None,
                        average=('params', 'batch_stats'), round_loop='auto',
                        pack='auto', outer_tx=None, reset_opt_state=False,
-                       drift=True, spread=False):
+                       drift=True, spread=False, compress=(),
+                       error_feedback=()):
   """A Hier-AVG engine of `hierarchy`'s levels; `mesh`: devices per grid
   axis (None: as many as fit); `average`: the averaged parts of the state."""
   grid = hierarchy.grid_shape
@@ -107,7 +108,7 @@ def make_levels_engine(learner, hierarchy, mesh=None,
   run = Execution.resolve(pack, round_loop, 16, topology.platform)
   algorithm = hierarchical.make(learner, topology, hierarchy.schedule(),
                                 policy, outer_tx, run.learner_loop, drift,
-                                spread)
+                                spread, compress, error_feedback)
   return Engine(learner, topology, algorithm, run)
 
 

@@ -9,6 +9,7 @@ match it.
 import dataclasses
 
 import jax
+import ml_dtypes
 import numpy as np
 
 from hier_avg.core.learner import Learner, step_key
@@ -119,6 +120,86 @@ def _drift(learners, levels, level, step):
   return step, levels.index(level), drift, spread
 
 
+INT8_BLOCK = 256  # As the engine's (hier_avg/core/compression.py).
+
+
+def _float_buffer(tree):
+  """A tree's floating leaves side by side, in tree order, float32."""
+  return np.concatenate([np.asarray(x, np.float32).ravel()
+                         for x in jax.tree.leaves(tree)
+                         if np.issubdtype(np.asarray(x).dtype, np.floating)])
+
+
+def _unbuffer(buffer, like):
+  """`_float_buffer`'s inverse: `buffer` cut into `like`'s float leaves."""
+  leaves, treedef = jax.tree.flatten(like)
+  out, start = [], 0
+  for x in leaves:
+    x = np.asarray(x)
+    if np.issubdtype(x.dtype, np.floating):
+      out.append(buffer[start:start + x.size].reshape(x.shape).astype(
+          x.dtype))
+      start += x.size
+    else:
+      out.append(x)
+  return jax.tree.unflatten(treedef, out)
+
+
+def compress_values(x, kind):
+  """What a float32 vector reads as after compression `kind`, written out:
+  bfloat16 rounding, or int8 with one absmax scale per INT8_BLOCK values."""
+  x = np.asarray(x, np.float32)
+  if kind == 'bfloat16':
+    return x.astype(ml_dtypes.bfloat16).astype(np.float32)
+  out = np.empty_like(x)
+  for start in range(0, x.size, INT8_BLOCK):
+    block = x[start:start + INT8_BLOCK]
+    scale = np.float32(np.abs(block).max()) / np.float32(127)
+    if scale == 0:
+      out[start:start + INT8_BLOCK] = 0
+      continue
+    q = np.clip(np.round(block / scale), -127, 127)
+    out[start:start + INT8_BLOCK] = q.astype(np.float32) * scale
+  return out
+
+
+class RefCompression:
+  """Compressed averaging per level, written out: each learner's anchor
+  (its group's last common parameters) and error-feedback residual."""
+
+  def __init__(self, learners, kinds, feedback=None):
+    self.kinds = list(kinds)
+    self.feedback = list(feedback or [False] * len(kinds))
+    self.anchors = [[_float_buffer(l['params']) for l in learners]
+                    for _ in kinds]
+    self.residuals = [[np.zeros_like(a) for a in anchors]
+                      for anchors in self.anchors]
+
+  def average(self, learners, index, groups):
+    """Level `index` averages `groups` of `learners`' params (in place)."""
+    kind = self.kinds[index]
+    for group in groups:
+      sent = []
+      for i in group:
+        change = (_float_buffer(learners[i]['params']) -
+                  self.anchors[index][i])
+        if self.feedback[index]:
+          change = change + self.residuals[index][i]
+        values = compress_values(change, kind)
+        if self.feedback[index]:
+          self.residuals[index][i] = change - values
+        sent.append(values.astype(np.float64))
+      anchor = self.anchors[index][group[0]]
+      mean = (anchor + np.mean(sent, 0)).astype(np.float32)
+      for i in group:
+        learners[i]['params'] = _unbuffer(mean, learners[i]['params'])
+
+  def after_event(self, learners, index):
+    """Level `index` (and every level inside it) now holds common models."""
+    for k in range(index + 1):
+      self.anchors[k] = [_float_buffer(l['params']) for l in learners]
+
+
 def _zero_floats(tree):
   return jax.tree.map(
       lambda x: np.zeros_like(x) if np.issubdtype(np.asarray(x).dtype,
@@ -127,7 +208,8 @@ def _zero_floats(tree):
 
 def run(learner: Learner, learners: list[dict], levels, average, images,
         labels, sampler, steps: int, first_step: int = 0, outer=None,
-        reset_opt_state=False, sync_warmup=0, drift=None, level_at=None):
+        reset_opt_state=False, sync_warmup=0, drift=None, level_at=None,
+        compression=None):
   """Trains `learners` (dicts of params/batch_stats/opt_state/rng) in place.
 
   `reset_opt_state`: the optimizer's floating state (momentum) of every
@@ -140,6 +222,8 @@ def run(learner: Learner, learners: list[dict], levels, average, images,
   the global mean, before averaging, in float64. `level_at`: a function
   of the step t (1-based) giving the index into `levels` of the averaging
   after it, or None; it replaces the periods and `sync_warmup`.
+  `compression`: a `RefCompression`; its levels of kind other than 'none'
+  average the parameters through it.
   Returns the list of per-learner, per-step losses.
   """
   step_fn = jax.jit(learner.step)
@@ -167,7 +251,12 @@ def run(learner: Learner, learners: list[dict], levels, average, images,
       level = due[-1]  # Levels go narrow to wide: the widest wins.
       if drift is not None:
         drift.append(_drift(learners, levels, level, done))
+      index = levels.index(level)
       for part in average:
+        if (part == 'params' and compression is not None and
+            compression.kinds[index] != 'none'):
+          compression.average(learners, index, level.groups)
+          continue
         for group in level.groups:
           mean = _group_mean([l[part] for l in learners], group)
           for i in group:
@@ -180,6 +269,8 @@ def run(learner: Learner, learners: list[dict], levels, average, images,
         new = outer.step(learners[0]['params'])
         for l in learners:
           l['params'] = new
+      if compression is not None:
+        compression.after_event(learners, index)
   return losses
 
 

@@ -1,0 +1,209 @@
+"""Compressed averaging (`hier.compress`, `hier.error_feedback`)."""
+
+import re
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hier_avg import config_keys
+from hier_avg.core import averaging
+from hier_avg.core import compression
+from hier_avg.core.hierarchy import Hierarchy
+from hier_avg.core.topology import make_topology
+from hier_avg.errors import UserError
+from tests.support import configs
+from tests.support import devices
+from tests.support import engines
+from tests.support import reference
+from tests.support import trees
+
+LEVELS = ((2, 2), (8, 6))
+STEPS = 12
+
+
+def setUpModule():
+  devices.set_up_devices()
+
+
+def _hierarchy(levels=LEVELS):
+  sizes, periods = zip(*levels)
+  return Hierarchy(8, sizes, periods)
+
+
+class QuantizationTest(parameterized.TestCase):
+
+  @parameterized.parameters('bfloat16', 'int8')
+  def test_matches_the_written_out_compression(self, kind):
+    rng = np.random.default_rng(0)
+    # Three blocks and a part: one all zero, one with a single large value.
+    x = rng.normal(size=(2, 3 * 256 + 100)).astype(np.float32)
+    x[0, 256:512] = 0
+    x[1, 10] = 1e3
+    got = np.asarray(compression.dequantize(compression.quantize(x, kind),
+                                            kind))
+    for row, want in zip(got, x):
+      np.testing.assert_array_equal(row,
+                                    reference.compress_values(want, kind))
+
+  def test_int8_payload_dtypes_and_bytes(self):
+    payload = compression.quantize(jnp.ones((3, 600)), 'int8')
+    self.assertEqual(payload['values'].dtype, jnp.int8)
+    self.assertEqual(payload['values'].shape, (3, 600))
+    self.assertEqual(payload['scales'].shape, (3, 3))
+    self.assertEqual(compression.payload_bytes(600, 'int8'), 600 + 3 * 4)
+    self.assertEqual(compression.payload_bytes(600, 'bfloat16'), 1200)
+    self.assertEqual(compression.payload_bytes(600, 'none'), 2400)
+
+  def test_error_feedback_telescopes(self):
+    # One learner averaging alone: it sends its change plus the residual,
+    # and keeps what compression lost. Over many events what was sent plus
+    # the last residual is every change made, up to float32 rounding.
+    topology = make_topology((1, 1), ('node', 'local'), (1, 1))
+    rng = np.random.default_rng(1)
+    anchor = {'w': jnp.zeros((1, 1, 1000), jnp.float32)}
+    residual = {'w': jnp.zeros((1, 1, 1000), jnp.float32)}
+    changes, sent = 0.0, 0.0
+    for _ in range(20):
+      change = rng.normal(size=(1, 1, 1000)).astype(np.float32) * 1e-2
+      params = {'w': anchor['w'] + change}
+      averaged, residual = averaging.average_compressed(
+          params, anchor, residual, ('node', 'local'), topology, 'int8')
+      changes += change.astype(np.float64)
+      sent += np.asarray(averaged['w'] - anchor['w'], np.float64)
+      anchor = averaged
+    np.testing.assert_allclose(sent + np.asarray(residual['w']), changes,
+                               atol=1e-5)
+    self.assertGreater(np.abs(np.asarray(residual['w'])).max(), 0)
+
+
+def _train(engine, data, sampler, steps):
+  return engines.run_engine(engine, data, sampler, steps)
+
+
+class EngineTest(parameterized.TestCase):
+
+  def _setup(self):
+    data = engines.tiny_data()
+    return data, engines.make_learner('bn', data), engines.make_sampler(
+        data, 8)
+
+  def test_none_is_todays_averaging_bit_for_bit(self):
+    data, learner, sampler = self._setup()
+    plain = _train(engines.make_levels_engine(learner, _hierarchy(),
+                                              (2, 2)), data, sampler, STEPS)
+    none = _train(engines.make_levels_engine(
+        learner, _hierarchy(), (2, 2), compress=('none', 'none')), data,
+                  sampler, STEPS)
+    jax.tree.map(np.testing.assert_array_equal, plain.params, none.params)
+    self.assertIsNone(none.comm)
+
+  @parameterized.named_parameters(
+      ('int8_outer', ('none', 'int8'), (False, False), (2, 2)),
+      ('bf16_inner_int8_outer_feedback', ('bfloat16', 'int8'),
+       (False, True), (2, 2)),
+      ('int8_both_feedback_one_device', ('int8', 'int8'), (True, True),
+       (1, 1)),
+      ('three_levels', ('int8', 'none', 'bfloat16'), (True, False, False),
+       (2, 2, 2)))
+  def test_matches_the_oracle(self, kinds, feedback, mesh):
+    levels = LEVELS if len(kinds) == 2 else ((2, 2), (4, 4), (8, 8))
+    data, learner, sampler = self._setup()
+    engine = engines.make_levels_engine(
+        learner, _hierarchy(levels), mesh, compress=kinds,
+        error_feedback=feedback)
+    start = engine.init_state(0, data.image_shape)
+    ref = engines.learner_states(start, grid_ndim=len(mesh))
+    state = _train(engine, data, sampler, STEPS)
+    ref_compression = reference.RefCompression(ref, kinds, feedback)
+    reference.run(learner, ref, reference.nested_levels(8, levels),
+                  ('params', 'batch_stats'), data.train_images,
+                  data.train_labels, sampler, STEPS,
+                  compression=ref_compression)
+    got = engines.learner_states(state, grid_ndim=len(mesh))
+    for i, (g, r) in enumerate(zip(got, ref)):
+      with self.subTest(learner=i):
+        trees.assert_trees_close(g['params'], r['params'], atol=2e-5)
+    # Compression changed something: the run is not plain averaging.
+    plain = _train(engines.make_levels_engine(learner, _hierarchy(levels),
+                                              mesh), data, sampler, STEPS)
+    self.assertFalse(all(jax.tree.leaves(jax.tree.map(
+        lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)),
+        state.params, plain.params))))
+
+
+class CollectivesTest(absltest.TestCase):
+
+  def test_the_compiled_collective_carries_the_compressed_payload(self):
+    data = engines.tiny_data()
+    learner = engines.make_learner('bn', data)
+    # 2 x 4 learners on 2 x 4 devices: one learner per device, so the
+    # global level's payload crosses both mesh axes.
+    engine = engines.make_levels_engine(learner, Hierarchy(8, (4, 8), (2, 4)),
+                                        (2, 4), compress=('bfloat16', 'int8'))
+    state = engine.init_state(0, data.image_shape)
+    images, labels = engine.topology.put_replicated(data.train_images,
+                                                    data.train_labels)
+    indices = engine.topology.put_round_indices(
+        engines.make_sampler(data, 8), 0, 2)
+    local, global_ = engine.schedule.levels
+    n = sum(x.size for x in jax.tree.leaves(
+        engines.learner_states(state)[0]['params']))
+    blocks = -(-n // compression.INT8_BLOCK)
+
+    def gathers(level):
+      hlo = engine.train_round(level, 2).lower(
+          state, images, labels, indices).compile().as_text()
+      return sorted(re.findall(r'= (\w+)\[([\d,]*)\]\S* all-gather(?:-start)?\(',
+                               hlo))
+
+    # Global: values (int8) and scales (float32), gathered over 'node'
+    # then 'local' (the outputs' shapes); params no longer go through a
+    # float32 all-reduce.
+    self.assertEqual(gathers(global_), sorted([
+        ('s8', f'2,1,{n}'), ('f32', f'2,1,{blocks}'),
+        ('s8', f'2,4,{n}'), ('f32', f'2,4,{blocks}')]))
+    # bfloat16 travels as its 16 bits (XLA's CPU would widen a bfloat16
+    # all-gather to float32).
+    self.assertEqual(gathers(local), [('u16', f'1,4,{n}')])
+    costs = engine.communication(state)
+    stats = sum(x.size for x in jax.tree.leaves(
+        engines.learner_states(state)[0]['batch_stats'])) * 4
+    self.assertEqual(costs['global'].bytes_per_learner,
+                     n + 4 * blocks + stats)
+    self.assertEqual(costs['local'].bytes_per_learner, 2 * n + stats)
+    # Gathers of the payload plus the batch statistics' all-reduce.
+    self.assertEqual(costs['global'].collectives, 4 + 1)
+    self.assertEqual(costs['local'].collectives, 1 + 1)
+
+
+class ConfigTest(parameterized.TestCase):
+
+  @parameterized.parameters(
+      (dict(compress=('int8',)), r'has 1 entries but the hierarchy has 2'),
+      (dict(compress=('int8', 'fp4')), r'must be a tuple of'),
+      (dict(error_feedback=(True, False)), r'level 0 whose hier.compress is'),
+      (dict(compress=('none', 'int8'), error_feedback=(False,)),
+       r'hier.error_feedback=\(False,\) has 1 entries'),
+      (dict(algorithm='asgd', compress=('none', 'int8')),
+       'leave hier.levels and hier.compress empty'),
+  )
+  def test_bad_settings_are_one_line_errors(self, hier, message):
+    config = configs.tiny_config(1)
+    config.hier.update(**hier)
+    with self.assertRaisesRegex(UserError, message) as raised:
+      config_keys.validate(config)
+    self.assertNotIn('\n', str(raised.exception))
+
+  def test_three_levels_take_three_entries(self):
+    config = configs.tiny_config(1)
+    config.hier.update(levels=((2, 2), (4, 4), (8, 8)),
+                       compress=('none', 'bfloat16', 'int8'),
+                       error_feedback=(False, False, True))
+    config_keys.validate(config)
+
+
+if __name__ == '__main__':
+  absltest.main()
