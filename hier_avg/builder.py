@@ -86,7 +86,8 @@ def build_engine(config, data, topology: Topology, num_steps: int,
   learner = Learner(model, tx, data.mean, data.std, augment_on_device)
   _check_model_takes(learner, data.image_shape, config.model.name)
   algorithm = algorithms.from_config(config.hier, learner, topology,
-                                     run.learner_loop)
+                                     run.learner_loop, num_steps,
+                                     steps_per_epoch)
   logging.info('hier_avg: learners %s-packed, %s convolutions, %s rounds, '
                '%s compute', run.learner_loop, conv, run.step_loop,
                config.model.dtype)

@@ -31,6 +31,7 @@ from hier_avg import models
 from hier_avg.core import compression
 from hier_avg.core import hierarchy
 from hier_avg.core import optim
+from hier_avg.core import outer
 from hier_avg.core import periods
 from hier_avg.core import policies
 from hier_avg.data import datasets
@@ -270,6 +271,20 @@ KEYS = (
         'Outer optimizer at global averaging (SlowMo / DiLoCo): SGD on the '
         'pseudo-gradient (previous global model - new average); 1 and no '
         'momentum is plain Hier-AVG.', number(0, strict=True)),
+    Key('hier.outer_lr_schedule', 'constant',
+        "The outer lr over the run's outer steps (outermost averagings, "
+        "hier_avg/core/outer.py): 'constant' or 'cosine' (from outer_lr "
+        'to outer_lr_final over the outer steps after the warmup; not with '
+        "period_schedule='adaptive', whose outer steps are not known in "
+        "advance). Counted by the outer optimizer's own step count, which "
+        'every checkpoint keeps, so a resumed run continues the curve '
+        'exactly.', one_of(*outer.OUTER_LR_SCHEDULES)),
+    Key('hier.outer_warmup', 0,
+        'Outer steps of linear outer-lr warmup: step n of W uses '
+        'outer_lr * n / W; then the schedule.', integer(0)),
+    Key('hier.outer_lr_final', 0.0,
+        "'cosine': the outer lr it decays to, reached one outer step after "
+        "the run's last.", number(0)),
     Key('hier.outer_momentum', 0.0, 'Momentum of the outer optimizer.',
         fraction),
     Key('hier.outer_nesterov', False, 'Nesterov outer momentum.', boolean),
@@ -410,6 +425,12 @@ def _relations(config) -> None:
   hier = config.hier
   require(not hier.outer_nesterov or hier.outer_momentum > 0,
           'hier.outer_nesterov=True needs hier.outer_momentum > 0.')
+  require(hier.outer_lr_schedule != 'cosine' or
+          hier.period_schedule != 'adaptive',
+          "hier.outer_lr_schedule='cosine' needs the run's number of outer "
+          "steps, which hier.period_schedule='adaptive' decides during "
+          "training; use hier.outer_lr_schedule='constant' or a 'constant' "
+          "or 'step' hier.period_schedule.")
   if hier.levels:
     hierarchy.Hierarchy.from_config(hier)  # Raises on a broken rule.
   else:
@@ -439,9 +460,11 @@ def _relations(config) -> None:
             'levels; leave hier.levels and hier.compress empty, '
             "hier.sync_warmup_steps 0 and hier.period_schedule 'constant'.")
     # One shared model and optimizer: no averaging for these to act on.
-    require(hier.outer_lr == 1 and hier.outer_momentum == 0,
+    require(hier.outer_lr == 1 and hier.outer_momentum == 0 and
+            hier.outer_lr_schedule == 'constant' and not hier.outer_warmup,
             "hier.algorithm='asgd' has no global averaging for an outer "
-            'optimizer; leave hier.outer_lr=1 and hier.outer_momentum=0.')
+            'optimizer; leave hier.outer_lr=1, hier.outer_momentum=0, '
+            "hier.outer_lr_schedule='constant' and hier.outer_warmup=0.")
     require(hier.opt_state == 'local',
             "hier.algorithm='asgd' keeps one shared optimizer state; "
             f'hier.opt_state={hier.opt_state!r} applies to Hier-AVG only: '

@@ -69,7 +69,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # ---- Workdir (held by this run alone) and state, fresh or resumed -----
   with workdirs.held(workdir), checkpoint.Checkpoints(
       workdir, config.train.keep_checkpoints) as checkpoints:
-    agreed = _what_a_resumption_keeps(config, num_steps)
+    agreed = _what_a_resumption_keeps(config, num_steps,
+                                      feed.steps_per_epoch)
     state, record = _fresh_or_resumed(engine, checkpoints, config, agreed,
                                       feed.data.image_shape)
     if periods is not None:
@@ -109,10 +110,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
       return loop.run(state)
 
 
-def _what_a_resumption_keeps(config, num_steps: int) -> dict:
+def _what_a_resumption_keeps(config, num_steps: int,
+                             steps_per_epoch: int) -> dict:
   """What each checkpoint records and a resumed run must agree with."""
+  cosine = config.hier.outer_lr_schedule == 'cosine'
   return {'fingerprint': config_keys.fingerprint(config),
-          'lr_horizon': optim.horizon(config.opt, num_steps)}
+          'lr_horizon': optim.horizon(config.opt, num_steps),
+          'outer_horizon': algorithms.outer_steps(
+              config.hier, num_steps, steps_per_epoch) if cosine else None}
 
 
 def _fresh_or_resumed(engine, checkpoints, config, agreed, image_shape):
@@ -126,6 +131,9 @@ def _fresh_or_resumed(engine, checkpoints, config, agreed, image_shape):
     checkpoint.check_horizon(record.get('lr_horizon'), agreed['lr_horizon'],
                              bool(config.opt.horizon_steps),
                              checkpoints.directory)
+    checkpoint.check_outer_horizon(record.get('outer_horizon'),
+                                   agreed['outer_horizon'],
+                                   checkpoints.directory)
 
   restored = checkpoints.restore(state, check)
   return (state, None) if restored is None else restored

@@ -99,6 +99,24 @@ class RegistryTest(parameterized.TestCase):
        'opt.decay_factor=-0.1 must be a finite number >= 0'),
       ('outer_nesterov_without_momentum', {'hier__outer_nesterov': True},
        'hier.outer_nesterov=True needs hier.outer_momentum > 0'),
+      ('unknown_outer_lr_schedule', {'hier__outer_lr_schedule': 'linear'},
+       "unknown hier.outer_lr_schedule='linear'; choose one of 'constant', "
+       "'cosine'"),
+      ('negative_outer_warmup', {'hier__outer_warmup': -1},
+       'hier.outer_warmup=-1 must be an integer >= 0'),
+      ('negative_outer_lr_final', {'hier__outer_lr_final': -0.1},
+       'hier.outer_lr_final=-0.1 must be a finite number >= 0'),
+      ('outer_cosine_with_adaptive_periods',
+       {'hier__outer_lr_schedule': 'cosine',
+        'hier__period_schedule': 'adaptive'},
+       "hier.outer_lr_schedule='cosine' needs the run's number of outer "
+       "steps, which hier.period_schedule='adaptive' decides"),
+      ('asgd_outer_cosine',
+       {'hier__algorithm': 'asgd', 'hier__outer_lr_schedule': 'cosine'},
+       'has no global averaging for an outer optimizer'),
+      ('asgd_outer_warmup',
+       {'hier__algorithm': 'asgd', 'hier__outer_warmup': 3},
+       "leave .*hier.outer_lr_schedule='constant' and hier.outer_warmup=0"),
   )
   def test_bad_values_get_one_line(self, overrides, message):
     with self.assertRaisesRegex(UserError, message) as e:

@@ -23,16 +23,39 @@ def updates_per_step(hier_config, num_learners: int) -> int:
   return num_learners if hier_config.algorithm == 'asgd' else 1
 
 
+def outer_steps(hier_config, num_steps: int,
+                steps_per_epoch: int) -> int | None:
+  """The outer steps (outermost averagings) of a run of `num_steps`
+  steps; None where they are not known before training ('adaptive'
+  periods, which follow the loss) or there is no averaging.
+
+  'step' periods are known up front: their phases are counted.
+  """
+  if hier_config.algorithm != 'hier':
+    return None
+  schedule = Hierarchy.from_config(hier_config).schedule()
+  if not schedule.levels or hier_config.period_schedule == 'adaptive':
+    return None
+  controller = periods.from_config(hier_config, schedule.sync_warmup,
+                                   schedule.levels[-1].period,
+                                   steps_per_epoch)
+  counts = schedule.with_periods(controller).counts(num_steps)
+  return counts[schedule.levels[-1].name]
+
+
 def from_config(hier_config, learner: Learner, topology: Topology,
-                learner_loop: str) -> Algorithm:
-  """The `hier` section's algorithm on `topology`."""
+                learner_loop: str, num_steps: int,
+                steps_per_epoch: int) -> Algorithm:
+  """The `hier` section's algorithm on `topology`, for a run of
+  `num_steps` local steps (an outer lr schedule spans its outer steps)."""
   if hier_config.algorithm == 'asgd':
     return asgd.make(learner, topology, hier_config.staleness, learner_loop)
   hierarchy = Hierarchy.from_config(hier_config)
+  outer_tx = outer.make_outer_optimizer(
+      hier_config, outer_steps(hier_config, num_steps, steps_per_epoch))
   algorithm = hierarchical.make(
       learner, topology, hierarchy.schedule(),
-      AveragingPolicy.from_config(hier_config),
-      outer.make_outer_optimizer(hier_config), learner_loop,
+      AveragingPolicy.from_config(hier_config), outer_tx, learner_loop,
       hier_config.measure_drift, hier_config.measure_spread,
       hier_config.compress, hier_config.error_feedback)
   unused = (' (hier.levels replaces hier.group_size, hier.k1 and hier.k2: '

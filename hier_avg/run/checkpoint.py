@@ -3,7 +3,8 @@
 A checkpoint holds the whole `TrainState` (each learner's parameters,
 BatchNorm statistics, optimizer state and RNG key, and the step, which fixes
 the schedule's position) plus a JSON record: the step, the config's
-fingerprint (`config_keys.fingerprint`) and the lr schedule's horizon.
+fingerprint (`config_keys.fingerprint`) and the lr schedules' horizons (the
+local one's, and the outer cosine's in outer steps).
 Saving is asynchronous (training continues while the arrays are written)
 and atomic (orbax writes into a temporary folder and renames it when
 complete, so a half-written checkpoint is never picked up).
@@ -50,6 +51,20 @@ def check_horizon(saved: int | None, current: int | None, explicit: bool,
       f'--config.opt.horizon_steps={saved} (then the lr stays at 0 after step '
       f'{saved}), set another opt.horizon_steps on purpose, or use a new '
       '--workdir.')
+
+
+def check_outer_horizon(saved: int | None, current: int | None,
+                        directory: str) -> None:
+  """Refuses a resumption that would bend the outer lr's cosine, which
+  spans the run's outer steps: another length moves it."""
+  if saved is None or saved == current:
+    return
+  raise UserError(
+      f'the run in {directory} decays its outer lr '
+      f"(hier.outer_lr_schedule='cosine') over {saved} outer steps; this "
+      f'run has {current}, which would move that curve under the outer '
+      'steps already taken. Resume with the original length (train.steps, '
+      'train.epochs), or use a new --workdir.')
 
 
 def _saveable(state: TrainState) -> TrainState:

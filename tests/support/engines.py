@@ -154,17 +154,19 @@ def guard_retraces(engine, steps, cut_every=()):
 
 
 def run_engine(engine, data, sampler, steps, seed=0, state=None,
-               cut_every=(), streamed=False):
+               cut_every=(), streamed=False, first_step=0):
   """Trains round by round with the engine's schedule; the final state.
 
   `streamed`: the host gathers each round's minibatches and passes them, as
   for a streamed data set, instead of the indices into resident data.
+  `first_step`: where `state` stands (a resumed run); `steps` more follow.
   """
   if state is None:
     state = engine.init_state(seed, data.image_shape)
   images, labels = engine.topology.put_replicated(data.train_images,
                                                   data.train_labels)
-  for round_ in engine.schedule.rounds(0, steps, cut_every):
+  for round_ in engine.schedule.rounds(first_step, first_step + steps,
+                                       cut_every):
     if streamed:
       # [K, P, B]: learner ids in order, as one process holding all.
       indices = sampler.round_indices(round_.first, round_.length)

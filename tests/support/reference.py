@@ -6,7 +6,9 @@ explicit float64 mean over each group's list of learners. The engine must
 match it.
 """
 
+from collections.abc import Callable
 import dataclasses
+import math
 
 import jax
 import ml_dtypes
@@ -61,17 +63,42 @@ def _group_mean(trees, group):
   return jax.tree.map(mean, *[trees[i] for i in group])
 
 
+def outer_lr_at(lr, warmup=0, schedule='constant', outer_steps=None,
+                final=0.0):
+  """The outer lr of outer step n (1-based), written out: step n of a
+  warmup of W uses lr * n / W; then 'constant' keeps lr, and 'cosine' goes
+  from lr at step W + 1 towards `final` over the N - W steps after the
+  warmup (N: `outer_steps`), as final + (lr - final) * (1 + cos(pi * t /
+  (N - W))) / 2 with t = n - 1 - W."""
+  def at(n):
+    if n <= warmup:
+      return lr * n / warmup
+    if schedule == 'constant':
+      return lr
+    t, span = n - 1 - warmup, outer_steps - warmup
+    return final + (lr - final) * 0.5 * (1 + math.cos(math.pi * t / span))
+  return at
+
+
 @dataclasses.dataclass
 class RefOuterSGD:
-  """SlowMo-style outer SGD, written out: one anchor and momentum buffer."""
+  """SlowMo-style outer SGD, written out: one anchor and momentum buffer.
+
+  `lr_at`: the lr of outer step n (1-based), replacing `lr`, as
+  `outer_lr_at` gives; `lrs` gets the lr of each step taken.
+  """
   lr: float
   momentum: float
   nesterov: bool
   anchor: dict
   buffer: dict = None
+  lr_at: Callable[[int], float] | None = None
+  lrs: list = dataclasses.field(default_factory=list)
 
   def step(self, average):
     """New global model from the global average (float64 numpy)."""
+    lr = self.lr if self.lr_at is None else self.lr_at(len(self.lrs) + 1)
+    self.lrs.append(lr)
     f64 = lambda t: jax.tree.map(lambda x: np.asarray(x, np.float64), t)
     avg, anchor = f64(average), f64(self.anchor)
     grad = jax.tree.map(lambda a, p: a - p, anchor, avg)
@@ -84,7 +111,7 @@ class RefOuterSGD:
                                self.buffer)
     else:
       direction = self.buffer
-    new = jax.tree.map(lambda a, d: a - self.lr * d, anchor, direction)
+    new = jax.tree.map(lambda a, d: a - lr * d, anchor, direction)
     self.anchor = jax.tree.map(lambda x, like: x.astype(np.asarray(like).dtype),
                                new, average)
     return self.anchor
