@@ -14,6 +14,7 @@ from hier_avg.core import compression
 from hier_avg.core.hierarchy import Hierarchy
 from hier_avg.core.topology import make_topology
 from hier_avg.errors import UserError
+from hier_avg.run import checkpoint
 from tests.support import configs
 from tests.support import devices
 from tests.support import engines
@@ -132,6 +133,30 @@ class EngineTest(parameterized.TestCase):
     self.assertFalse(all(jax.tree.leaves(jax.tree.map(
         lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)),
         state.params, plain.params))))
+
+
+  def test_resume_is_exact(self):
+    # Stopped at step 9: after the global averaging of step 6 and a local
+    # one at 8, with residuals kept; anchors and residuals come back from
+    # the checkpoint and the run goes on as if never stopped.
+    data, learner, sampler = self._setup()
+    engine = engines.make_levels_engine(
+        learner, _hierarchy(), (2, 2), compress=('bfloat16', 'int8'),
+        error_feedback=(True, True))
+    straight = _train(engine, data, sampler, STEPS)
+    part = _train(engine, data, sampler, 9)
+    self.assertGreater(max(float(jnp.abs(x).max()) for x in jax.tree.leaves(
+        part.comm['residual']['global'])), 0)
+    ckpts = checkpoint.Checkpoints(self.create_tempdir().full_path, keep=1)
+    ckpts.save(part, {'step': 9, 'fingerprint': {}})
+    ckpts.wait()
+    restored, _ = ckpts.restore(engine.init_state(1, data.image_shape))
+    ckpts.close()
+    resumed = engines.run_engine(engine, data, sampler, STEPS - 9,
+                                 state=restored, first_step=9)
+    for name in ('params', 'opt_state', 'comm'):
+      jax.tree.map(np.testing.assert_array_equal, getattr(resumed, name),
+                   getattr(straight, name))
 
 
 class CollectivesTest(absltest.TestCase):

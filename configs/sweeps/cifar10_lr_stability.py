@@ -4,7 +4,7 @@ r"""K-AVG against ASGD over one grid of learning rates (docs/hierarchy_study.md)
       --root=/tmp/cifar10_lr_stability --set=data.path=/path/to/cifar10
 
 Tests the K-AVG paper's claim that K-AVG allows larger step sizes than
-ASGD: the `:cpu` preset for 1 epoch, plain SGD (no momentum, as ASGD's
+ASGD: the `:cpu` preset for half an epoch, plain SGD (no momentum, as ASGD's
 momentum diverged in docs/reproduction.md) for both, seed 0, at each rate
 of the grid. K-AVG averages all 8 learners every 16 steps; simulated ASGD
 (hier_avg/algorithms/asgd.py) applies the 8 learners' gradients one by one,
@@ -22,8 +22,8 @@ def get_sweep():
       overrides={
           'data.name': 'folder',
           'train.steps': 0,
-          'train.epochs': 1.0,
-          'train.eval_every': 98,
+          'train.epochs': 0.5,
+          'train.eval_every': 0,
           'train.log_every': 14,
           'mesh.node_devices': 1,
           'mesh.local_devices': 1,
