@@ -1,5 +1,6 @@
 """The alpha-beta cost model: formulas, event counts, special cases."""
 
+import math
 import os
 import subprocess
 import sys
@@ -209,6 +210,44 @@ class LevelsTest(parameterized.TestCase):
     self.assertAlmostEqual(
         cm.elapsed_s(CLUSTER3, steps, STEP_S, counters, MODEL_BYTES),
         r.total_s)
+
+  def test_compressed_levels_all_gather_their_payload(self):
+    plain = cm.predict(CLUSTER3, cm.levels('', ((4, 2), (None, 8))), 64, 96,
+                       MODEL_BYTES, STEP_S)
+    int8 = cm.predict(CLUSTER3, cm.levels('', ((4, 2), (None, 8)),
+                                          compress=('none', 'int8')), 64, 96,
+                      MODEL_BYTES, STEP_S)
+    self.assertEqual(plain.levels[0], int8.levels[0])
+    payload = MODEL_BYTES / 4 + 4 * math.ceil(MODEL_BYTES / 4 / 256)
+    global_ = int8.levels[1]
+    self.assertEqual(global_.bytes_per_learner, global_.events * payload)
+    self.assertAlmostEqual(global_.comm_s, global_.events * cm.allgather_s(
+        CLUSTER3, 64, payload))
+    # Gathering costs (n - 1) payloads per device: across nodes of one
+    # learner each (DiLoCo's workers) int8 moves about a quarter of a
+    # float32 all-reduce's bytes; with 4 learners per node all 4 payloads
+    # cross the node's link, as much as the all-reduce's one reduced model,
+    # and across 64 learners gathering costs more.
+    self.assertGreater(global_.comm_s, plain.levels[1].comm_s)
+    for per_node, ratio in ((1, 4), (4, 1)):
+      cluster = cm.Cluster(CLUSTER.intra, cm.Link(0.0, 1e9), per_node)
+      fp32, int8_ = [
+          cm.predict(cluster, cm.levels('', ((None, 8),), compress=kinds),
+                     2 * per_node, 8, MODEL_BYTES, STEP_S).levels[0].comm_s
+          for kinds in (('none',), ('int8',))]
+      self.assertAlmostEqual(fp32 / int8_, ratio, delta=0.15 * ratio)
+
+  def test_allgather_by_hand(self):
+    # 8 learners: 4 per node (intra ring of 4), 2 nodes (inter ring of 2);
+    # the second ring moves each node's 4 payloads.
+    cluster = cm.Cluster(cm.Link(1e-6, 1e9), cm.Link(1e-3, 1e6), 4)
+    d = 1000.0
+    self.assertAlmostEqual(cm.allgather_s(cluster, 8, d),
+                           3 * (1e-6 + d / 1e9) + 1 * (1e-3 + 4 * d / 1e6))
+    self.assertEqual(cm.allgather_s(cluster, 1, d), 0.0)
+    with self.assertRaisesRegex(UserError, 'has 1 entries but the hierarchy '
+                                'has 2'):
+      cm.levels('', ((4, 2), (None, 8)), compress=('int8',))
 
   def test_warmup_averages_globally(self):
     r = cm.predict(CLUSTER3, cm.levels('', ((4, 4), (None, 8)), 5), 16, 13,

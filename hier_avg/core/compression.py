@@ -14,10 +14,10 @@ be summed in their own dtype (int8 overflows, bfloat16 sums lose the small
 changes), so a level all-gathers its learners' payloads and every device
 takes the mean of what it received in float32: per event each device
 receives the payloads of its group's other learners, `(n - 1) x payload`
-(`cost_model` prices it). That beats a float32 all-reduce
-(`2 (n - 1) / n x 4` bytes per value) for small groups: int8 while
-n < 8 (about), bfloat16 while n < 4; an outer level of a few nodes is the
-intended use.
+(`cost_model.allgather_s` prices it). Across nodes of one learner each
+(DiLoCo-style workers) int8 then moves a quarter of a float32
+all-reduce's bytes over a node's link; with d learners per node all d
+payloads cross it, as much at d = 4 as the all-reduce's one reduced model.
 
 With error feedback (`hier.error_feedback`) each learner keeps what its
 compression lost, `r_j = (x_j - anchor + r_j) - D(Q(x_j - anchor + r_j))`,

@@ -28,6 +28,7 @@ import dataclasses
 import math
 from typing import Callable, Sequence
 
+from hier_avg.core import compression
 from hier_avg.core.hierarchy import Hierarchy
 from hier_avg.errors import require
 
@@ -183,6 +184,28 @@ def allreduce_s(cluster: AnyCluster, n: int, nbytes: float) -> float:
              for tier, m in zip(cluster.tiers, span(cluster, n)))
 
 
+def allgather_s(cluster: AnyCluster, n: int, nbytes: float) -> float:
+  r"""All-gather of `nbytes` from each of `n` learners, tier by tier.
+
+  With `m_i` participants at tier i (`span`) and D = `nbytes`: a ring at
+  each tier, inner first; at tier i every unit of tier i-1 already holds
+  the m_0 ... m_{i-1} payloads of its own learners and must receive those
+  of the m_i - 1 other units over its link,
+
+    T(n, D) = sum_i [(m_i - 1) alpha_i + (m_i - 1) (m_0 ... m_{i-1}) D / beta_i].
+
+  What arrives over an outer link is then spread inside the unit over the
+  inner links, which this leaves out (NVLink is fast next to a network).
+  This is how compressed averaging (`hier.compress`) sends its payloads.
+  """
+  total, inside = 0.0, 1
+  for tier, m in zip(cluster.tiers, span(cluster, n)):
+    total += (m - 1) * (tier.link.latency_s +
+                        inside * nbytes / tier.link.bytes_per_s)
+    inside *= m
+  return total
+
+
 @dataclasses.dataclass(frozen=True)
 class Algorithm:
   """Levels of averaging, innermost first, as `hier.levels`: each
@@ -193,10 +216,16 @@ class Algorithm:
   label: str
   levels: tuple[tuple[int | None, int], ...]
   sync_warmup: int = 0
+  # Per level, innermost first, as `hier.compress` ('none', 'bfloat16',
+  # 'int8'); empty: none.
+  compress: tuple[str, ...] = ()
 
   def __post_init__(self):
     object.__setattr__(self, 'levels',
                        tuple(tuple(level) for level in self.levels))
+    object.__setattr__(self, 'compress', tuple(self.compress))
+    problems = compression.check_levels(self.compress, (), len(self.levels))
+    require(not problems, f'{self.label}: {problems[0]}' if problems else '')
     levels = self.levels
     require(levels and all(len(level) == 2 for level in levels),
             f'{self.label}: levels={levels} must be one or more (group size, '
@@ -257,12 +286,14 @@ def describe_levels(pairs) -> str:
   return ', '.join(f'({"P" if s is None else s}, {t})' for s, t in pairs)
 
 
-def levels(label: str, pairs, sync_warmup: int = 0) -> Algorithm:
+def levels(label: str, pairs, sync_warmup: int = 0,
+           compress=()) -> Algorithm:
   """Any depth: `levels('', ((4, 4), (32, 16), (None, 64)))`; an empty
-  label becomes 'levels (4, 4), (32, 16), (P, 64)'."""
+  label becomes 'levels (4, 4), (32, 16), (P, 64)'. `compress`: per
+  level, as `hier.compress`."""
   pairs = tuple(tuple(pair) for pair in pairs)
   return Algorithm(label or f'levels {describe_levels(pairs)}', pairs,
-                   sync_warmup)
+                   sync_warmup, tuple(compress))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -342,7 +373,8 @@ def predict(cluster: AnyCluster, algorithm: Algorithm, num_learners: int,
     algorithm: `sync()`, `kavg(k)`, `hier(s, k1, k2)` or `levels(...)`.
     num_learners: P.
     steps: local steps per learner (steps_per_epoch for one epoch).
-    model_bytes: bytes of one learner's averaged state per event.
+    model_bytes: bytes of one learner's averaged state per event, float32
+      (a compressed level sends `compression.payload_bytes` of it).
     step_s: compute seconds of one local step.
   """
   p = num_learners
@@ -363,12 +395,22 @@ def predict(cluster: AnyCluster, algorithm: Algorithm, num_learners: int,
   # Averaging among one learner is a no-op: it sends nothing. One
   # all-reduce per event; `averaging` issues one per dtype, so a state of
   # several float dtypes pays a few more latencies, not modeled here.
-  per_level = tuple(
-      LevelPrediction(
-          name, size, period, counts[name],
-          counts[name] * model_bytes if size > 1 else 0.0,
-          counts[name] * allreduce_s(cluster, size, model_bytes))
-      for name, size, period in zip(names, sizes, algorithm.periods))
+  kinds = compression.per_level(algorithm.compress, len(sizes), 'none')
+
+  def level(name, size, period, kind):
+    # A compressed level all-gathers its payload (core/compression.py);
+    # model_bytes are float32 values.
+    if kind == 'none':
+      nbytes, event_s = model_bytes, allreduce_s(cluster, size, model_bytes)
+    else:
+      nbytes = compression.payload_bytes(round(model_bytes / 4), kind)
+      event_s = allgather_s(cluster, size, nbytes)
+    return LevelPrediction(name, size, period, counts[name],
+                           counts[name] * nbytes if size > 1 else 0.0,
+                           counts[name] * event_s)
+
+  per_level = tuple(level(*args) for args in zip(
+      names, sizes, algorithm.periods, kinds))
   compute_s = steps * step_s
   if algorithm == sync():
     sync_total_s = sum(l.comm_s for l in per_level) + compute_s
