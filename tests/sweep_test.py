@@ -215,9 +215,14 @@ class RunAndReportTest(absltest.TestCase):
     self.assertEqual(result['missing'], 1)
     with open(result['markdown']) as f:
       markdown = f.read()
-    expected = sweep.modeled_seconds(
-        sweep.read_rows(os.path.join(root, x.name, 'metrics.jsonl')),
-        sweep.read_summary(os.path.join(root, x.name)), SLOW)[-1]
+    rows = sweep.read_rows(os.path.join(root, x.name, 'metrics.jsonl'))
+    summary = sweep.read_summary(os.path.join(root, x.name))
+    # The only finished run's own compute time is the sweep's.
+    self.assertEqual(sweep.sweep_step_s(spec, root),
+                     sweep.measured_step_s(rows, summary))
+    expected = sweep.modeled_seconds(rows, summary, SLOW,
+                                     sweep.measured_step_s(rows,
+                                                           summary))[-1]
     self.assertIn(' modeled s (slow) |', markdown)
     self.assertIn(f'| {expected:,.0f} ± 0 |', markdown)
     self.assertIn('- y: training diverged: non-finite loss at step 25 '
@@ -244,20 +249,23 @@ class ModeledTimeTest(absltest.TestCase):
                  global_averagings=1),
             dict(step=24, images_per_s=320.0, local_averagings=6,
                  global_averagings=2)]
-    # One learner's step: B / median(images/s) = 32 / 320 = 0.1 s. An
-    # event moves 1 MB: inside a node 2 * 3/4 * 1e6 / 1e9 = 1.5 ms; among
-    # all 8 the same plus a ring of 2 nodes, 2 * 1 ms + 2 * 1/2 * 1 s.
+    # One learner's step: B / median(images/s) = 32 / 320 = 0.1 s.
+    self.assertAlmostEqual(sweep.measured_step_s(rows, summary), 0.1)
+    # An event moves 1 MB: inside a node 2 * 3/4 * 1e6 / 1e9 = 1.5 ms;
+    # among all 8 the same plus a ring of 2 nodes, 2 * 1 ms + 2 * 1/2 * 1 s.
     local, global_ = 1.5e-3, 1.5e-3 + 2e-3 + 1.0
-    expected = [8 * 0.1 + 2 * local, 16 * 0.1 + 3 * local + global_,
-                24 * 0.1 + 6 * local + 2 * global_]
-    for got, want in zip(sweep.modeled_seconds(rows, summary, SLOW),
+    step_s = 0.25
+    expected = [8 * step_s + 2 * local, 16 * step_s + 3 * local + global_,
+                24 * step_s + 6 * local + 2 * global_]
+    for got, want in zip(sweep.modeled_seconds(rows, summary, SLOW, step_s),
                          expected):
       self.assertAlmostEqual(got, want)
 
   def test_a_run_without_levels_has_no_modeled_time(self):
     summary = dict(config={'hier': {'algorithm': 'asgd'}})
     with self.assertRaisesRegex(UserError, "hier.algorithm='asgd' has none"):
-      sweep.modeled_seconds([dict(step=1, images_per_s=1.0)], summary, SLOW)
+      sweep.modeled_seconds([dict(step=1, images_per_s=1.0)], summary, SLOW,
+                            0.1)
 
   def test_report_without_results(self):
     spec = sweep.SweepSpec('configs/cifar10.py:cpu')

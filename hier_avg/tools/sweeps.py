@@ -84,8 +84,9 @@ class SweepSpec:
     restrict: variant name -> {grid key: the values it runs}, for variants
       that need only part of the grid (e.g. fewer seeds).
     clusters: name -> a `cost_model` cluster: the report adds, per
-      cluster, each run's modeled wall clock (`modeled_seconds`) to the
-      table and plots test accuracy against it.
+      cluster, each run's modeled wall clock (`modeled_seconds`, with the
+      sweep's measured compute per step, `sweep_step_s`) to the table and
+      plots test accuracy against it.
   """
   config: str
   overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -333,23 +334,25 @@ def level_sizes(summary: dict) -> dict[str, int]:
   return dict(zip(names, sizes))
 
 
-def modeled_seconds(rows: Sequence[dict], summary: dict,
-                    cluster: cost_model.AnyCluster) -> list[float]:
-  """Per metrics row: the run's wall clock had each learner its own device
-  on `cluster` (`cost_model.elapsed_s`).
+def measured_step_s(rows: Sequence[dict], summary: dict) -> float:
+  """One learner's compute seconds per step in a run: B / (images per
+  second), the median over its rows (all P learners shared this machine,
+  so a step of P learners took P times one learner's)."""
+  rates = [r['images_per_s'] for r in rows if r.get('images_per_s')]
+  return summary['config']['data']['batch_size'] / float(np.median(rates))
 
-  Compute per step is the run's own, measured: one learner's share of a
-  step, B / (images per second), the median over the rows (all learners
-  of the run share this machine, so a step of P learners takes P times as
-  long as one learner's). Communication is the cost model's, for the
-  averagings the run counted by then.
-  """
+
+def modeled_seconds(rows: Sequence[dict], summary: dict,
+                    cluster: cost_model.AnyCluster,
+                    step_s: float) -> list[float]:
+  """Per metrics row: the run's wall clock had each learner its own device
+  on `cluster` (`cost_model.elapsed_s`): `step_s` compute seconds per
+  step, and the cost model's communication for the averagings the run
+  counted by then."""
   sizes = level_sizes(summary)
   require(bool(sizes), 'a modeled wall clock needs averaging levels; '
           f"hier.algorithm={summary['config']['hier']['algorithm']!r} has "
           'none.')
-  rates = [r['images_per_s'] for r in rows if r.get('images_per_s')]
-  step_s = summary['config']['data']['batch_size'] / float(np.median(rates))
   model_bytes = max(
       summary[f'{name}_bytes_per_learner'] / summary[f'{name}_averagings']
       for name in sizes if summary.get(f'{name}_averagings'))
@@ -359,8 +362,23 @@ def modeled_seconds(rows: Sequence[dict], summary: dict,
        for name, size in sizes.items()], model_bytes) for row in rows]
 
 
+def sweep_step_s(spec: SweepSpec, root: str) -> float | None:
+  """The compute seconds per step every modeled clock uses: the median of
+  the finished runs' `measured_step_s`. Every point computes the same
+  model on the same batch, so their differences are the machine's noise
+  (other work on shared cores), not the algorithm's; None without runs."""
+  measured = []
+  for point in spec.points():
+    summary = finished_summary(root, point)
+    if summary is not None and level_sizes(summary):
+      measured.append(measured_step_s(
+          read_rows(os.path.join(root, point.name, METRICS_FILE)), summary))
+  return float(np.median(measured)) if measured else None
+
+
 def collect(spec: SweepSpec, root: str) -> list[dict]:
   """One row per finished point: its settings and its summary numbers."""
+  step_s = sweep_step_s(spec, root) if spec.clusters else None
   rows = []
   for point in spec.points():
     summary = finished_summary(root, point)
@@ -386,7 +404,7 @@ def collect(spec: SweepSpec, root: str) -> list[dict]:
       metrics = read_rows(os.path.join(root, point.name, METRICS_FILE))
       for name, cluster in spec.clusters.items():
         row[f'modeled_s:{name}'] = (
-            modeled_seconds(metrics, summary, cluster)[-1]
+            modeled_seconds(metrics, summary, cluster, step_s)[-1]
             if level_sizes(summary) else '')
     rows.append(row)
   return rows
@@ -405,7 +423,7 @@ def unfinished(spec: SweepSpec, root: str) -> list[tuple[str, str]]:
       with open(log_path) as f:
         errors_seen = [line.strip()[len('error: '):] for line in f
                        if line.startswith('error: ')]
-      why = errors_seen[-1] if errors_seen else 'interrupted'
+      why = errors_seen[-1] if errors_seen else 'running or interrupted'
     result.append((point.name, why))
   return result
 
@@ -472,6 +490,7 @@ def _curves(spec: SweepSpec, root: str, key: str
   with its modeled time on every cluster (`modeled_s:<name>`) where the
   run has averaging levels."""
   curves: dict[str, list[list[dict]]] = {}
+  step_s = sweep_step_s(spec, root) if spec.clusters else None
   for point in spec.points():
     summary = finished_summary(root, point)
     if summary is None:
@@ -480,7 +499,7 @@ def _curves(spec: SweepSpec, root: str, key: str
     if level_sizes(summary):
       for name, cluster in spec.clusters.items():
         for row, seconds in zip(rows, modeled_seconds(rows, summary,
-                                                      cluster)):
+                                                      cluster, step_s)):
           row[f'modeled_s:{name}'] = seconds
     rows = [r for r in rows if key in r]
     if rows:
