@@ -267,6 +267,19 @@ class ModeledTimeTest(absltest.TestCase):
       sweep.modeled_seconds([dict(step=1, images_per_s=1.0)], summary, SLOW,
                             0.1)
 
+  def test_drift_keys_once_each_innermost_first(self):
+    root = tempfile.mkdtemp()
+    spec = sweep.SweepSpec('configs/cifar10.py:cpu', grid={'seed': [0, 1]})
+    for point in spec.points():
+      fake_run(root, point, [0.1, 0.2, 0.3])
+    with open(os.path.join(root, spec.points()[1].name, 'metrics.jsonl'),
+              'a') as f:
+      f.write(json.dumps(dict(step=40, local_drift=0.1, level1_drift=0.2,
+                              global_spread=0.01)) + '\n')
+    self.assertEqual(sweep.drift_keys(spec, root),
+                     ['local_drift', 'level1_drift', 'global_drift',
+                      'global_spread'])
+
   def test_report_without_results(self):
     spec = sweep.SweepSpec('configs/cifar10.py:cpu')
     with self.assertRaisesRegex(UserError, 'no finished sweep points'):

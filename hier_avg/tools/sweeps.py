@@ -565,15 +565,30 @@ def plot(spec: SweepSpec, root: str) -> list[str]:
   return written + ([drift] if drift else [])
 
 
-def _plot_drift(spec: SweepSpec, root: str, Figure) -> str | None:  # pylint: disable=invalid-name
-  """drift_vs_step.png: a panel per level's drift (and spread), a line per
-  group; None when no run measured drift."""
-  keys = []
+def drift_keys(spec: SweepSpec, root: str) -> list[str]:
+  """The drift and spread metrics the finished runs logged, each once,
+  innermost level first."""
+  keys = set()
   for point in spec.points():
     if is_finished(root, point):
       rows = read_rows(os.path.join(root, point.name, METRICS_FILE))
-      keys += [k for r in rows for k in r
-               if k.endswith(('_drift', '_spread')) and k not in keys]
+      keys.update(k for r in rows for k in r
+                  if k.endswith(('_drift', '_spread')))
+  return sorted(keys, key=_level_order)
+
+
+def _level_order(key: str) -> tuple:
+  """'local_drift' < 'level1_drift' < 'global_drift' < 'global_spread'."""
+  name, _, measure = key.rpartition('_')
+  rank = (0 if name == 'local' else 10 ** 6 if name == 'global' else
+          int(name[len('level'):]) if name.startswith('level') else 10 ** 5)
+  return rank, measure
+
+
+def _plot_drift(spec: SweepSpec, root: str, Figure) -> str | None:  # pylint: disable=invalid-name
+  """drift_vs_step.png: a panel per level's drift (and spread), a line per
+  group; None when no run measured drift."""
+  keys = drift_keys(spec, root)
   if not keys:
     return None
   fig = Figure(figsize=(7, 3.2 * len(keys)))
