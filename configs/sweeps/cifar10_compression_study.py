@@ -1,0 +1,40 @@
+r"""Compressed averaging between nodes on CIFAR-10 (cnn_small, CPU).
+
+  python sweep.py --sweep=configs/sweeps/cifar10_compression_study.py \
+      --root=/tmp/cifar10_compression_study --set=data.path=/path/to/cifar10
+
+The hierarchy study's `two_levels` row (the `:cpu` preset, P = 8, groups of
+4 averaging every 4 steps, all 8 every 16, 2 epochs) with the global
+level's averaging sent as float32 (none), bfloat16, int8, and int8 with
+error feedback; local averaging stays float32. Seeds 0, 1, 2.
+"""
+
+from hier_avg.tools.sweeps import SweepSpec
+
+
+def global_level(kind, error_feedback=False):
+  return {'hier.compress': ('none', kind),
+          'hier.error_feedback': (False, error_feedback)}
+
+
+def get_sweep():
+  return SweepSpec(
+      config='configs/cifar10.py:cpu',
+      overrides={
+          'data.name': 'folder',
+          'train.steps': 0,
+          'train.epochs': 2.0,
+          'train.eval_every': 49,
+          'train.log_every': 14,
+          'mesh.node_devices': 1,
+          'mesh.local_devices': 1,
+          'hier.levels': ((4, 4), (8, 16)),
+      },
+      variants={
+          'float32': {},
+          'bfloat16': global_level('bfloat16'),
+          'int8': global_level('int8'),
+          'int8_feedback': global_level('int8', True),
+      },
+      grid={'seed': [0, 1, 2]},
+  )
