@@ -2,10 +2,12 @@
 
 import json
 import os
+import runpy
 import tempfile
 
 from absl.testing import absltest
 
+from hier_avg import config_keys
 from hier_avg.tools import cost_model
 from hier_avg.tools import sweeps as sweep
 from hier_avg.errors import UserError
@@ -284,6 +286,31 @@ class ModeledTimeTest(absltest.TestCase):
     spec = sweep.SweepSpec('configs/cifar10.py:cpu')
     with self.assertRaisesRegex(UserError, 'no finished sweep points'):
       sweep.report(spec, tempfile.mkdtemp())
+
+
+class SweepFilesTest(absltest.TestCase):
+  """Every study in configs/sweeps/ describes runs launch.py accepts."""
+
+  def test_every_point_of_every_sweep_file_is_a_valid_config(self):
+    folder = os.path.join(sweep.REPO_ROOT, 'configs', 'sweeps')
+    files = sorted(f for f in os.listdir(folder)
+                   if f.startswith('cifar10_') and f.endswith('.py'))
+    self.assertGreaterEqual(len(files), 4)
+    for name in files:
+      spec = sweep.load_spec(os.path.join(folder, name))
+      path, _, preset = spec.config_path().partition(':')
+      module = runpy.run_path(path)
+      for point in spec.points():
+        with self.subTest(sweep=name, point=point.name):
+          config = module['get_config'](preset or None)
+          for key, value in point.overrides:
+            *parents, leaf = key.split('.')
+            node = config
+            for part in parents:
+              node = node[part]
+            node[leaf] = value
+          config.data.path = '/data/cifar10'  # What --set gives.
+          config_keys.validate(config)
 
 
 if __name__ == '__main__':

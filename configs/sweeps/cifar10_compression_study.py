@@ -9,6 +9,7 @@ level's averaging sent as float32 (none), bfloat16, int8, and int8 with
 error feedback; local averaging stays float32. Seeds 0, 1, 2.
 """
 
+from configs.sweeps import cpu_cifar10
 from hier_avg.tools.sweeps import SweepSpec
 
 
@@ -19,17 +20,9 @@ def global_level(kind, error_feedback=False):
 
 def get_sweep():
   return SweepSpec(
-      config='configs/cifar10.py:cpu',
-      overrides={
-          'data.name': 'folder',
-          'train.steps': 0,
-          'train.epochs': 2.0,
-          'train.eval_every': 49,
-          'train.log_every': 14,
-          'mesh.node_devices': 1,
-          'mesh.local_devices': 1,
-          'hier.levels': ((4, 4), (8, 16)),
-      },
+      config=cpu_cifar10.CONFIG,
+      overrides={**cpu_cifar10.overrides(epochs=2.0, eval_every=49),
+                 'hier.levels': ((4, 4), (8, 16))},
       variants={
           'float32': {},
           'bfloat16': global_level('bfloat16'),

@@ -10,6 +10,7 @@ learners packed on one device, so no fake devices are needed. `data.path`
 is a CIFAR-10 image folder (`{train,test}/<class>/*.jpg`).
 """
 
+from configs.sweeps import cpu_cifar10
 from hier_avg.tools.sweeps import SweepSpec
 
 
@@ -19,16 +20,9 @@ def hier(group_size, k1, k2):
 
 def get_sweep():
   return SweepSpec(
-      config='configs/cifar10.py:cpu',
-      overrides={
-          'data.name': 'folder',
-          'train.steps': 0,
-          'train.epochs': 3.0,
-          'train.eval_every': 98,   # About every half epoch (195 steps).
-          'train.log_every': 14,
-          'mesh.node_devices': 1,
-          'mesh.local_devices': 1,
-      },
+      config=cpu_cifar10.CONFIG,
+      # Evaluations about every half epoch (195 steps).
+      overrides=cpu_cifar10.overrides(epochs=3.0, eval_every=98),
       variants={
           # Synchronous SGD: averaging after every step.
           'sync': hier(4, 1, 1),

@@ -17,6 +17,7 @@ nodes, from a datacentre's InfiniBand to a wide-area link
 (`sweeps.modeled_seconds`).
 """
 
+from configs.sweeps import cpu_cifar10
 from hier_avg.tools.cost_model import Cluster, Link
 from hier_avg.tools.sweeps import SweepSpec
 
@@ -32,17 +33,10 @@ TWO_LEVELS = ((4, 4), (8, 16))
 
 def get_sweep():
   return SweepSpec(
-      config='configs/cifar10.py:cpu',
-      overrides={
-          'data.name': 'folder',
-          'train.steps': 0,
-          'train.epochs': 2.0,
-          'train.eval_every': 49,   # About every quarter epoch (195 steps).
-          'train.log_every': 14,
-          'mesh.node_devices': 1,
-          'mesh.local_devices': 1,
-          'hier.measure_spread': True,
-      },
+      config=cpu_cifar10.CONFIG,
+      # Evaluations about every quarter epoch (195 steps).
+      overrides={**cpu_cifar10.overrides(epochs=2.0, eval_every=49),
+                 'hier.measure_spread': True},
       variants={
           # The ends of the spectrum, for accuracy against modeled time.
           'sync': {'hier.group_size': 4, 'hier.k1': 1, 'hier.k2': 1},

@@ -13,23 +13,15 @@ each one step (8 updates) late. A rate at which a run diverges ends it
 finished and goes on.
 """
 
+from configs.sweeps import cpu_cifar10
 from hier_avg.tools.sweeps import SweepSpec
 
 
 def get_sweep():
   return SweepSpec(
-      config='configs/cifar10.py:cpu',
-      overrides={
-          'data.name': 'folder',
-          'train.steps': 0,
-          'train.epochs': 0.5,
-          'train.eval_every': 0,
-          'train.log_every': 14,
-          'mesh.node_devices': 1,
-          'mesh.local_devices': 1,
-          'opt.momentum': 0.0,
-          'seed': 0,
-      },
+      config=cpu_cifar10.CONFIG,
+      overrides={**cpu_cifar10.overrides(epochs=0.5, eval_every=0),
+                 'opt.momentum': 0.0, 'seed': 0},
       variants={
           'kavg_k16': {'hier.group_size': 1, 'hier.k1': 16, 'hier.k2': 1},
           'asgd': {'hier.algorithm': 'asgd', 'hier.staleness': 1},

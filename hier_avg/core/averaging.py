@@ -64,6 +64,14 @@ def _mesh_axes(axes: tuple[str, ...], topology: Topology) -> tuple[str, ...]:
                if a in axes and topology.mesh.shape[a] > 1)
 
 
+def _level_dims(axes: tuple[str, ...], topology: Topology):
+  """(block axes of the learners, those of them `axes` averages over, the
+  mesh axes a collective must cross)."""
+  names = topology.axis_names
+  return (len(names), tuple(i for i, a in enumerate(names) if a in axes),
+          _mesh_axes(axes, topology))
+
+
 def average_block(tree, axes: tuple[str, ...], topology: Topology):
   """Replaces each learner's floating leaves by their mean over `axes`.
 
@@ -74,10 +82,7 @@ def average_block(tree, axes: tuple[str, ...], topology: Topology):
   Returns:
     The same tree with every floating leaf averaged across its group.
   """
-  names = topology.axis_names
-  nblock = len(names)
-  block_dims = tuple(i for i, a in enumerate(names) if a in axes)
-  mesh_axes = _mesh_axes(axes, topology)
+  nblock, block_dims, mesh_axes = _level_dims(axes, topology)
   leaves, treedef = jax.tree.flatten(tree)
   groups = _dtype_groups(leaves)
   means = {}
@@ -109,10 +114,8 @@ def average_compressed(tree, anchor, residual, axes: tuple[str, ...],
   Returns:
     (averaged tree, new residuals or None).
   """
+  nblock, block_dims, mesh_axes = _level_dims(axes, topology)
   names = topology.axis_names
-  nblock = len(names)
-  block_dims = tuple(i for i, a in enumerate(names) if a in axes)
-  mesh_axes = _mesh_axes(axes, topology)
   leaves, treedef = jax.tree.flatten(tree)
   groups = _dtype_groups(leaves)
   flats = _concatenate_by_dtype(leaves, groups, nblock)
