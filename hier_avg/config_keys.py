@@ -34,6 +34,7 @@ from hier_avg.core import optim
 from hier_avg.core import outer
 from hier_avg.core import periods
 from hier_avg.core import policies
+from hier_avg.core import schedule as schedule_lib
 from hier_avg.data import datasets
 from hier_avg.data import feeds
 from hier_avg.data import sampling
@@ -137,6 +138,13 @@ def choices_tuple(*choices) -> Check:
               f'{", ".join(map(repr, choices))}, one per level, e.g. '
               f'{tuple(choices[:2])!r}.')
   return check
+
+
+def unit_numbers_tuple(name, value) -> str | None:
+  if not (isinstance(value, (tuple, list)) and
+          all(_is_number(v) and 0 <= v <= 1 for v in value)):
+    return (f'{name}={value!r} must be a tuple of numbers in [0, 1], one '
+            'per level, e.g. (0.0, 0.5).')
 
 
 def booleans_tuple(name, value) -> str | None:
@@ -250,6 +258,21 @@ KEYS = (
         'Per level: each learner keeps what compression lost at that '
         "level's averaging and sends it with the next one. Empty: off.",
         booleans_tuple),
+    Key('hier.delay', (),
+        'Per level, innermost first (as hier.compress): tau >= 0, the steps '
+        "by which that level's averaging is late: the averaging after step "
+        'H averages the parameters of step H - tau and each learner keeps '
+        'its progress since, x_j <- mean(x_j,H-tau) + (x_j,H - x_j,H-tau); '
+        'its collective runs during those tau steps. Each tau below the '
+        'narrowest period; not with compression on the same level. Only '
+        'parameters are late (BatchNorm statistics and averaged optimizer '
+        'state average at H); the warmup steps are never late. Empty: 0 '
+        'everywhere.', integers_tuple(0)),
+    Key('hier.delay_mix', (),
+        "Per level: torchft's rule instead of keeping the progress, "
+        'x_j <- (1 - alpha) mean(x_j,H-tau) + alpha x_j,H (alpha = 0 drops '
+        "it, torchft's default); 0 for levels that are not late. Empty: "
+        'keep the progress.', unit_numbers_tuple),
     Key('hier.algorithm', 'hier',
         "'hier': Hier-AVG (K-AVG and sync SGD as special cases); 'asgd': "
         'simulated asynchronous SGD (hier_avg/algorithms/asgd.py), whose '
@@ -441,6 +464,17 @@ def _relations(config) -> None:
   problems = compression.check_levels(hier.compress, hier.error_feedback,
                                       depth)
   require(not problems, problems[0] if problems else '')
+  if hier.delay or hier.delay_mix:
+    require(hier.algorithm == 'hier',
+            f"hier.algorithm={hier.algorithm!r} has no averaging levels to "
+            'delay; leave hier.delay and hier.delay_mix empty.')
+    problems = schedule_lib.check_delays(
+        hier.delay, hier.delay_mix,
+        hierarchy.Hierarchy.from_config(hier).periods, hier.compress)
+    require(not problems, problems[0] if problems else '')
+    require(hier.period_schedule == 'constant',
+            f'hier.delay with hier.period_schedule={hier.period_schedule!r} '
+            "is not supported yet; use 'constant' periods or no delay.")
   milestones = tuple(hier.period_milestones)
   require(len(milestones) == len(hier.period_factors),
           f'hier.period_milestones={milestones} and hier.period_factors='

@@ -5,6 +5,22 @@ level (if any) replaces each group's models by the group mean, the policy
 decides what else is averaged or reset, and at the outermost level an
 optional outer optimizer (SlowMo / DiLoCo, `core/outer.py`) steps on the
 pseudo-gradient.
+
+A level with a delay tau (`hier.delay`) averages late: its averaging after
+step H averages the parameters of step H - tau (the snapshot; with an
+outer optimizer at the outermost level, the outer step takes the
+snapshot's mean), and each learner keeps the progress it made since,
+
+    x_j <- mean_group(x_j,H-tau) + (x_j,H - x_j,H-tau),
+
+or, with `hier.delay_mix` alpha (torchft's rule),
+`x_j <- (1 - alpha) mean_group(x_j,H-tau) + alpha x_j,H`. Only the
+parameters are late: the other averaged parts (BatchNorm statistics,
+optimizer state, per the policy) average at H as without delay, and the
+'reset' policy resets at H. The drift (and spread) is measured on the
+snapshot. The pending averaging lives in `state.comm['delayed']` (one
+parameter-sized tree per learner and delayed level), so a round cut inside
+the window (and a checkpoint there) loses nothing.
 """
 
 import dataclasses
@@ -35,7 +51,8 @@ def make(learner: Learner, topology: Topology, schedule: Schedule,
          outer_tx: optax.GradientTransformation | None = None,
          learner_loop: str = 'vmap', drift: bool = True,
          spread: bool = False, compress: Sequence[str] = (),
-         error_feedback: Sequence[bool] = ()) -> Algorithm:
+         error_feedback: Sequence[bool] = (), delay: Sequence[int] = (),
+         delay_mix: Sequence[float] = ()) -> Algorithm:
   """Hier-AVG with `schedule`'s levels on `topology`'s learner grid.
 
   Args:
@@ -54,8 +71,14 @@ def make(learner: Learner, topology: Topology, schedule: Schedule,
     compress: per level, innermost first, 'none', 'bfloat16' or 'int8'
       (`core/compression.py`); empty: 'none' everywhere.
     error_feedback: per level, keep and resend what compression lost.
+    delay: per level, the steps tau its averaging is late (below the
+      narrowest period; 0: on time); empty: 0 everywhere. Not with
+      compression on the same level.
+    delay_mix: per level, alpha for torchft's rule instead of keeping the
+      progress (0 where the delay is 0); empty: keep the progress.
   """
   nblock = len(topology.grid_shape)
+  schedule = schedule.with_delays(delay)
   levels = schedule.levels
   outermost = levels[-1] if levels else None
   # Compressed levels: name -> kind; each keeps its group's anchor (the
@@ -68,6 +91,13 @@ def make(learner: Learner, topology: Topology, schedule: Schedule,
       levels, compression.per_level(error_feedback, len(levels), False))
                    if on)
   depth = {level.name: i for i, level in enumerate(levels)}
+  # Delayed levels: name -> alpha of torchft's rule, or None (keep the
+  # progress).
+  mixes = compression.per_level(delay_mix, len(levels), None)
+  late = {level.name: mix for level, mix in zip(levels, mixes)
+          if level.delay}
+  for name in late:
+    assert name not in compressed, f'{name}: delay with compression'
 
   def local_step(state: TrainState, batch):
     def one(params, batch_stats, opt_state, rng, batch):
@@ -80,11 +110,88 @@ def make(learner: Learner, topology: Topology, schedule: Schedule,
     return state.replace(step=state.step + 1, params=params,
                          batch_stats=batch_stats, opt_state=opt_state), loss
 
-  def after_round(state: TrainState, level: Level | None):
+  def group_target(params, outer_state, level: Level):
+    """The group's new model from `params` (a collective), the level's
+    measures, and the outer optimizer's new state (None: untouched)."""
+    mean = averaging.average_block(params, level.axes, topology)
+    measures = {}
+    if drift:
+      measures['drift'] = averaging.squared_distances(params, mean, nblock)
+    if spread and level == outermost and len(schedule.levels) > 1:
+      group_means = averaging.average_block(
+          params, schedule.levels[-2].axes, topology)
+      measures['spread'] = averaging.squared_distances(
+          group_means, mean, nblock)
+    if outer_tx is not None and level == outermost:
+      mean, outer_state = execution.map_block(
+          functools.partial(outer.step, outer_tx), 'vmap', nblock, mean,
+          outer_state)
+      return mean, measures, outer_state
+    return mean, measures, None
+
+  def snapshot(state: TrainState, level: Level):
+    target, measures, outer_state = group_target(state.params, state.outer,
+                                                 level)
+    pending = {'measures': measures}
+    if late[level.name] is None:
+      pending['delta'] = jax.tree.map(lambda t, x: t - x, target,
+                                      state.params)
+    if late[level.name] is not None or _anchors_inside(level):
+      pending['target'] = target
+    if outer_state is not None:
+      pending['outer'] = outer_state
+    return pending
+
+  def _anchors_inside(level: Level) -> bool:
+    # Compressed levels inside `level` restart from its common model.
+    return any(depth[name] < depth[level.name] for name in compressed)
+
+  def keep(state: TrainState, level: Level, pending):
+    pending = dict(pending)
+    outer_state = pending.pop('outer', None)
+    if outer_state is not None:
+      state = state.replace(outer=outer_state)
+    return state.replace(comm={**state.comm, 'delayed': {
+        **state.comm['delayed'], level.name: pending}})
+
+  def apply_late(state: TrainState, level: Level):
+    """The pending averaging of `level` applied at the end of its window;
+    the other averaged parts average now."""
+    pending = state.comm['delayed'][level.name]
+    rest = {p: getattr(state, p) for p in policy.averaged_parts
+            if p != 'params'}
+    means = averaging.average_block(rest, level.axes, topology)
+    mix = late[level.name]
+    if mix is None:
+      params = jax.tree.map(lambda x, d: x + d, state.params,
+                            pending['delta'])
+    else:
+      params = jax.tree.map(lambda t, x: (1 - mix) * t + mix * x,
+                            pending['target'], state.params)
+    state = policy.after_averaging(state.replace(params=params, **means))
+    if _anchors_inside(level):
+      state = _restart_anchors(state, level, pending['target'])
+    return state, dict(pending['measures'])
+
+  def _restart_anchors(state, level, common, residual=None, kind=None):
+    """Every group of `level` and of the levels inside it now started
+    from the common model `common`: their next changes count from it."""
+    anchors = {name: common if depth[name] <= depth[level.name]
+               else anchor for name, anchor in state.comm['anchor'].items()}
+    residuals = dict(state.comm['residual'])
+    if kind is not None and residual is not None:
+      residuals[level.name] = residual
+    return state.replace(comm={**state.comm, 'anchor': anchors,
+                               'residual': residuals})
+
+  def after_round(state: TrainState, level: Level | None,
+                  delayed: bool = False):
     if level is None:
       return state, {}
+    if delayed:
+      return apply_late(state, level)
     parts = {p: getattr(state, p) for p in policy.averaged_parts}
-    kind = compressed.get(level.name)
+    kind, residual = compressed.get(level.name), None
     if kind is None:
       means = averaging.average_block(parts, level.axes, topology)
     else:
@@ -111,13 +218,8 @@ def make(learner: Learner, topology: Topology, schedule: Schedule,
       state = state.replace(params=params, outer=outer_state)
     if compressed:
       # Every group of this level and of the levels inside it now holds a
-      # common model: their next changes count from it.
-      anchors = {name: state.params if depth[name] <= depth[level.name]
-                 else anchor for name, anchor in state.comm['anchor'].items()}
-      residuals = dict(state.comm['residual'])
-      if kind is not None and residual is not None:
-        residuals[level.name] = residual
-      state = state.replace(comm={'anchor': anchors, 'residual': residuals})
+      # common model.
+      state = _restart_anchors(state, level, state.params, residual, kind)
     return state, measures
 
   def extend_state(state: TrainState) -> TrainState:
@@ -125,12 +227,33 @@ def make(learner: Learner, topology: Topology, schedule: Schedule,
       state = state.replace(outer=execution.map_block(
           functools.partial(outer.init, outer_tx), 'vmap', nblock,
           state.params))
+    comm = {}
     if compressed:
       zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32),
                            state.params)
-      state = state.replace(comm={
-          'anchor': {name: state.params for name in compressed},
-          'residual': {name: zeros for name in fed_back}})
+      comm.update(anchor={name: state.params for name in compressed},
+                  residual={name: zeros for name in fed_back})
+    if late:
+      # Room for each delayed level's pending averaging, as `keep`
+      # leaves it (the outer state it installs at once).
+      def room(level):
+        scalars = jnp.zeros(state.rng.shape, jnp.float32)  # One a learner.
+        measures = {}
+        if drift:
+          measures['drift'] = scalars
+        if spread and level == outermost and len(levels) > 1:
+          measures['spread'] = scalars
+        pending = {'measures': measures}
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        if late[level.name] is None:
+          pending['delta'] = zeros
+        if late[level.name] is not None or _anchors_inside(level):
+          pending['target'] = zeros
+        return pending
+      comm['delayed'] = {level.name: room(level) for level in levels
+                         if level.name in late}
+    if comm:
+      state = state.replace(comm=comm)
     return state
 
   def channels(state: TrainState) -> dict[str, communication.Channel]:
@@ -141,7 +264,12 @@ def make(learner: Learner, topology: Topology, schedule: Schedule,
 
     def channel(level):
       kind = compressed.get(level.name)
-      if kind is None:
+      if level.name in late:
+        # The parameters at the snapshot, the rest at the window's end.
+        nbytes = averaging.bytes_per_learner(one)
+        collectives = sum(averaging.collectives_per_event(
+            part, level.axes, topology) for part in (one['params'], rest))
+      elif kind is None:
         nbytes = averaging.bytes_per_learner(one)
         collectives = averaging.collectives_per_event(one, level.axes,
                                                       topology)
@@ -159,12 +287,12 @@ def make(learner: Learner, topology: Topology, schedule: Schedule,
     return {level.name: channel(level) for level in levels}
 
   extra = (('outer',) if outer_tx is not None else ()) + (
-      ('comm',) if compressed else ())
+      ('comm',) if compressed or late else ())
   return Algorithm(
       description=schedule.describe(), schedule=schedule,
       local_step=local_step, after_round=after_round, channels=channels,
       event_counts=schedule.counts, extra_state=extra,
-      extend_state=extend_state)
+      extend_state=extend_state, snapshot=snapshot, keep=keep)
 
 
 def with_periods(algorithm: Algorithm,

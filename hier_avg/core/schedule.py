@@ -5,6 +5,14 @@ Hier-AVG has two: local (axis 'local', every K1 steps) and global (all axes,
 every K1*K2 steps). Periods nest (each divides the next), and when several
 levels fall on the same step the widest one wins: a global averaging replaces
 the local one of that step. A third level (pods of nodes) is one more entry.
+
+A level may average late (`Level.delay` tau, `hier.delay`): its averaging
+after step H averages the models of step H - tau (the snapshot), and its
+collective runs while the learners take steps H - tau + 1 ... H. Every
+round says where such a window opens or closes in it (`Round.snapshot`,
+`Round.delayed`); a round cut inside a window (a log, an evaluation, a
+memory cap) leaves the pending averaging in the state for the round that
+closes it.
 """
 
 import bisect
@@ -21,14 +29,32 @@ class Level:
   name: str
   axes: tuple[str, ...]  # Grid axes averaged over.
   period: int            # Local steps between averagings at this level.
+  # Steps tau by which the averaging is late: the averaging after step H
+  # averages the models of step H - tau; each learner keeps what it did
+  # since (`hier.delay`). Below the narrowest period, so that no other
+  # averaging falls inside the window (H - tau, H].
+  delay: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
 class Round:
-  """Local steps `[first, first + length)`, then `level`'s averaging."""
+  """Local steps `[first, first + length)`, then `level`'s averaging.
+
+  With a delayed level (`Level.delay` tau > 0) averaging after step H, the
+  round holding step H - tau takes the snapshot: after `snapshot` of its
+  steps it starts `delayed`'s averaging of the models as they are then
+  (the collective), and its remaining steps do not depend on it. The
+  round that ends at H (`level == delayed`) applies it; if a cut falls
+  between, the snapshot's round keeps the pending averaging in the state
+  and the closing round (`snapshot` None) reads it from there. `delayed`
+  is None for every round that neither opens nor closes a window (the
+  warmup's averagings are never late).
+  """
   first: int
   length: int
   level: Level | None
+  snapshot: int | None = None     # Steps before the snapshot, in [0, length).
+  delayed: Level | None = None    # The delayed level it opens or closes.
 
   @property
   def end(self) -> int:
@@ -61,7 +87,24 @@ class Schedule:
     for inner, outer in zip(self.levels, self.levels[1:]):
       assert outer.period % inner.period == 0, (inner, outer)
       assert set(inner.axes) <= set(outer.axes), (inner, outer)
+    for level in self.levels:
+      assert 0 <= level.delay < self.levels[0].period, level
     assert self.phases[0].start == self.sync_warmup, self.phases
+
+  def with_delays(self, delays: Sequence[int]) -> 'Schedule':
+    """The same levels, each late by its entry of `delays` (innermost
+    first; empty: none)."""
+    if not delays:
+      return self
+    assert len(delays) == len(self.levels), (delays, self.levels)
+    return dataclasses.replace(self, levels=tuple(
+        dataclasses.replace(level, delay=int(tau))
+        for level, tau in zip(self.levels, delays)))
+
+  @property
+  def delayed(self) -> bool:
+    """Whether some level averages late."""
+    return any(level.delay for level in self.levels)
 
   def with_periods(self, periods: PeriodController | None) -> 'Schedule':
     """The same levels with `periods`' phases."""
@@ -114,6 +157,9 @@ class Schedule:
     make rounds of 4, 2, 2 and 4 steps, two compiled programs where one
     does. With phases, K is the phase's (m times the narrowest period), and
     each round is planned when the one before has been taken.
+
+    Delayed levels add no cuts: each round says where a window opens or
+    closes in it (`Round`), wherever the cuts fall.
     """
     cuts = [p for p in cut_every if p > 0]
     step = start
@@ -124,8 +170,24 @@ class Schedule:
           [math.gcd(*dividing)] if dividing else [])
       end = min([stop, self._next_averaging(step)] +
                 [(step // p + 1) * p for p in periods])
-      yield Round(step, end - step, self.level_after(end))
+      yield Round(step, end - step, self.level_after(end),
+                  *self._window(step, end))
       step = end
+
+  def _window(self, step: int, end: int) -> tuple[int | None, Level | None]:
+    """`(snapshot, delayed)` of the round `[step, end)` (`Round`)."""
+    after = self._next_averaging(step)
+    if not self.delayed or after == math.inf:
+      return None, None
+    level = self.level_after(after)
+    if after <= self.sync_warmup or not level.delay:
+      return None, None
+    snapshot = after - level.delay  # The step after which it is taken.
+    if step <= snapshot < end:
+      return snapshot - step, level
+    if end == after:
+      return None, level  # Taken before this round, kept in the state.
+    return None, None
 
   @property
   def shortest_period(self) -> int:
@@ -157,7 +219,9 @@ class Schedule:
     if not self.levels:
       return 'no averaging'
     levels = ', '.join(f'{l.name} averaging over {"+".join(l.axes)} every '
-                       f'{l.period} step(s)' for l in self.levels)
+                       f'{l.period} step(s)' +
+                       (f' of the models {l.delay} step(s) before'
+                        if l.delay else '') for l in self.levels)
     if self.periods is None:
       return levels
     return f'{levels}; periods {self.periods.rule}'
@@ -190,3 +254,40 @@ def hier_schedule(k1: int, k2: int) -> Schedule:
   return Schedule((Level('local', (LOCAL,), k1),
                    Level('global', (NODE, LOCAL), k1 * k2)))
 
+
+
+def check_delays(delays, mixes, periods, compress=()) -> list[str]:
+  """Problems with `hier.delay` / `hier.delay_mix` for levels of `periods`
+  (innermost first) compressed as `compress`, as lines for a UserError
+  ([] when fine)."""
+  depth = len(periods)
+  problems = []
+  for key, values in (('hier.delay', delays), ('hier.delay_mix', mixes)):
+    if values and len(values) != depth:
+      problems.append(
+          f'{key}={tuple(values)} has {len(values)} entries but the '
+          f'hierarchy has {depth} levels; give one per level, innermost '
+          'first, or leave it empty.')
+  if problems:
+    return problems
+  taus = tuple(delays) or (0,) * depth
+  for i, tau in enumerate(taus):
+    if tau >= periods[0]:
+      problems.append(
+          f'hier.delay={tuple(delays)}: level {i} is {tau} step(s) late but '
+          f'some level averages every {periods[0]} steps; each delay must be '
+          'below the narrowest period, so that no other averaging falls '
+          'inside its window; lower it.')
+  for i, (tau, kind) in enumerate(zip(taus, compress)):
+    if tau and kind != 'none':
+      problems.append(
+          f'hier.delay is {tau} for level {i} whose hier.compress is '
+          f'{kind!r}: late averaging of compressed changes is not designed '
+          "yet; set one of them to 0 / 'none' for that level.")
+  for i, (tau, mix) in enumerate(zip(taus, mixes)):
+    if not tau and mix:
+      problems.append(
+          f'hier.delay_mix gives alpha={mix} to level {i}, which is not '
+          'late (hier.delay 0): give it 0 there (plain averaging), or a '
+          'delay.')
+  return problems

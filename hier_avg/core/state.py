@@ -28,8 +28,10 @@ class TrainState(flax.struct.PyTreeNode):
   stale: Any = None
   # With compressed averaging (`core/compression.py`): {'anchor': {level:
   # the model its group last held in common}, 'residual': {level: what
-  # compression lost, float32, where error feedback is on}}, per learner.
-  # None without.
+  # compression lost, float32, where error feedback is on}}, per learner;
+  # with delayed averaging (`hier.delay`) also 'delayed': {level: the
+  # pending late averaging taken at its snapshot (`algorithms/
+  # hierarchical.py`)}. None without either.
   comm: Any = None
 
 

@@ -36,11 +36,12 @@ class Algorithm:
   # (state, batch) -> (state, [block...] losses): one step of every
   # learner of the block; batch is ([block..., B, H, W, C], [block..., B]).
   local_step: Callable[[TrainState, Any], tuple[TrainState, jax.Array]]
-  # (state, level or None) -> (state, measures): measures maps names
-  # ('drift', ...) to per-learner [block...] values of this round's
-  # averaging, returned to the host like the losses ({}: none).
-  after_round: Callable[[TrainState, Level | None],
-                        tuple[TrainState, dict[str, jax.Array]]]
+  # (state, level or None[, delayed]) -> (state, measures): measures maps
+  # names ('drift', ...) to per-learner [block...] values of this round's
+  # averaging, returned to the host like the losses ({}: none). With
+  # `delayed` True the level's averaging is a late one (`Level.delay`):
+  # it applies the pending averaging that `keep` left in the state.
+  after_round: Callable[..., tuple[TrainState, dict[str, jax.Array]]]
   # (whole state, outside `shard_map`) -> what one event of each of the
   # algorithm's communication channels costs, by channel name.
   channels: Callable[[TrainState], dict[str, Channel]]
@@ -51,3 +52,11 @@ class Algorithm:
   # jit).
   extra_state: tuple[str, ...] = ()
   extend_state: Callable[[TrainState], TrainState] = _unchanged
+  # Delayed averaging (schedules with `Level.delay`; None: not supported).
+  # (state, level) -> pending: the level's averaging of the learners'
+  # models as they are now, its collective included. A pure function of
+  # the state: the steps that follow it in the round do not wait for it.
+  snapshot: Callable[[TrainState, Level], Any] | None = None
+  # (state, level, pending) -> state: the pending averaging kept in the
+  # state, for the `after_round(..., delayed=True)` that applies it.
+  keep: Callable[[TrainState, Level, Any], TrainState] | None = None

@@ -83,7 +83,8 @@ class Engine:
   # ---- Rounds ---------------------------------------------------------
 
   def train_round(self, level: Level | None, length: int,
-                  streamed: bool = False):
+                  streamed: bool = False, snapshot: int | None = None,
+                  delayed: Level | None = None):
     """The compiled round `(state, *inputs) -> (state, outputs)`.
 
     A round is `length` local steps on every learner (one program, so the
@@ -98,18 +99,36 @@ class Engine:
     grid...], sharded: the mean over learners is left to the host, so
     rounds without averaging need no collective at all. The algorithm's
     measures of the round's averaging (`outputs['drift']`, ...) come as
-    [1, grid...] the same way. Compiled once per (level, length, streamed).
+    [1, grid...] the same way. Compiled once per (level, length, streamed)
+    and delayed-averaging window.
+
+    `snapshot`, `delayed` (`Round`): after `snapshot` steps the round
+    starts `delayed`'s late averaging of the models as they are then (its
+    collective); the steps after it run on a state that does not hold its
+    result, so nothing in them waits for it. A round that ends with
+    `delayed`'s averaging applies it then; one cut before keeps it in the
+    state (`Algorithm.keep`), and the round that ends with the averaging
+    (`snapshot` None) applies it from there.
     """
     key = (None if level is None else level.name, length)
+    if delayed is not None:
+      key += (('delay', delayed.name, snapshot),)
     if streamed:
       key += ('streamed',)
     if key not in self._rounds:
-      self._rounds[key] = self._build_round(level, streamed)
+      self._rounds[key] = self._build_round(level, streamed, snapshot,
+                                            delayed)
     return self._rounds[key]
+
+  def round_program(self, round_: Round, streamed: bool = False):
+    """`train_round` for `round_`."""
+    return self.train_round(round_.level, round_.length, streamed,
+                            round_.snapshot, round_.delayed)
 
   @property
   def compiled_rounds(self) -> tuple:
-    """Keys (level name, length[, 'streamed']) of the rounds built so far."""
+    """Keys (level name, length[, ('delay', level name, snapshot)][,
+    'streamed']) of the rounds built so far."""
     return tuple(self._rounds)
 
   def run_round(self, state: TrainState, round_: Round, inputs,
@@ -118,18 +137,33 @@ class Engine:
 
     XLA:CPU collectives across fake devices can deadlock when several
     rounds with a collective are in flight, so on CPU this waits for every
-    round that ends in an averaging. The one place that knows it: the
+    round that ends in an averaging or takes a snapshot for a late one.
+    The one place that knows it: the
     train loop, the tests and the benchmarks all run rounds through here.
     """
-    state, outputs = self.train_round(round_.level, round_.length, streamed)(
-        state, *inputs)
-    if round_.level is not None and self.topology.platform == 'cpu':
+    state, outputs = self.round_program(round_, streamed)(state, *inputs)
+    collective = round_.level is not None or round_.snapshot is not None
+    if collective and self.topology.platform == 'cpu':
       jax.block_until_ready(state)
     return state, outputs
 
-  def _build_round(self, level: Level | None, streamed: bool):
+  def _build_round(self, level: Level | None, streamed: bool,
+                   snapshot: int | None = None, delayed: Level | None = None):
     """One round as a sharded, jitted function of the whole learner grid."""
     algorithm, step_loop = self.algorithm, self.execution.step_loop
+    if delayed is not None:
+      assert algorithm.snapshot is not None, (
+          f'{algorithm.description} cannot average late')
+
+    def steps(state, batches):
+      if step_loop == 'scan':
+        return lax.scan(algorithm.local_step, state, batches)
+      losses = []
+      for k in range(batches[1].shape[0]):
+        state, loss = algorithm.local_step(
+            state, jax.tree.map(lambda x, k=k: x[k], batches))
+        losses.append(loss)
+      return state, jnp.stack(losses)
 
     def block_round(state, *inputs):
       if streamed:
@@ -139,16 +173,26 @@ class Engine:
         # resident data set inside the scan made XLA:CPU copy it every step.
         images, labels, indices_K = inputs
         batches = (images[indices_K], labels[indices_K])
-      if step_loop == 'scan':
-        state, losses = lax.scan(algorithm.local_step, state, batches)
+      if snapshot is None:
+        state, losses = steps(state, batches)
       else:
+        # The late averaging's collective sits between the two parts; the
+        # second part runs on `state`, which does not hold its result, so
+        # a scheduler may run the collective during those steps.
         losses = []
-        for k in range(batches[1].shape[0]):
-          state, loss = algorithm.local_step(
-              state, jax.tree.map(lambda x, k=k: x[k], batches))
-          losses.append(loss)
-        losses = jnp.stack(losses)
-      state, measures = algorithm.after_round(state, level)
+        if snapshot:
+          state, first = steps(state, jax.tree.map(lambda x: x[:snapshot],
+                                                   batches))
+          losses.append(first)
+        pending = algorithm.snapshot(state, delayed)
+        state, rest = steps(state, jax.tree.map(lambda x: x[snapshot:],
+                                                batches))
+        losses = jnp.concatenate(losses + [rest])
+        state = algorithm.keep(state, delayed, pending)
+      if delayed is not None and level is not None:
+        state, measures = algorithm.after_round(state, level, True)
+      else:
+        state, measures = algorithm.after_round(state, level)
       # Every output has a leading axis (steps, or the one averaging) so
       # that all shard like a round's inputs.
       return state, {'loss': losses,

@@ -95,7 +95,7 @@ def make_levels_engine(learner, hierarchy, mesh=None,
                        average=('params', 'batch_stats'), round_loop='auto',
                        pack='auto', outer_tx=None, reset_opt_state=False,
                        drift=True, spread=False, compress=(),
-                       error_feedback=()):
+                       error_feedback=(), delay=(), delay_mix=()):
   """A Hier-AVG engine of `hierarchy`'s levels; `mesh`: devices per grid
   axis (None: as many as fit); `average`: the averaged parts of the state."""
   grid = hierarchy.grid_shape
@@ -108,7 +108,8 @@ def make_levels_engine(learner, hierarchy, mesh=None,
   run = Execution.resolve(pack, round_loop, 16, topology.platform)
   algorithm = hierarchical.make(learner, topology, hierarchy.schedule(),
                                 policy, outer_tx, run.learner_loop, drift,
-                                spread, compress, error_feedback)
+                                spread, compress, error_feedback, delay,
+                                delay_mix)
   return Engine(learner, topology, algorithm, run)
 
 
@@ -145,7 +146,7 @@ def guard_retraces(engine, steps, cut_every=()):
   Every distinct (level, length) round may be traced once; `after_round`
   runs once per trace, so `chex.assert_max_traces` on it counts traces.
   """
-  kinds = {(r.level, r.length)
+  kinds = {(r.level, r.length, r.snapshot, r.delayed)
            for r in engine.schedule.rounds(0, steps, cut_every)}
   chex.clear_trace_counter()
   engine.algorithm = dataclasses.replace(
@@ -175,8 +176,7 @@ def run_engine(engine, data, sampler, steps, seed=0, state=None,
     else:
       inputs = (images, labels, engine.topology.put_round_indices(
           sampler, round_.first, round_.length))
-    state, _ = engine.train_round(round_.level, round_.length, streamed)(
-        state, *inputs)
+    state, _ = engine.round_program(round_, streamed)(state, *inputs)
     jax.block_until_ready(state)
   return state
 

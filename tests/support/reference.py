@@ -221,10 +221,13 @@ class RefCompression:
       for i in group:
         learners[i]['params'] = _unbuffer(mean, learners[i]['params'])
 
-  def after_event(self, learners, index):
-    """Level `index` (and every level inside it) now holds common models."""
+  def after_event(self, learners, index, common=None):
+    """Level `index` (and every level inside it) now holds common models;
+    `common`: per learner, the common model its groups restart from
+    (default: its parameters)."""
+    models = common or [l['params'] for l in learners]
     for k in range(index + 1):
-      self.anchors[k] = [_float_buffer(l['params']) for l in learners]
+      self.anchors[k] = [_float_buffer(m) for m in models]
 
 
 def _zero_floats(tree):
@@ -233,10 +236,19 @@ def _zero_floats(tree):
                                                   np.floating) else x, tree)
 
 
+def _f64(tree):
+  return jax.tree.map(lambda x: np.asarray(x, np.float64), tree)
+
+
+def _cast_like(tree, like):
+  return jax.tree.map(lambda x, l: np.asarray(x).astype(np.asarray(l).dtype),
+                      tree, like)
+
+
 def run(learner: Learner, learners: list[dict], levels, average, images,
         labels, sampler, steps: int, first_step: int = 0, outer=None,
         reset_opt_state=False, sync_warmup=0, drift=None, level_at=None,
-        compression=None):
+        compression=None, delay=None, delay_mix=None, snapshots=None):
   """Trains `learners` (dicts of params/batch_stats/opt_state/rng) in place.
 
   `reset_opt_state`: the optimizer's floating state (momentum) of every
@@ -251,8 +263,31 @@ def run(learner: Learner, learners: list[dict], levels, average, images,
   after it, or None; it replaces the periods and `sync_warmup`.
   `compression`: a `RefCompression`; its levels of kind other than 'none'
   average the parameters through it.
+  `delay`: per level, tau: the level's averaging after step H (past the
+  warmup) averages each group's parameters of step H - tau, and learner j
+  becomes `mean_group(x_j,H-tau) + (x_j,H - x_j,H-tau)`, or with
+  `delay_mix` alpha for the level (per level, None: keep the progress)
+  `(1 - alpha) mean_group(x_j,H-tau) + alpha x_j,H`; with `outer` at the
+  outermost level, the outer step takes the snapshot's mean in place of
+  the mean. The other averaged parts average at H; the drift is the
+  snapshot's. `snapshots` (a dict, level index -> per-learner parameters
+  of step H - tau) carries open windows into a later call (a resumed
+  run).
   Returns the list of per-learner, per-step losses.
   """
+  delay = list(delay or [0] * len(levels))
+  delay_mix = list(delay_mix or [None] * len(levels))
+  snapshots = {} if snapshots is None else snapshots
+
+  def due_after(done):
+    """The levels that average after step `done`."""
+    if level_at is not None:
+      index = level_at(done)
+      return [] if index is None else [levels[index]]
+    if done <= sync_warmup:
+      return levels[-1:]
+    return [lvl for lvl in levels if (done - sync_warmup) % lvl.period == 0]
+
   step_fn = jax.jit(learner.step)
   losses = []
   for t in range(first_step, first_step + steps):
@@ -266,19 +301,56 @@ def run(learner: Learner, learners: list[dict], levels, average, images,
       row.append(float(loss))
     losses.append(row)
     done = t + 1
-    if level_at is not None:
-      index = level_at(done)
-      due = [] if index is None else [levels[index]]
-    elif done <= sync_warmup:
-      due = levels[-1:]
-    else:
-      due = [lvl for lvl in levels
-             if (done - sync_warmup) % lvl.period == 0]
+    # Snapshots for the late averagings whose window opens here.
+    for index, tau in enumerate(delay):
+      ahead = due_after(done + tau)
+      if (tau and done + tau > sync_warmup and ahead and
+          levels.index(ahead[-1]) == index):
+        snapshots[index] = [jax.tree.map(np.copy, l['params'])
+                            for l in learners]
+    due = due_after(done)
     if due:
       level = due[-1]  # Levels go narrow to wide: the widest wins.
+      index = levels.index(level)
+      late = delay[index] and done > sync_warmup
+      if late:
+        snapshot = snapshots.pop(index)
+        if drift is not None:
+          drift.append(_drift([{'params': p} for p in snapshot], levels,
+                              level, done))
+        common = [None] * len(learners)
+        for group in level.groups:
+          mean = _group_mean(snapshot, group)
+          if outer is not None and level is levels[-1]:
+            mean = outer.step(mean)
+          for i in group:
+            common[i] = mean
+            mix = delay_mix[index]
+            if mix is None:
+              new = jax.tree.map(lambda m, x, s: m + (x - s), _f64(mean),
+                                 _f64(learners[i]['params']),
+                                 _f64(snapshot[i]))
+            else:
+              new = jax.tree.map(lambda m, x: (1 - mix) * m + mix * x,
+                                 _f64(mean), _f64(learners[i]['params']))
+            learners[i]['params'] = _cast_like(new, snapshot[i])
+        for part in average:
+          if part == 'params':
+            continue
+          for group in level.groups:
+            mean = _group_mean([l[part] for l in learners], group)
+            for i in group:
+              learners[i][part] = mean
+        if reset_opt_state:
+          for group in level.groups:
+            for i in group:
+              learners[i]['opt_state'] = _zero_floats(
+                  learners[i]['opt_state'])
+        if compression is not None:
+          compression.after_event(learners, index, common)
+        continue
       if drift is not None:
         drift.append(_drift(learners, levels, level, done))
-      index = levels.index(level)
       for part in average:
         if (part == 'params' and compression is not None and
             compression.kinds[index] != 'none'):
