@@ -206,7 +206,8 @@ class RunAndReportTest(absltest.TestCase):
     root = tempfile.mkdtemp()
     spec = sweep.SweepSpec('configs/cifar10.py:cpu',
                            variants={'x': {}, 'y': {}},
-                           clusters={'slow': SLOW})
+                           clusters={'slow': SLOW},
+                           accuracy_targets=(0.3, 0.9))
     x, y = spec.points()
     fake_run(root, x, [0.1, 0.5])
     os.makedirs(os.path.join(root, 'logs'))
@@ -226,6 +227,10 @@ class RunAndReportTest(absltest.TestCase):
                                      sweep.measured_step_s(rows,
                                                            summary))[-1]
     self.assertIn(' modeled s (slow) |', markdown)
+    # Accuracy 0.1 then 0.5 at rows 1 and 2: 0.3 half way between them.
+    times = sweep.modeled_seconds(rows, summary, SLOW,
+                                  sweep.measured_step_s(rows, summary))
+    self.assertIn(f'| x | {(times[0] + times[1]) / 2:.1f} | — |', markdown)
     self.assertIn(f'| {expected:,.0f} ± 0 |', markdown)
     self.assertIn('- y: training diverged: non-finite loss at step 25 '
                   '(learner 3); lower opt.lr.', markdown)
@@ -262,6 +267,13 @@ class ModeledTimeTest(absltest.TestCase):
     for got, want in zip(sweep.modeled_seconds(rows, summary, SLOW, step_s),
                          expected):
       self.assertAlmostEqual(got, want)
+
+  def test_time_to_accuracy_interpolates_between_evaluations(self):
+    x, y = [10.0, 20.0, 30.0], [0.2, 0.5, 0.7]
+    self.assertEqual(sweep.time_to_accuracy(x, y, 0.1), 10.0)
+    self.assertAlmostEqual(sweep.time_to_accuracy(x, y, 0.6), 25.0)
+    self.assertEqual(sweep.time_to_accuracy(x, y, 0.7), 30.0)
+    self.assertIsNone(sweep.time_to_accuracy(x, y, 0.8))
 
   def test_a_run_without_levels_has_no_modeled_time(self):
     summary = dict(config={'hier': {'algorithm': 'asgd'}})

@@ -62,4 +62,5 @@ def get_sweep():
           '1Gbps': nodes(Link(latency_s=50e-6, bytes_per_s=125e6)),
           '100Mbps': nodes(Link(latency_s=1e-3, bytes_per_s=12.5e6)),
       },
+      accuracy_targets=(0.60, 0.63),
   )

@@ -87,6 +87,8 @@ class SweepSpec:
       cluster, each run's modeled wall clock (`modeled_seconds`, with the
       sweep's measured compute per step, `sweep_step_s`) to the table and
       plots test accuracy against it.
+    accuracy_targets: test accuracies for a table of the modeled time each
+      group takes to reach them on each cluster (`time_to_accuracy`).
   """
   config: str
   overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -97,6 +99,7 @@ class SweepSpec:
       default_factory=dict)
   clusters: Mapping[str, cost_model.AnyCluster] = dataclasses.field(
       default_factory=dict)
+  accuracy_targets: Sequence[float] = ()
 
   def points(self) -> list[Point]:
     """Every point: each grid cell (row-major) with every variant in turn.
@@ -601,6 +604,45 @@ def _plot_drift(spec: SweepSpec, root: str, Figure) -> str | None:  # pylint: di
   return path
 
 
+def time_to_accuracy(x, accuracy, target: float) -> float | None:
+  """When a curve (x increasing, its mean test accuracy) first reaches
+  `target`, interpolated linearly between evaluations; None if never."""
+  for i, (x_now, y_now) in enumerate(zip(x, accuracy)):
+    if y_now >= target:
+      if i == 0:
+        return float(x_now)
+      x_before, y_before = x[i - 1], accuracy[i - 1]
+      return float(x_before + (target - y_before) * (x_now - x_before) /
+                   (y_now - y_before))
+  return None
+
+
+def time_to_accuracy_table(spec: SweepSpec, root: str) -> str:
+  """Markdown: per group and cluster, the modeled seconds its mean test
+  accuracy took to reach each of `spec.accuracy_targets`."""
+  curves = _curves(spec, root, 'test_accuracy')
+  header = ''.join(f' {name}: {target:g} |' for name in spec.clusters
+                   for target in spec.accuracy_targets)
+  lines = ['Modeled seconds to reach a test accuracy (mean curve over seeds; '
+           '— : not reached):', '', f'| point |{header}',
+           '|---|' + '---|' * (len(spec.clusters) *
+                               len(spec.accuracy_targets))]
+  for group, runs in curves.items():
+    cells = []
+    for name in spec.clusters:
+      runs_here = [run for run in runs
+                   if all(f'modeled_s:{name}' in r for r in run)]
+      if not runs_here:
+        cells += [' — |'] * len(spec.accuracy_targets)
+        continue
+      x, y, _ = _mean_curve(runs_here, f'modeled_s:{name}', 'test_accuracy')
+      for target in spec.accuracy_targets:
+        seconds = time_to_accuracy(x, y, target)
+        cells.append(' — |' if seconds is None else f' {seconds:.1f} |')
+    lines.append(f'| {group} |' + ''.join(cells))
+  return '\n'.join(lines) + '\n'
+
+
 def report(spec: SweepSpec, root: str) -> dict[str, Any]:
   """Writes results.csv, results.md and the plots; returns what it wrote."""
   rows = collect(spec, root)
@@ -618,6 +660,8 @@ def report(spec: SweepSpec, root: str) -> dict[str, Any]:
   with open(md_path, 'w') as f:
     f.write(markdown_table(table, tuple(spec.clusters),
                            unfinished(spec, root)))
+    if spec.clusters and spec.accuracy_targets:
+      f.write('\n' + time_to_accuracy_table(spec, root))
   return {'rows': rows, 'table': table, 'csv': csv_path,
           'markdown': md_path, 'plots': plot(spec, root),
           'missing': len(spec.points()) - len(rows)}
