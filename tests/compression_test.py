@@ -14,7 +14,6 @@ from hier_avg.core import compression
 from hier_avg.core.hierarchy import Hierarchy
 from hier_avg.core.topology import make_topology
 from hier_avg.errors import UserError
-from hier_avg.run import checkpoint
 from tests.support import configs
 from tests.support import devices
 from tests.support import engines
@@ -147,11 +146,9 @@ class EngineTest(parameterized.TestCase):
     part = _train(engine, data, sampler, 9)
     self.assertGreater(max(float(jnp.abs(x).max()) for x in jax.tree.leaves(
         part.comm['residual']['global'])), 0)
-    ckpts = checkpoint.Checkpoints(self.create_tempdir().full_path, keep=1)
-    ckpts.save(part, {'step': 9, 'fingerprint': {}})
-    ckpts.wait()
-    restored, _ = ckpts.restore(engine.init_state(1, data.image_shape))
-    ckpts.close()
+    restored = engines.checkpoint_round_trip(
+        part, 9, engine.init_state(1, data.image_shape),
+        self.create_tempdir().full_path)
     resumed = engines.run_engine(engine, data, sampler, STEPS - 9,
                                  state=restored, first_step=9)
     for name in ('params', 'opt_state', 'comm'):

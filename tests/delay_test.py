@@ -13,7 +13,6 @@ from hier_avg import train
 from hier_avg.core.hierarchy import Hierarchy
 from hier_avg.core.schedule import Level, Schedule
 from hier_avg.errors import UserError
-from hier_avg.run import checkpoint
 from tests.support import configs
 from tests.support import devices
 from tests.support import engines
@@ -224,11 +223,9 @@ class EngineTest(parameterized.TestCase):
     part = engines.run_engine(engine, data, sampler, 6, cut_every=(6,))
     self.assertGreater(max(float(np.abs(x).max()) for x in jax.tree.leaves(
         part.comm['delayed']['global']['delta'])), 0)
-    ckpts = checkpoint.Checkpoints(self.create_tempdir().full_path, keep=1)
-    ckpts.save(part, {'step': 6, 'fingerprint': {}})
-    ckpts.wait()
-    restored, _ = ckpts.restore(engine.init_state(1, data.image_shape))
-    ckpts.close()
+    restored = engines.checkpoint_round_trip(
+        part, 6, engine.init_state(1, data.image_shape),
+        self.create_tempdir().full_path)
     resumed = engines.run_engine(engine, data, sampler, STEPS - 6,
                                  state=restored, first_step=6,
                                  cut_every=(6,))

@@ -150,9 +150,9 @@ class HierarchyStudyTest(absltest.TestCase):
     plots = sorted(os.path.basename(p)
                    for p in glob.glob(os.path.join(root, '*.png')))
     self.assertEqual(plots, ['accuracy_vs_bytes.png', 'accuracy_vs_epoch.png',
-                             'accuracy_vs_wall.png',
+                             'accuracy_vs_wall.png', 'drift_vs_step.png',
                              'train_loss_vs_epoch.png'])
-    # The report's four plots and the drift curves.
+    # The report's five plots, the drift curves among them.
     self.assertLen(outputs(nb, 'image/png'), 5)
 
     markdown = outputs(nb, 'text/markdown')

@@ -185,12 +185,9 @@ class EngineTest(absltest.TestCase):
     self.assertNotEmpty(counts)
     for count in counts:
       np.testing.assert_array_equal(count, 2)
-    ckpts = checkpoint.Checkpoints(self.create_tempdir().full_path, keep=1)
-    ckpts.save(part, {'step': 5, 'fingerprint': {}})
-    ckpts.wait()
-    restored, _ = ckpts.restore(
-        self.engine.init_state(1, self.data.image_shape))
-    ckpts.close()
+    restored = engines.checkpoint_round_trip(
+        part, 5, self.engine.init_state(1, self.data.image_shape),
+        self.create_tempdir().full_path)
     resumed = self.train(self.engine, STEPS - 5, restored, first_step=5)
     for name in ('params', 'opt_state', 'outer'):
       jax.tree.map(np.testing.assert_array_equal, getattr(resumed, name),

@@ -21,6 +21,7 @@ from hier_avg.core.hierarchy import Hierarchy
 from hier_avg.core.topology import make_topology
 
 from hier_avg import config_keys
+from hier_avg.run import checkpoint
 from tests.support import reference
 
 IMAGE_SIZE = 8
@@ -194,3 +195,14 @@ def learner_states(state, grid_ndim=2):
   parts = {p: reference.per_learner(getattr(state, p), grid_ndim, n)
            for p in names}
   return [{p: parts[p][i] for p in parts} for i in range(n)]
+
+
+def checkpoint_round_trip(state, step: int, fresh, directory: str):
+  """`state`, saved as the checkpoint of `step` in `directory` and restored
+  into the structure (and shardings) of `fresh`, as a resumed run gets it."""
+  ckpts = checkpoint.Checkpoints(directory, keep=1)
+  ckpts.save(state, {'step': step, 'fingerprint': {}})
+  ckpts.wait()
+  restored, _ = ckpts.restore(fresh)
+  ckpts.close()
+  return restored

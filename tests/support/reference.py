@@ -230,6 +230,20 @@ class RefCompression:
       self.anchors[k] = [_float_buffer(m) for m in models]
 
 
+def _average_parts(learners, level, parts, reset_opt_state):
+  """Each group of `level` takes its mean of `parts`; then, with
+  `reset_opt_state`, the optimizer's floating state is zeroed."""
+  for part in parts:
+    for group in level.groups:
+      mean = _group_mean([l[part] for l in learners], group)
+      for i in group:
+        learners[i][part] = mean
+  if reset_opt_state:
+    for group in level.groups:
+      for i in group:
+        learners[i]['opt_state'] = _zero_floats(learners[i]['opt_state'])
+
+
 def _zero_floats(tree):
   return jax.tree.map(
       lambda x: np.zeros_like(x) if np.issubdtype(np.asarray(x).dtype,
@@ -334,36 +348,19 @@ def run(learner: Learner, learners: list[dict], levels, average, images,
               new = jax.tree.map(lambda m, x: (1 - mix) * m + mix * x,
                                  _f64(mean), _f64(learners[i]['params']))
             learners[i]['params'] = _cast_like(new, snapshot[i])
-        for part in average:
-          if part == 'params':
-            continue
-          for group in level.groups:
-            mean = _group_mean([l[part] for l in learners], group)
-            for i in group:
-              learners[i][part] = mean
-        if reset_opt_state:
-          for group in level.groups:
-            for i in group:
-              learners[i]['opt_state'] = _zero_floats(
-                  learners[i]['opt_state'])
+        _average_parts(learners, level, [p for p in average
+                                         if p != 'params'], reset_opt_state)
         if compression is not None:
           compression.after_event(learners, index, common)
         continue
       if drift is not None:
         drift.append(_drift(learners, levels, level, done))
-      for part in average:
-        if (part == 'params' and compression is not None and
-            compression.kinds[index] != 'none'):
-          compression.average(learners, index, level.groups)
-          continue
-        for group in level.groups:
-          mean = _group_mean([l[part] for l in learners], group)
-          for i in group:
-            learners[i][part] = mean
-      if reset_opt_state:
-        for group in level.groups:
-          for i in group:
-            learners[i]['opt_state'] = _zero_floats(learners[i]['opt_state'])
+      parts = list(average)
+      if (compression is not None and 'params' in parts and
+          compression.kinds[index] != 'none'):
+        compression.average(learners, index, level.groups)
+        parts.remove('params')
+      _average_parts(learners, level, parts, reset_opt_state)
       if outer is not None and level is levels[-1]:
         new = outer.step(learners[0]['params'])
         for l in learners:
