@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from hier_avg.core import averaging, compression, outer
+from hier_avg.core import averaging, compression, hierarchy, outer
 from hier_avg.core.learner import Learner, step_key
 from hier_avg.core.periods import PeriodController
 from hier_avg.core.policies import AveragingPolicy
@@ -85,15 +85,15 @@ def make(learner: Learner, topology: Topology, schedule: Schedule,
   # last common model of the group) in `state.comm`, and with error
   # feedback every learner's residual.
   compressed = {level.name: kind for level, kind in zip(
-      levels, compression.per_level(compress, len(levels), 'none'))
+      levels, hierarchy.per_level(compress, len(levels), 'none'))
                 if kind != 'none'}
   fed_back = tuple(level.name for level, on in zip(
-      levels, compression.per_level(error_feedback, len(levels), False))
+      levels, hierarchy.per_level(error_feedback, len(levels), False))
                    if on)
   depth = {level.name: i for i, level in enumerate(levels)}
   # Delayed levels: name -> alpha of torchft's rule, or None (keep the
   # progress).
-  mixes = compression.per_level(delay_mix, len(levels), None)
+  mixes = hierarchy.per_level(delay_mix, len(levels), None)
   late = {level.name: mix for level, mix in zip(levels, mixes)
           if level.delay}
   for name in late:

@@ -130,10 +130,5 @@ def check_levels(compress, error_feedback, depth: int) -> list[str]:
   return problems
 
 
-def per_level(values, depth: int, default):
-  """`hier.compress`-style tuple -> one entry per level (empty: default)."""
-  return tuple(values) if values else (default,) * depth
-
-
 def zeros_like(tree):
   return jax.tree.map(jnp.zeros_like, tree)

@@ -98,6 +98,12 @@ class Hierarchy:
     return levels
 
 
+def per_level(values, depth: int, default) -> tuple:
+  """A per-level setting (`hier.compress`, `hier.delay`, ...: a tuple,
+  innermost first) -> one entry per level; empty: `default` at each."""
+  return tuple(values) if values else (default,) * depth
+
+
 def check_levels(num_learners: int, sizes, periods) -> None:
   """The rules of `hier.levels`, each broken one a line saying what to do."""
   levels = tuple(zip(sizes, periods))

@@ -29,7 +29,7 @@ import math
 from typing import Callable, Sequence
 
 from hier_avg.core import compression
-from hier_avg.core.hierarchy import Hierarchy
+from hier_avg.core.hierarchy import Hierarchy, per_level
 from hier_avg.errors import require
 
 RESNET18_FP32_BYTES = 11_173_962 * 4
@@ -395,7 +395,7 @@ def predict(cluster: AnyCluster, algorithm: Algorithm, num_learners: int,
   # Averaging among one learner is a no-op: it sends nothing. One
   # all-reduce per event; `averaging` issues one per dtype, so a state of
   # several float dtypes pays a few more latencies, not modeled here.
-  kinds = compression.per_level(algorithm.compress, len(sizes), 'none')
+  kinds = per_level(algorithm.compress, len(sizes), 'none')
 
   def level(name, size, period, kind):
     # A compressed level all-gathers its payload (core/compression.py);
@@ -409,15 +409,15 @@ def predict(cluster: AnyCluster, algorithm: Algorithm, num_learners: int,
                            counts[name] * nbytes if size > 1 else 0.0,
                            counts[name] * event_s)
 
-  per_level = tuple(level(*args) for args in zip(
+  predictions = tuple(level(*args) for args in zip(
       names, sizes, algorithm.periods, kinds))
   compute_s = steps * step_s
   if algorithm == sync():
-    sync_total_s = sum(l.comm_s for l in per_level) + compute_s
+    sync_total_s = sum(l.comm_s for l in predictions) + compute_s
   else:
     sync_total_s = predict(cluster, sync(), p, steps, model_bytes,
                            step_s).total_s
-  return Prediction(steps, per_level, compute_s, sync_total_s)
+  return Prediction(steps, predictions, compute_s, sync_total_s)
 
 
 def elapsed_s(cluster: AnyCluster, steps: int, step_s: float,
@@ -462,7 +462,7 @@ def epoch_table(
           'comm s/epoch | total s/epoch | speedup vs sync |',
           '|' + '---|' * (9 + len(units))]
 
-  def per_level(values, fmt):
+  def each_level(values, fmt):
     return ' / '.join(format(v / epochs, fmt) for v in values)
 
   for p in learners:
@@ -475,9 +475,9 @@ def epoch_table(
       r = predict(cluster, algorithm, p, steps, model_bytes, step_s)
       rows.append(
           f'| {p} | {counts}{steps / epochs:.2f} | {algorithm.label} | '
-          f'{per_level([l.events for l in r.levels], ".2f")} | '
-          f'{per_level([l.bytes_per_learner / gb for l in r.levels], ".3g")} '
-          f'| {per_level([l.comm_s for l in r.levels], ".3g")} | '
+          f'{each_level([l.events for l in r.levels], ".2f")} | '
+          f'{each_level([l.bytes_per_learner / gb for l in r.levels], ".3g")} '
+          f'| {each_level([l.comm_s for l in r.levels], ".3g")} | '
           f'{r.comm_s / epochs:.3g} | {r.total_s / epochs:.3g} | '
           f'{r.speedup_vs_sync:.2f} |')
   return '\n'.join(rows)
