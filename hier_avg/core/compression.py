@@ -33,7 +33,7 @@ import jax.numpy as jnp
 
 COMPRESSIONS = ('none', 'bfloat16', 'int8')
 # Values per int8 scale: 256 keeps the scales' overhead at 4 / 256 = 1.6 %
-# of the payload (OpenDiLoCo's and bitsandbytes' blockwise default).
+# of the payload, while one large value spoils only its own block.
 INT8_BLOCK = 256
 
 
