@@ -7,6 +7,7 @@ from absl.testing import parameterized
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from hier_avg import config_keys
 from hier_avg.core import averaging
@@ -83,6 +84,7 @@ def _train(engine, data, sampler, steps):
   return engines.run_engine(engine, data, sampler, steps)
 
 
+@pytest.mark.slow
 class EngineTest(parameterized.TestCase):
 
   def _setup(self):

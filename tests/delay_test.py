@@ -6,6 +6,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import jax
 import numpy as np
+import pytest
 import optax
 
 from hier_avg import config_keys
@@ -83,6 +84,7 @@ class ScheduleTest(absltest.TestCase):
       Schedule((Level('local', ('local',), 4, delay=4),))
 
 
+@pytest.mark.slow
 class EngineTest(parameterized.TestCase):
 
   def test_no_delay_is_todays_averaging_bit_for_bit(self):
@@ -234,6 +236,7 @@ class EngineTest(parameterized.TestCase):
                    getattr(straight, name))
 
 
+@pytest.mark.slow
 class TrainLoopTest(absltest.TestCase):
 
   def test_a_run_stopped_inside_a_window_resumes_exactly(self):
