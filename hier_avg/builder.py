@@ -9,7 +9,7 @@ import jax
 import optax
 
 from hier_avg import algorithms, models
-from hier_avg.core import optim
+from hier_avg.core import fragments, optim
 from hier_avg.core.hierarchy import Hierarchy
 from hier_avg.core.learner import Learner
 from hier_avg.core.topology import Topology
@@ -20,21 +20,39 @@ from hier_avg.runtime import execution, memory
 from hier_avg.runtime.engine import Engine
 
 
-def _check_model_takes(learner: Learner, image_shape, name: str) -> None:
+def _check_model_takes(learner: Learner, image_shape, name: str):
   """Traces the model on the data's image shape: nothing is computed.
 
   A network whose pooling or strides leave nothing of a small image fails
-  here, with one line, not after the workdir was written.
+  here, with one line, not after the workdir was written. Returns the
+  shapes of one learner's parameters.
   """
   try:
-    jax.eval_shape(lambda key: learner.init(key, image_shape),
-                   jax.random.key(0))
+    return jax.eval_shape(lambda key: learner.init(key, image_shape),
+                          jax.random.key(0))[0]
   except (ZeroDivisionError, ValueError, TypeError):
     raise UserError(
         f'model.name={name!r} cannot take images of shape {image_shape}: its '
         'strides and pooling leave nothing of them; use larger images '
         '(data.image_size, data.synthetic_image_size) or a model made for '
         'this size.') from None
+
+
+def _list_fragments(params, counts, model_name: str) -> None:
+  """Logs each fragmented level's fragments (`hier.fragments`); refuses
+  more fragments than the model has parameter leaves."""
+  leaves = len(jax.tree.leaves(params))
+  for i, count in enumerate(counts):
+    if count <= 1:
+      continue
+    if count > leaves:
+      raise UserError(
+          f'hier.fragments={tuple(counts)}: level {i} asks for {count} '
+          f'fragments but model.name={model_name!r} has {leaves} parameter '
+          f'arrays, the smallest unit a fragment holds; give it at most '
+          f'{leaves}.')
+    for line in fragments.describe(params, count):
+      logging.info('hier_avg: level %d %s', i, line)
 
 
 def _im2col_patch_bytes(config, data, topology: Topology) -> int:
@@ -84,7 +102,8 @@ def build_engine(config, data, topology: Topology, num_steps: int,
   augment_on_device = config.data.augment and not feeds.is_streamed(
       config.data)
   learner = Learner(model, tx, data.mean, data.std, augment_on_device)
-  _check_model_takes(learner, data.image_shape, config.model.name)
+  params = _check_model_takes(learner, data.image_shape, config.model.name)
+  _list_fragments(params, config.hier.fragments, config.model.name)
   algorithm = algorithms.from_config(config.hier, learner, topology,
                                      run.learner_loop, num_steps,
                                      steps_per_epoch)

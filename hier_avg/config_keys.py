@@ -29,6 +29,7 @@ import ml_collections
 
 from hier_avg import models
 from hier_avg.core import compression
+from hier_avg.core import fragments
 from hier_avg.core import hierarchy
 from hier_avg.core import optim
 from hier_avg.core import outer
@@ -273,6 +274,14 @@ KEYS = (
         'x_j <- (1 - alpha) mean(x_j,H-tau) + alpha x_j,H (alpha = 0 drops '
         "it, torchft's default); 0 for levels that are not late. Empty: "
         'keep the progress.', unit_numbers_tuple),
+    Key('hier.fragments', (),
+        'Per level, innermost first (as hier.compress): F >= 1, the '
+        "fragments that level's parameters average in (streamed averaging, "
+        'hier_avg/core/fragments.py): runs of whole leaves of about equal '
+        'bytes, fragment f after step floor(T (f + 1) / F) of each period '
+        "T (torchft's convention); other averaged parts go with the last. "
+        'Each F at most its period; not with hier.compress or hier.delay. '
+        'Empty: 1 everywhere.', integers_tuple(1)),
     Key('hier.algorithm', 'hier',
         "'hier': Hier-AVG (K-AVG and sync SGD as special cases); 'asgd': "
         'simulated asynchronous SGD (hier_avg/algorithms/asgd.py), whose '
@@ -475,6 +484,25 @@ def _relations(config) -> None:
     require(hier.period_schedule == 'constant',
             f'hier.delay with hier.period_schedule={hier.period_schedule!r} '
             "is not supported yet; use 'constant' periods or no delay.")
+  if hier.fragments:
+    require(hier.algorithm == 'hier',
+            f"hier.algorithm={hier.algorithm!r} has no averaging levels to "
+            'fragment; leave hier.fragments empty.')
+    problems = fragments.check(
+        hier.fragments, hierarchy.Hierarchy.from_config(hier).periods,
+        hier.compress, hier.delay)
+    require(not problems, problems[0] if problems else '')
+    if any(f > 1 for f in hier.fragments):
+      require(hier.period_schedule == 'constant',
+              'hier.fragments with hier.period_schedule='
+              f"{hier.period_schedule!r} is not supported yet; use "
+              "'constant' periods or one fragment per level.")
+      require(hier.outer_lr_schedule == 'constant' or
+              hier.fragments[-1] == 1,
+              "hier.outer_lr_schedule='cosine' with a fragmented outermost "
+              'level is not supported yet (each fragment counts its own '
+              "outer steps); use 'constant' (with hier.outer_warmup) or "
+              'give the outermost level one fragment.')
   milestones = tuple(hier.period_milestones)
   require(len(milestones) == len(hier.period_factors),
           f'hier.period_milestones={milestones} and hier.period_factors='

@@ -177,7 +177,7 @@ class _Loop:
         state, outputs = engine.run_round(
             state, round_, feed.round_inputs(round_.first, round_.length),
             feed.streamed)
-        progress.add(round_.first, outputs, round_.level)
+        progress.add(round_.first, outputs, round_.measured)
         self._tell_periods(round_, outputs)
         done = round_.end
         stopping = stop.agreed()

@@ -249,6 +249,75 @@ class LevelsTest(parameterized.TestCase):
                                 'has 2'):
       cm.levels('', ((4, 2), (None, 8)), compress=('int8',))
 
+  def test_delay_hides_up_to_tau_steps_of_compute_per_event(self):
+    pairs, step_s = ((4, 2), (None, 8)), 2e-4
+    plain = cm.predict(CLUSTER, cm.levels('', pairs), 16, 64, MODEL_BYTES,
+                       step_s)
+    event_s = cm.allreduce_s(CLUSTER, 16, MODEL_BYTES)
+    self.assertGreater(event_s, step_s)  # One step hides part of it.
+    for tau in (0, 1):
+      late = cm.predict(CLUSTER, cm.levels('', pairs, delay=(0, tau)), 16,
+                        64, MODEL_BYTES, step_s)
+      global_ = late.level('global')
+      self.assertEqual(global_.comm_s, plain.level('global').comm_s)
+      self.assertAlmostEqual(global_.hidden_s,
+                             global_.events * min(event_s, tau * step_s))
+      self.assertAlmostEqual(late.total_s, plain.total_s - global_.hidden_s)
+    # A short event is hidden entirely; the warmup's are never late.
+    fast = cm.Cluster(CLUSTER.intra, cm.Link(1e-6, 1e12), 4)
+    hidden = cm.predict(fast, cm.levels('', pairs, sync_warmup=3,
+                                        delay=(0, 1)), 16, 67, MODEL_BYTES,
+                        step_s).level('global')
+    self.assertEqual(hidden.events, 3 + 8)
+    self.assertAlmostEqual(hidden.exposed_s, 3 * cm.allreduce_s(
+        fast, 16, MODEL_BYTES))
+    self.assertFalse(cm.hides(hidden))
+    self.assertTrue(cm.hides(cm.predict(
+        fast, cm.levels('', pairs, delay=(0, 1)), 16, 64, MODEL_BYTES,
+        step_s).level('global')))
+
+  def test_fragments_cut_the_peak_not_the_bytes(self):
+    pairs = ((4, 2), (None, 8))
+    plain = cm.predict(CLUSTER, cm.levels('', pairs), 16, 64, MODEL_BYTES,
+                       STEP_S)
+    streamed = cm.predict(CLUSTER, cm.levels('', pairs, fragments=(1, 4)),
+                          16, 64, MODEL_BYTES, STEP_S)
+    p_global, s_global = plain.level('global'), streamed.level('global')
+    self.assertEqual(s_global.events, 4 * p_global.events)
+    self.assertEqual(s_global.event_bytes, MODEL_BYTES / 4)
+    self.assertEqual(s_global.bytes_per_learner, p_global.bytes_per_learner)
+    self.assertAlmostEqual(s_global.comm_s, 4 * p_global.events *
+                           cm.allreduce_s(CLUSTER, 16, MODEL_BYTES / 4))
+    # The local level averages at the global steps too (it is replaced
+    # only by a whole-model averaging).
+    self.assertEqual(streamed.level('local').events,
+                     plain.level('local').events + p_global.events)
+    with self.assertRaisesRegex(UserError, 'too few for 9 fragments'):
+      cm.levels('', pairs, fragments=(1, 9))
+
+  def test_step_table_by_hand(self):
+    pairs = ((4, 2), (None, 8))
+    table = cm.step_table(CLUSTER, 16, [
+        cm.sync(), cm.levels('late', pairs, delay=(0, 1),
+                             fragments=(1, 2))], MODEL_BYTES, STEP_S, 8)
+    lines = table.split('\n')
+    self.assertLen(lines, 4)
+    sync_ms = 1e3 * cm.allreduce_s(CLUSTER, 16, MODEL_BYTES)
+    self.assertEqual(lines[2], f'| sync SGD | 4 | {sync_ms:.3g} | '
+                     f'{sync_ms:.3g} | {10 + sync_ms:.4g} | 1.00 | no |')
+    self.assertTrue(lines[3].startswith('| late | 4 / 2 | '))
+    self.assertTrue(lines[3].endswith('| no / fully |'))
+
+  def test_streaming_command_prints_its_tables(self):
+    script = os.path.join(os.path.dirname(os.path.dirname(__file__)),
+                          'benchmarks', 'streaming_table.py')
+    out = subprocess.run([sys.executable, script, '--inter_gbps=10'],
+                         capture_output=True, text=True, timeout=120,
+                         check=True).stdout
+    self.assertIn('32 nodes x 8 GPUs, 10 Gb/s between nodes', out)
+    self.assertIn('| F=1: smallest tau hiding it, 2 |', out)
+    self.assertIn('| F=2: smallest tau hiding it, 1 |', out)
+
   def test_warmup_averages_globally(self):
     r = cm.predict(CLUSTER3, cm.levels('', ((4, 4), (None, 8)), 5), 16, 13,
                    MODEL_BYTES, STEP_S)

@@ -1,12 +1,15 @@
-r"""Compressed averaging between nodes on CIFAR-10 (cnn_small, CPU).
+r"""Cheaper averaging between nodes on CIFAR-10 (cnn_small, CPU).
 
   python sweep.py --sweep=configs/sweeps/cifar10_compression_study.py \
       --root=/tmp/cifar10_compression_study --set=data.path=/path/to/cifar10
 
 The hierarchy study's `two_levels` row (the `:cpu` preset, P = 8, groups of
 4 averaging every 4 steps, all 8 every 16, 2 epochs) with the global
-level's averaging sent as float32 (none), bfloat16, int8, and int8 with
-error feedback; local averaging stays float32. Seeds 0, 1, 2.
+level's averaging changed one way at a time: sent as float32 (none, the
+baseline), bfloat16, int8, or int8 with error feedback (`hier.compress`);
+late by tau = 1 or 3 steps (`hier.delay`); in 4 fragments, one after each
+local averaging (`hier.fragments`). Local averaging stays as it is.
+Seeds 0, 1, 2.
 """
 
 from configs.sweeps import cpu_cifar10
@@ -28,6 +31,9 @@ def get_sweep():
           'bfloat16': global_level('bfloat16'),
           'int8': global_level('int8'),
           'int8_feedback': global_level('int8', True),
+          'delay1': {'hier.delay': (0, 1)},
+          'delay3': {'hier.delay': (0, 3)},
+          'fragments4': {'hier.fragments': (1, 4)},
       },
       grid={'seed': [0, 1, 2]},
   )

@@ -58,13 +58,17 @@ def from_config(hier_config, learner: Learner, topology: Topology,
       AveragingPolicy.from_config(hier_config), outer_tx, learner_loop,
       hier_config.measure_drift, hier_config.measure_spread,
       hier_config.compress, hier_config.error_feedback, hier_config.delay,
-      hier_config.delay_mix)
+      hier_config.delay_mix, hier_config.fragments)
   unused = (' (hier.levels replaces hier.group_size, hier.k1 and hier.k2: '
             'unused)' if hier_config.levels else '')
   late = (f'; late by {tuple(hier_config.delay)} step(s) per level'
           if any(hier_config.delay) else '')
+  streamed = (f'; parameters in {tuple(hier_config.fragments)} fragments '
+              'per level' if any(f > 1 for f in hier_config.fragments)
+              else '')
   return dataclasses.replace(
-      algorithm, description=f'{hierarchy.describe()}{late}{unused}')
+      algorithm,
+      description=f'{hierarchy.describe()}{late}{streamed}{unused}')
 
 
 def with_period_schedule(algorithm: Algorithm, hier_config,

@@ -21,6 +21,15 @@ optimizer state, per the policy) average at H as without delay, and the
 snapshot. The pending averaging lives in `state.comm['delayed']` (one
 parameter-sized tree per learner and delayed level), so a round cut inside
 the window (and a checkpoint there) loses nothing.
+
+A level with F > 1 fragments (`hier.fragments`, `core/fragments.py`)
+averages each fragment of its parameters at the fragment's own step, one
+collective per fragment and dtype; its other averaged parts and its policy
+act at the end of its period, with the last fragment. An outer optimizer at
+a fragmented outermost level keeps one state per fragment (anchor, momentum
+and step count of the fragment's leaves), as torchft does. The drift of a
+step with fragment events is that of the widest level averaging, over the
+leaves it averages then.
 """
 
 import dataclasses
@@ -33,6 +42,7 @@ import jax.numpy as jnp
 import optax
 
 from hier_avg.core import averaging, compression, hierarchy, outer
+from hier_avg.core import fragments as fragments_lib
 from hier_avg.core.learner import Learner, step_key
 from hier_avg.core.periods import PeriodController
 from hier_avg.core.policies import AveragingPolicy
@@ -52,7 +62,8 @@ def make(learner: Learner, topology: Topology, schedule: Schedule,
          learner_loop: str = 'vmap', drift: bool = True,
          spread: bool = False, compress: Sequence[str] = (),
          error_feedback: Sequence[bool] = (), delay: Sequence[int] = (),
-         delay_mix: Sequence[float] = ()) -> Algorithm:
+         delay_mix: Sequence[float] = (),
+         fragments: Sequence[int] = ()) -> Algorithm:
   """Hier-AVG with `schedule`'s levels on `topology`'s learner grid.
 
   Args:
@@ -76,9 +87,12 @@ def make(learner: Learner, topology: Topology, schedule: Schedule,
       compression on the same level.
     delay_mix: per level, alpha for torchft's rule instead of keeping the
       progress (0 where the delay is 0); empty: keep the progress.
+    fragments: per level, the fragments F its parameters average in
+      (`core/fragments.py`); empty: 1 everywhere. Not with compression or
+      delay.
   """
   nblock = len(topology.grid_shape)
-  schedule = schedule.with_delays(delay)
+  schedule = schedule.with_delays(delay).with_fragments(fragments)
   levels = schedule.levels
   outermost = levels[-1] if levels else None
   # Compressed levels: name -> kind; each keeps its group's anchor (the
@@ -98,6 +112,19 @@ def make(learner: Learner, topology: Topology, schedule: Schedule,
           if level.delay}
   for name in late:
     assert name not in compressed, f'{name}: delay with compression'
+  fragmented = schedule.fragmented
+  assert not (fragmented and (compressed or late)), (
+      'fragments with compression or delay')
+  # An outer optimizer at a fragmented schedule's outermost level keeps one
+  # state per fragment of it (one, over every leaf, where it has one).
+  outer_fragments = outermost.fragments if fragmented else 0
+
+  def leaf_fragments(params, level: Level):
+    """Leaf indices of each of `level`'s fragments of `params` (one
+    learner's leaf sizes decide, `fragments.partition`)."""
+    sizes = [math.prod(x.shape[nblock:]) * x.dtype.itemsize
+             for x in jax.tree.leaves(params)]
+    return fragments_lib.partition(sizes, level.fragments)
 
   def local_step(state: TrainState, batch):
     def one(params, batch_stats, opt_state, rng, batch):
@@ -115,13 +142,7 @@ def make(learner: Learner, topology: Topology, schedule: Schedule,
     measures, and the outer optimizer's new state (None: untouched)."""
     mean = averaging.average_block(params, level.axes, topology)
     measures = {}
-    if drift:
-      measures['drift'] = averaging.squared_distances(params, mean, nblock)
-    if spread and level == outermost and len(schedule.levels) > 1:
-      group_means = averaging.average_block(
-          params, schedule.levels[-2].axes, topology)
-      measures['spread'] = averaging.squared_distances(
-          group_means, mean, nblock)
+    _add_measures(measures, params, mean, level)
     if outer_tx is not None and level == outermost:
       mean, outer_state = execution.map_block(
           functools.partial(outer.step, outer_tx), 'vmap', nblock, mean,
@@ -184,8 +205,59 @@ def make(learner: Learner, topology: Topology, schedule: Schedule,
     return state.replace(comm={**state.comm, 'anchor': anchors,
                                'residual': residuals})
 
+  def average_fragments(state: TrainState, events):
+    """The parameter fragments of `events` ((level, fragment indices),
+    innermost first) averaged, one collective per fragment and dtype;
+    each later (wider) level's mean replaces an inner one's."""
+    before, treedef = jax.tree.flatten(state.params)
+    leaves = list(before)
+    outer_states = state.outer
+    measured = events[-1][0]
+    measures = {}
+    for level, due in events:
+      parts = leaf_fragments(state.params, level)
+      for f in due:
+        # An inner level's means of this step, if any, averaged again.
+        mean = averaging.average_block([leaves[i] for i in parts[f]],
+                                       level.axes, topology,
+                                       again=level != measured)
+        if level == measured:
+          _add_measures(measures, [before[i] for i in parts[f]], mean,
+                        level)
+        if outer_tx is not None and level == outermost:
+          mean, state_f = execution.map_block(
+              functools.partial(outer.step, outer_tx), 'vmap', nblock, mean,
+              outer_states[f])
+          outer_states = outer_states[:f] + (state_f,) + outer_states[f + 1:]
+        for i, leaf in zip(parts[f], mean):
+          leaves[i] = leaf
+    return state.replace(params=jax.tree.unflatten(treedef, leaves),
+                         outer=outer_states), measures
+
+  def _add_measures(measures, params, mean, level: Level):
+    """Adds the drift (and spread) of `params`, averaged to `mean` by
+    `level`, to `measures`: sums over leaves, so over fragments too."""
+    found = {}
+    if drift:
+      found['drift'] = averaging.squared_distances(params, mean, nblock)
+    if spread and level == outermost and len(schedule.levels) > 1:
+      group_means = averaging.average_block(
+          params, schedule.levels[-2].axes, topology)
+      found['spread'] = averaging.squared_distances(group_means, mean,
+                                                    nblock)
+    for name, value in found.items():
+      measures[name] = measures[name] + value if name in measures else value
+
   def after_round(state: TrainState, level: Level | None,
-                  delayed: bool = False):
+                  delayed: bool = False, fragments=()):
+    if fragments:
+      state, measures = average_fragments(state, fragments)
+      if level is not None:  # The period's end: the other parts, the policy.
+        rest = {p: getattr(state, p) for p in policy.averaged_parts
+                if p != 'params'}
+        state = policy.after_averaging(state.replace(
+            **averaging.average_block(rest, level.axes, topology)))
+      return state, measures
     if level is None:
       return state, {}
     if delayed:
@@ -202,14 +274,7 @@ def make(learner: Learner, topology: Topology, schedule: Schedule,
           state.comm['residual'].get(level.name), level.axes, topology,
           kind)
     measures = {}
-    if drift:
-      measures['drift'] = averaging.squared_distances(
-          state.params, means['params'], nblock)
-    if spread and level == outermost and len(schedule.levels) > 1:
-      group_means = averaging.average_block(
-          state.params, schedule.levels[-2].axes, topology)
-      measures['spread'] = averaging.squared_distances(
-          group_means, means['params'], nblock)
+    _add_measures(measures, state.params, means['params'], level)
     state = policy.after_averaging(state.replace(**means))
     if outer_tx is not None and level == outermost:
       params, outer_state = execution.map_block(
@@ -223,7 +288,13 @@ def make(learner: Learner, topology: Topology, schedule: Schedule,
     return state, measures
 
   def extend_state(state: TrainState) -> TrainState:
-    if outer_tx is not None:
+    if outer_tx is not None and outer_fragments:
+      leaves = jax.tree.leaves(state.params)
+      state = state.replace(outer=tuple(execution.map_block(
+          functools.partial(outer.init, outer_tx), 'vmap', nblock,
+          [leaves[i] for i in indices])
+          for indices in leaf_fragments(state.params, outermost)))
+    elif outer_tx is not None:
       state = state.replace(outer=execution.map_block(
           functools.partial(outer.init, outer_tx), 'vmap', nblock,
           state.params))
@@ -281,8 +352,27 @@ def make(learner: Learner, topology: Topology, schedule: Schedule,
                        averaging.collectives_per_event(rest, level.axes,
                                                        topology))
       alone = math.prod(grid[a] for a in level.axes) == 1
+      if level.fragments > 1:
+        return fragment_channel(level, alone)
       return communication.Channel(f'{level.name}_{EVENTS}', collectives,
                                    0 if alone else nbytes)
+
+    def fragment_channel(level, alone):
+      """Each fragment's event; the last carries the other parts."""
+      leaves = jax.tree.leaves(one['params'])
+      parts = leaf_fragments(state.params, level)
+      each = []
+      for f, indices in enumerate(parts):
+        # Each its own averaging: the fragment, and with the last the rest.
+        sent = [[leaves[i] for i in indices]] + (
+            [rest] if f == len(parts) - 1 else [])
+        each.append(communication.Channel(
+            f'{level.name}_fragment{f}_{EVENTS}',
+            sum(averaging.collectives_per_event(part, level.axes, topology)
+                for part in sent),
+            0 if alone else averaging.bytes_per_learner(sent)))
+      return communication.Channel(f'{level.name}_{EVENTS}', 0, 0,
+                                   tuple(each))
 
     return {level.name: channel(level) for level in levels}
 

@@ -72,13 +72,18 @@ def _level_dims(axes: tuple[str, ...], topology: Topology):
           _mesh_axes(axes, topology))
 
 
-def average_block(tree, axes: tuple[str, ...], topology: Topology):
+def average_block(tree, axes: tuple[str, ...], topology: Topology,
+                  again: bool = False):
   """Replaces each learner's floating leaves by their mean over `axes`.
 
   Args:
     tree: a pytree whose leaves have the device's block shape as leading axes.
     axes: grid axes to average over (a level's axes).
     topology: the learner grid and mesh.
+    again: a wider level averages some of the means again in the same
+      step (fragments, `core/fragments.py`): they stay typed as varying
+      over the mesh axes, as a collective over them requires (a pmean's
+      result is typed as equal across its axes).
   Returns:
     The same tree with every floating leaf averaged across its group.
   """
@@ -90,6 +95,8 @@ def average_block(tree, axes: tuple[str, ...], topology: Topology):
     mean = flat.mean(axis=block_dims, keepdims=True)
     if mesh_axes:
       mean = lax.pmean(mean, mesh_axes)
+      if again:
+        mean = lax.pcast(mean, mesh_axes, to='varying')
     means[dtype] = jnp.broadcast_to(mean, flat.shape)
   return jax.tree.unflatten(treedef, _split_by_dtype(means, leaves, groups, nblock))
 

@@ -13,6 +13,11 @@ round says where such a window opens or closes in it (`Round.snapshot`,
 `Round.delayed`); a round cut inside a window (a log, an evaluation, a
 memory cap) leaves the pending averaging in the state for the round that
 closes it.
+
+A level may average its parameters in fragments (`Level.fragments` F,
+`hier.fragments`, `core/fragments.py`): fragment f after step
+floor(T (f + 1) / F) of each period. Rounds then also end at those steps,
+and each round lists the fragments averaged after it (`Round.fragments`).
 """
 
 import bisect
@@ -20,6 +25,7 @@ import dataclasses
 import math
 from typing import Iterator, Sequence
 
+from hier_avg.core import fragments as fragments_lib
 from hier_avg.core.periods import Phase, PeriodController
 from hier_avg.core.topology import LOCAL, NODE
 
@@ -34,6 +40,9 @@ class Level:
   # since (`hier.delay`). Below the narrowest period, so that no other
   # averaging falls inside the window (H - tau, H].
   delay: int = 0
+  # Parameter fragments, each averaged at its own step of the period
+  # (`core/fragments.py`); 1: the whole model at the period's end.
+  fragments: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,10 +64,21 @@ class Round:
   level: Level | None
   snapshot: int | None = None     # Steps before the snapshot, in [0, length).
   delayed: Level | None = None    # The delayed level it opens or closes.
+  # With fragmented levels (`Schedule.fragmented`): the parameter
+  # fragments each level averages after the round, innermost first
+  # (`Schedule.fragment_events`); `level` then averages the other parts
+  # and applies its policy. () otherwise.
+  fragments: tuple[tuple[Level, tuple[int, ...]], ...] = ()
 
   @property
   def end(self) -> int:
     return self.first + self.length
+
+  @property
+  def measured(self) -> Level | None:
+    """The level whose measures (drift, ...) the round's outputs carry:
+    the widest averaging fragments, or `level`."""
+    return self.fragments[-1][0] if self.fragments else self.level
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +109,10 @@ class Schedule:
       assert set(inner.axes) <= set(outer.axes), (inner, outer)
     for level in self.levels:
       assert 0 <= level.delay < self.levels[0].period, level
+      assert 1 <= level.fragments <= level.period, level
     assert self.phases[0].start == self.sync_warmup, self.phases
+    assert not (self.fragmented and self.periods is not None), (
+        'fragments with changing periods')
 
   def with_delays(self, delays: Sequence[int]) -> 'Schedule':
     """The same levels, each late by its entry of `delays` (innermost
@@ -100,6 +123,45 @@ class Schedule:
     return dataclasses.replace(self, levels=tuple(
         dataclasses.replace(level, delay=int(tau))
         for level, tau in zip(self.levels, delays)))
+
+  def with_fragments(self, counts: Sequence[int]) -> 'Schedule':
+    """The same levels, each averaging its parameters in its entry of
+    `counts` fragments (innermost first; empty: one each)."""
+    if not counts:
+      return self
+    assert len(counts) == len(self.levels), (counts, self.levels)
+    return dataclasses.replace(self, levels=tuple(
+        dataclasses.replace(level, fragments=int(f))
+        for level, f in zip(self.levels, counts)))
+
+  @property
+  def fragmented(self) -> bool:
+    """Whether some level averages its parameters in fragments."""
+    return any(level.fragments > 1 for level in self.levels)
+
+  def fragment_events(self, step: int) -> tuple[tuple[Level, tuple[int, ...]],
+                                                 ...]:
+    """The parameter fragments each level averages after step `step`
+    (1-based), innermost first: `(level, fragment indices)` for every
+    level with one due, down from the widest to the first that averages
+    its whole model (which replaces the levels inside it). The warmup's
+    steps average every fragment of the outermost level."""
+    if not self.levels:
+      return ()
+    if step <= self.sync_warmup:
+      top = self.levels[-1]
+      return ((top, tuple(range(top.fragments))),)
+    done = step - self.sync_warmup
+    events = []
+    for level in reversed(self.levels):
+      due = tuple(f for f, offset in enumerate(fragments_lib.offsets(
+          level.period, level.fragments))
+                  if done % level.period == offset % level.period)
+      if due:
+        events.append((level, due))
+      if len(due) == level.fragments:
+        break
+    return tuple(reversed(events))
 
   @property
   def delayed(self) -> bool:
@@ -140,6 +202,12 @@ class Schedule:
       return math.inf
     if step < self.sync_warmup:
       return step + 1
+    if self.fragmented:  # One phase from W (`__post_init__`).
+      done = step - self.sync_warmup
+      return self.sync_warmup + min(
+          done + (offset - done - 1) % level.period + 1
+          for level in self.levels
+          for offset in fragments_lib.offsets(level.period, level.fragments))
     phase = self._phase_of(step + 1)
     k = self.shortest_period * phase.multiplier
     return phase.start + ((step - phase.start) // k + 1) * k
@@ -171,7 +239,9 @@ class Schedule:
       end = min([stop, self._next_averaging(step)] +
                 [(step // p + 1) * p for p in periods])
       yield Round(step, end - step, self.level_after(end),
-                  *self._window(step, end))
+                  *self._window(step, end),
+                  fragments=(self.fragment_events(end) if self.fragmented
+                             else ()))
       step = end
 
   def _window(self, step: int, end: int) -> tuple[int | None, Level | None]:
@@ -221,7 +291,10 @@ class Schedule:
     levels = ', '.join(f'{l.name} averaging over {"+".join(l.axes)} every '
                        f'{l.period} step(s)' +
                        (f' of the models {l.delay} step(s) before'
-                        if l.delay else '') for l in self.levels)
+                        if l.delay else '') +
+                       (f' in {l.fragments} fragments after steps '
+                        f'{fragments_lib.offsets(l.period, l.fragments)}'
+                        if l.fragments > 1 else '') for l in self.levels)
     if self.periods is None:
       return levels
     return f'{levels}; periods {self.periods.rule}'
@@ -232,7 +305,12 @@ class Schedule:
     A step divisible by an outer period counts for the outer level only;
     each warmup step counts for the outermost. Each phase counts from its
     start (where the phase before ended in an outermost averaging).
+
+    With fragments, a fragmented level's count is that of its fragment
+    events, and `<level>_fragment<f>` counts fragment f's.
     """
+    if self.fragmented:
+      return self._fragment_counts(steps)
     warmup = min(steps, self.sync_warmup)
     counts = {level.name: 0 for level in self.levels}
     phases = self.phases
@@ -246,6 +324,32 @@ class Schedule:
                                       phase.multiplier)
     if self.levels:
       counts[self.levels[-1].name] += warmup
+    return counts
+
+
+  def _fragment_counts(self, steps: int) -> dict[str, int]:
+    """`counts` of a fragmented schedule: the events repeat every
+    outermost period after the warmup."""
+    counts = {level.name: 0 for level in self.levels}
+    for level in self.levels:
+      if level.fragments > 1:
+        counts.update({f'{level.name}_fragment{f}': 0
+                       for f in range(level.fragments)})
+
+    def add(step, times=1):
+      for level, due in self.fragment_events(step):
+        counts[level.name] += times * len(due)
+        if level.fragments > 1:
+          for f in due:
+            counts[f'{level.name}_fragment{f}'] += times
+
+    warmup = min(steps, self.sync_warmup)
+    if warmup:
+      add(1, warmup)
+    period = self.levels[-1].period
+    periods, rest = divmod(steps - warmup, period)
+    for done in range(1, period + 1):
+      add(self.sync_warmup + done, periods + (done <= rest))
     return counts
 
 

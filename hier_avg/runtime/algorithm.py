@@ -36,11 +36,14 @@ class Algorithm:
   # (state, batch) -> (state, [block...] losses): one step of every
   # learner of the block; batch is ([block..., B, H, W, C], [block..., B]).
   local_step: Callable[[TrainState, Any], tuple[TrainState, jax.Array]]
-  # (state, level or None[, delayed]) -> (state, measures): measures maps
-  # names ('drift', ...) to per-learner [block...] values of this round's
-  # averaging, returned to the host like the losses ({}: none). With
-  # `delayed` True the level's averaging is a late one (`Level.delay`):
-  # it applies the pending averaging that `keep` left in the state.
+  # (state, level or None[, delayed][, fragments=]) -> (state, measures):
+  # measures maps names ('drift', ...) to per-learner [block...] values of
+  # this round's averaging, returned to the host like the losses ({}:
+  # none). With `delayed` True the level's averaging is a late one
+  # (`Level.delay`): it applies the pending averaging that `keep` left in
+  # the state. `fragments` (`Round.fragments`, fragmented levels only):
+  # the parameter fragments averaged after the round; `level` then
+  # averages the other parts.
   after_round: Callable[..., tuple[TrainState, dict[str, jax.Array]]]
   # (whole state, outside `shard_map`) -> what one event of each of the
   # algorithm's communication channels costs, by channel name.

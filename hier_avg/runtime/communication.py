@@ -26,6 +26,10 @@ class Channel:
   events: str
   collectives: int
   bytes_per_learner: int
+  # A level averaged in fragments (`hier.fragments`): each fragment's
+  # event, counted apart (`<channel>_fragment<f>`); the level's own
+  # counters are their sums, and its two fields above are unused.
+  fragments: tuple['Channel', ...] = ()
 
 
 def one_learner(tree, grid_ndim: int):
@@ -40,14 +44,25 @@ def counters(channels: dict[str, Channel],
 
   Keys: `<events>` (e.g. `local_averagings`), `<channel>_collectives`,
   `<channel>_bytes_per_learner`, and their sum over channels
-  `bytes_averaged_per_learner`.
+  `bytes_averaged_per_learner`. A channel in fragments has these keys for
+  each fragment too (`global_fragment0_averagings`, ...); its own are the
+  sums.
   """
   row = {}
   for name, channel in channels.items():
-    events = event_counts[name]
-    row[channel.events] = events
-    row[f'{name}_collectives'] = events * channel.collectives
-    row[f'{name}_bytes_per_learner'] = events * channel.bytes_per_learner
+    parts = {f'{name}_fragment{f}': part
+             for f, part in enumerate(channel.fragments)} or {name: channel}
+    total = (0, 0, 0)
+    for key, part in parts.items():
+      events = event_counts[key]
+      cost = (events, events * part.collectives,
+              events * part.bytes_per_learner)
+      if channel.fragments:
+        row.update(zip((part.events, f'{key}_collectives',
+                        f'{key}_bytes_per_learner'), cost))
+      total = tuple(a + b for a, b in zip(total, cost))
+    row.update(zip((channel.events, f'{name}_collectives',
+                    f'{name}_bytes_per_learner'), total))
   row['bytes_averaged_per_learner'] = sum(
       row[f'{name}_bytes_per_learner'] for name in channels)
   return row

@@ -84,7 +84,7 @@ class Engine:
 
   def train_round(self, level: Level | None, length: int,
                   streamed: bool = False, snapshot: int | None = None,
-                  delayed: Level | None = None):
+                  delayed: Level | None = None, fragments=()):
     """The compiled round `(state, *inputs) -> (state, outputs)`.
 
     A round is `length` local steps on every learner (one program, so the
@@ -109,26 +109,32 @@ class Engine:
     `delayed`'s averaging applies it then; one cut before keeps it in the
     state (`Algorithm.keep`), and the round that ends with the averaging
     (`snapshot` None) applies it from there.
+
+    `fragments` (`Round.fragments`): the parameter fragments each level
+    averages after the round, with fragmented levels (`hier.fragments`).
     """
     key = (None if level is None else level.name, length)
     if delayed is not None:
       key += (('delay', delayed.name, snapshot),)
+    if fragments:
+      key += (('fragments',) + tuple((l.name, due) for l, due in fragments),)
     if streamed:
       key += ('streamed',)
     if key not in self._rounds:
       self._rounds[key] = self._build_round(level, streamed, snapshot,
-                                            delayed)
+                                            delayed, fragments)
     return self._rounds[key]
 
   def round_program(self, round_: Round, streamed: bool = False):
     """`train_round` for `round_`."""
     return self.train_round(round_.level, round_.length, streamed,
-                            round_.snapshot, round_.delayed)
+                            round_.snapshot, round_.delayed, round_.fragments)
 
   @property
   def compiled_rounds(self) -> tuple:
     """Keys (level name, length[, ('delay', level name, snapshot)][,
-    'streamed']) of the rounds built so far."""
+    ('fragments', (level name, fragments)...)][, 'streamed']) of the
+    rounds built so far."""
     return tuple(self._rounds)
 
   def run_round(self, state: TrainState, round_: Round, inputs,
@@ -142,13 +148,15 @@ class Engine:
     train loop, the tests and the benchmarks all run rounds through here.
     """
     state, outputs = self.round_program(round_, streamed)(state, *inputs)
-    collective = round_.level is not None or round_.snapshot is not None
+    collective = (round_.level is not None or round_.snapshot is not None
+                  or bool(round_.fragments))
     if collective and self.topology.platform == 'cpu':
       jax.block_until_ready(state)
     return state, outputs
 
   def _build_round(self, level: Level | None, streamed: bool,
-                   snapshot: int | None = None, delayed: Level | None = None):
+                   snapshot: int | None = None, delayed: Level | None = None,
+                   fragments=()):
     """One round as a sharded, jitted function of the whole learner grid."""
     algorithm, step_loop = self.algorithm, self.execution.step_loop
     if delayed is not None:
@@ -191,6 +199,9 @@ class Engine:
         state = algorithm.keep(state, delayed, pending)
       if delayed is not None and level is not None:
         state, measures = algorithm.after_round(state, level, True)
+      elif fragments:
+        state, measures = algorithm.after_round(state, level,
+                                                fragments=fragments)
       else:
         state, measures = algorithm.after_round(state, level)
       # Every output has a leading axis (steps, or the one averaging) so

@@ -6,7 +6,13 @@ Compares synchronous SGD, K-AVG and Hier-AVG of any depth on one cluster.
 Every averaging event is an all-reduce of one learner's averaged state
 (`model_bytes`, the number `averaging.bytes_per_learner` gives); event
 counts come from `Hierarchy(...).schedule().counts`, so they agree exactly
-with the engine's counters. Communication is not overlapped with compute.
+with the engine's counters. A level may be compressed (`hier.compress`: an
+all-gather of the payload, `allgather_s`), streamed in F fragments
+(`hier.fragments`: F events of about 1/F of the bytes per period, so the
+peak per event falls F-fold while the latencies grow F-fold) and late by
+tau steps (`hier.delay`): each event's communication then runs during tau
+steps of compute and only what exceeds `tau x step_s` is exposed. Nothing
+else overlaps with compute.
 
 A cluster is a list of tiers, innermost first, each joining `fan_out` units
 of the tier inside it over one link: e.g. 8 GPUs per node over NVLink, 16
@@ -29,6 +35,8 @@ import math
 from typing import Callable, Sequence
 
 from hier_avg.core import compression
+from hier_avg.core import fragments as fragments_lib
+from hier_avg.core import schedule as schedule_lib
 from hier_avg.core.hierarchy import Hierarchy, per_level
 from hier_avg.errors import require
 
@@ -219,11 +227,16 @@ class Algorithm:
   # Per level, innermost first, as `hier.compress` ('none', 'bfloat16',
   # 'int8'); empty: none.
   compress: tuple[str, ...] = ()
+  # Per level, as `hier.delay` (steps tau) and `hier.fragments` (F);
+  # empty: 0 and 1. The model prices any mix of the three, including
+  # ones the engine does not run yet (delay or fragments with compression).
+  delay: tuple[int, ...] = ()
+  fragments: tuple[int, ...] = ()
 
   def __post_init__(self):
-    object.__setattr__(self, 'levels',
-                       tuple(tuple(level) for level in self.levels))
-    object.__setattr__(self, 'compress', tuple(self.compress))
+    for name in ('levels', 'compress', 'delay', 'fragments'):
+      object.__setattr__(self, name, tuple(
+          tuple(x) if name == 'levels' else x for x in getattr(self, name)))
     problems = compression.check_levels(self.compress, (), len(self.levels))
     require(not problems, f'{self.label}: {problems[0]}' if problems else '')
     levels = self.levels
@@ -246,6 +259,9 @@ class Algorithm:
     require(isinstance(self.sync_warmup, int) and self.sync_warmup >= 0,
             f'{self.label}: sync_warmup={self.sync_warmup!r} must be an '
             'integer >= 0.')
+    problems = (schedule_lib.check_delays(self.delay, (), self.periods) +
+                fragments_lib.check(self.fragments, self.periods))
+    require(not problems, f'{self.label}: {problems[0]}' if problems else '')
 
   def group_sizes(self, num_learners: int) -> tuple[int, ...]:
     *inner, (outer, _) = self.levels
@@ -265,6 +281,11 @@ class Algorithm:
       require(outer % inner == 0, f'{self.label}: group size {inner} must '
               f'divide the {outer} around it (hier.num_learners={p}).')
     return Hierarchy(p, sizes, self.periods, self.sync_warmup)
+
+  def schedule(self, num_learners: int):
+    """The engine's schedule of these levels, fragments and delays."""
+    return self.hierarchy(num_learners).schedule().with_fragments(
+        self.fragments).with_delays(self.delay)
 
 
 def sync() -> Algorithm:
@@ -286,14 +307,16 @@ def describe_levels(pairs) -> str:
   return ', '.join(f'({"P" if s is None else s}, {t})' for s, t in pairs)
 
 
-def levels(label: str, pairs, sync_warmup: int = 0,
-           compress=()) -> Algorithm:
+def levels(label: str, pairs, sync_warmup: int = 0, compress=(),
+           delay=(), fragments=()) -> Algorithm:
   """Any depth: `levels('', ((4, 4), (32, 16), (None, 64)))`; an empty
-  label becomes 'levels (4, 4), (32, 16), (P, 64)'. `compress`: per
-  level, as `hier.compress`."""
+  label becomes 'levels (4, 4), (32, 16), (P, 64)'. `compress`, `delay`,
+  `fragments`: per level, as `hier.compress`, `hier.delay`,
+  `hier.fragments`."""
   pairs = tuple(tuple(pair) for pair in pairs)
   return Algorithm(label or f'levels {describe_levels(pairs)}', pairs,
-                   sync_warmup, tuple(compress))
+                   sync_warmup, tuple(compress), tuple(delay),
+                   tuple(fragments))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,7 +327,14 @@ class LevelPrediction:
   period: int
   events: int
   bytes_per_learner: float  # Payload: events x averaged state bytes.
-  comm_s: float
+  comm_s: float             # Communication, overlapped or not.
+  event_bytes: float = 0.0  # One learner's payload per event (the peak).
+  hidden_s: float = 0.0     # Of comm_s, what ran during compute (delay).
+
+  @property
+  def exposed_s(self) -> float:
+    """Communication the learners wait for."""
+    return self.comm_s - self.hidden_s
 
 
 @dataclasses.dataclass(frozen=True)
@@ -346,8 +376,12 @@ class Prediction:
     return sum(l.comm_s for l in self.levels)
 
   @property
+  def exposed_s(self) -> float:
+    return sum(l.exposed_s for l in self.levels)
+
+  @property
   def total_s(self) -> float:
-    return self.comm_s + self.compute_s
+    return self.exposed_s + self.compute_s
 
   @property
   def speedup_vs_sync(self) -> float:
@@ -391,26 +425,37 @@ def predict(cluster: AnyCluster, algorithm: Algorithm, num_learners: int,
   require(steps >= 0, f'steps={steps} must be >= 0.')
   require(model_bytes >= 0 and step_s >= 0, f'model_bytes={model_bytes} and '
           f'step_s={step_s} must be >= 0.')
-  counts = hierarchy.schedule().counts(steps)
+  # A fragmented level counts its fragment events.
+  counts = algorithm.schedule(p).counts(steps)
   # Averaging among one learner is a no-op: it sends nothing. One
   # all-reduce per event; `averaging` issues one per dtype, so a state of
   # several float dtypes pays a few more latencies, not modeled here.
-  kinds = per_level(algorithm.compress, len(sizes), 'none')
+  depth = len(sizes)
+  kinds = per_level(algorithm.compress, depth, 'none')
+  taus = per_level(algorithm.delay, depth, 0)
+  pieces = per_level(algorithm.fragments, depth, 1)
 
-  def level(name, size, period, kind):
+  def level(name, size, period, kind, tau, count):
     # A compressed level all-gathers its payload (core/compression.py);
-    # model_bytes are float32 values.
+    # model_bytes are float32 values, split evenly among the fragments
+    # (the engine cuts at whole leaves: about evenly).
+    share = model_bytes / count
     if kind == 'none':
-      nbytes, event_s = model_bytes, allreduce_s(cluster, size, model_bytes)
+      nbytes, event_s = share, allreduce_s(cluster, size, share)
     else:
-      nbytes = compression.payload_bytes(round(model_bytes / 4), kind)
+      nbytes = compression.payload_bytes(round(share / 4), kind)
       event_s = allgather_s(cluster, size, nbytes)
-    return LevelPrediction(name, size, period, counts[name],
-                           counts[name] * nbytes if size > 1 else 0.0,
-                           counts[name] * event_s)
+    nbytes = nbytes if size > 1 else 0.0
+    events = counts[name]
+    # The warmup's averagings (the outermost level's) are never late.
+    late = events - (min(steps, algorithm.sync_warmup) * count
+                     if name == names[-1] and tau else 0)
+    return LevelPrediction(name, size, period, events, events * nbytes,
+                           events * event_s, nbytes,
+                           late * min(event_s, tau * step_s))
 
   predictions = tuple(level(*args) for args in zip(
-      names, sizes, algorithm.periods, kinds))
+      names, sizes, algorithm.periods, kinds, taus, pieces))
   compute_s = steps * step_s
   if algorithm == sync():
     sync_total_s = sum(l.comm_s for l in predictions) + compute_s
@@ -421,19 +466,23 @@ def predict(cluster: AnyCluster, algorithm: Algorithm, num_learners: int,
 
 
 def elapsed_s(cluster: AnyCluster, steps: int, step_s: float,
-              averagings: Sequence[tuple[int, int]],
+              averagings: Sequence[tuple[int, int] | tuple[int, int, float]],
               model_bytes: float) -> float:
   """Modeled wall clock of a run so far: `steps` local steps of `step_s`
   compute seconds each, then for each level `(group size, averagings so
-  far)` that many all-reduces of `model_bytes` among its groups, not
-  overlapped with compute (as `predict`). From a run's own counters, so
-  periods that changed during training (`hier.period_schedule`) count as
-  they ran."""
+  far[, bytes per averaging])` that many all-reduces of those bytes
+  (default `model_bytes`; a fragmented level's events carry a fragment)
+  among its groups, not overlapped with compute (as `predict` without
+  delays). From a run's own counters, so periods that changed during
+  training (`hier.period_schedule`) count as they ran."""
   require(steps >= 0 and step_s >= 0 and model_bytes >= 0,
           f'steps={steps}, step_s={step_s} and model_bytes={model_bytes} '
           'must be >= 0.')
-  return steps * step_s + sum(events * allreduce_s(cluster, size, model_bytes)
-                              for size, events in averagings)
+  total = steps * step_s
+  for size, events, *nbytes in averagings:
+    total += events * allreduce_s(cluster, size,
+                                  nbytes[0] if nbytes else model_bytes)
+  return total
 
 
 def epoch_table(
@@ -481,3 +530,40 @@ def epoch_table(
           f'{r.comm_s / epochs:.3g} | {r.total_s / epochs:.3g} | '
           f'{r.speedup_vs_sync:.2f} |')
   return '\n'.join(rows)
+
+
+def step_table(cluster: AnyCluster, num_learners: int,
+               algorithms: Sequence[Algorithm], model_bytes: float,
+               step_s: float, steps: int) -> str:
+  """A Markdown table of per-step figures over `steps` local steps (a
+  whole number of outermost periods, so every level's events count):
+  the peak payload of one averaging event and the communication per step
+  of each level (innermost first), what of it the learners wait for, the
+  step time, and how much of each level's communication its delay
+  hides ('no', 'partly', 'fully')."""
+  rows = ['| algorithm | MB per event per level | comm ms/step per level | '
+          'exposed comm ms/step | step ms | speedup vs sync | hidden per '
+          'level |', '|---|---|---|---|---|---|---|']
+  for algorithm in algorithms:
+    r = predict(cluster, algorithm, num_learners, steps, model_bytes, step_s)
+    per_step = lambda seconds: 1e3 * seconds / steps
+    rows.append(
+        f'| {algorithm.label} | '
+        f'{" / ".join(f"{l.event_bytes / 1e6:.3g}" for l in r.levels)} | '
+        f'{" / ".join(f"{per_step(l.comm_s):.3g}" for l in r.levels)} | '
+        f'{per_step(r.exposed_s):.3g} | {per_step(r.total_s):.4g} | '
+        f'{r.speedup_vs_sync:.2f} | '
+        f'{" / ".join(_hidden(l) for l in r.levels)} |')
+  return '\n'.join(rows)
+
+
+def _hidden(level: LevelPrediction) -> str:
+  """How much of a level's communication runs during compute."""
+  if not level.hidden_s:
+    return 'no'
+  return 'fully' if level.exposed_s <= 1e-12 * level.comm_s else 'partly'
+
+
+def hides(level: LevelPrediction) -> bool:
+  """Whether all of a level's communication runs during compute."""
+  return _hidden(level) == 'fully'

@@ -356,12 +356,16 @@ def modeled_seconds(rows: Sequence[dict], summary: dict,
   require(bool(sizes), 'a modeled wall clock needs averaging levels; '
           f"hier.algorithm={summary['config']['hier']['algorithm']!r} has "
           'none.')
-  model_bytes = max(
-      summary[f'{name}_bytes_per_learner'] / summary[f'{name}_averagings']
-      for name in sizes if summary.get(f'{name}_averagings'))
+  # Bytes per event of each level: a fragmented level's events carry a
+  # fragment each.
+  per_event = {name: summary[f'{name}_bytes_per_learner'] /
+               summary[f'{name}_averagings']
+               for name in sizes if summary.get(f'{name}_averagings')}
+  model_bytes = max(per_event.values())
   return [cost_model.elapsed_s(
       cluster, row['step'], step_s,
-      [(size, row.get(f'{name}_averagings', 0))
+      [(size, row.get(f'{name}_averagings', 0),
+        per_event.get(name, model_bytes))
        for name, size in sizes.items()], model_bytes) for row in rows]
 
 

@@ -96,7 +96,8 @@ def make_levels_engine(learner, hierarchy, mesh=None,
                        average=('params', 'batch_stats'), round_loop='auto',
                        pack='auto', outer_tx=None, reset_opt_state=False,
                        drift=True, spread=False, compress=(),
-                       error_feedback=(), delay=(), delay_mix=()):
+                       error_feedback=(), delay=(), delay_mix=(),
+                       fragments=()):
   """A Hier-AVG engine of `hierarchy`'s levels; `mesh`: devices per grid
   axis (None: as many as fit); `average`: the averaged parts of the state."""
   grid = hierarchy.grid_shape
@@ -110,7 +111,7 @@ def make_levels_engine(learner, hierarchy, mesh=None,
   algorithm = hierarchical.make(learner, topology, hierarchy.schedule(),
                                 policy, outer_tx, run.learner_loop, drift,
                                 spread, compress, error_feedback, delay,
-                                delay_mix)
+                                delay_mix, fragments)
   return Engine(learner, topology, algorithm, run)
 
 
@@ -147,7 +148,7 @@ def guard_retraces(engine, steps, cut_every=()):
   Every distinct (level, length) round may be traced once; `after_round`
   runs once per trace, so `chex.assert_max_traces` on it counts traces.
   """
-  kinds = {(r.level, r.length, r.snapshot, r.delayed)
+  kinds = {(r.level, r.length, r.snapshot, r.delayed, r.fragments)
            for r in engine.schedule.rounds(0, steps, cut_every)}
   chex.clear_trace_counter()
   engine.algorithm = dataclasses.replace(

@@ -230,6 +230,44 @@ class RefCompression:
       self.anchors[k] = [_float_buffer(m) for m in models]
 
 
+def _stream(learners, levels, fragments, due, outers, drift, step):
+  """The fragment averagings `due` ((level index, fragments) pairs) after
+  `step`, leaf by leaf: each leaf takes its widest due level's group mean
+  (and with `outers` at the outermost, that fragment's outer step)."""
+  if not due:
+    return
+  owner = {}  # Leaf index -> (level index, fragment) averaging it.
+  for index, fs in due:
+    for f in fs:
+      for leaf in fragments[index][f]:
+        if leaf not in owner or owner[leaf][0] < index:
+          owner[leaf] = (index, f)
+  widest = max(index for index, _ in due)
+  leaves = [jax.tree.leaves(l['params']) for l in learners]
+  if drift is not None:
+    mine = sorted(leaf for leaf, (index, _) in owner.items()
+                  if index == widest)
+    drift.append(_drift([{'params': [x[i] for i in mine]} for x in leaves],
+                        levels, levels[widest], step))
+  new = [list(x) for x in leaves]
+  for leaf, (index, _) in owner.items():
+    for group in levels[index].groups:
+      mean = np.mean([np.asarray(leaves[i][leaf], np.float64)
+                      for i in group], 0)
+      for i in group:
+        new[i][leaf] = mean.astype(np.asarray(leaves[i][leaf]).dtype)
+  if outers is not None:
+    top = len(levels) - 1
+    for f in sorted({f for index, f in owner.values() if index == top}):
+      mine = fragments[top][f]
+      stepped = outers[f].step([new[0][i] for i in mine])
+      for x in new:
+        for i, value in zip(mine, stepped):
+          x[i] = value
+  for l, x in zip(learners, new):
+    l['params'] = jax.tree.unflatten(jax.tree.structure(l['params']), x)
+
+
 def _average_parts(learners, level, parts, reset_opt_state):
   """Each group of `level` takes its mean of `parts`; then, with
   `reset_opt_state`, the optimizer's floating state is zeroed."""
@@ -262,7 +300,8 @@ def _cast_like(tree, like):
 def run(learner: Learner, learners: list[dict], levels, average, images,
         labels, sampler, steps: int, first_step: int = 0, outer=None,
         reset_opt_state=False, sync_warmup=0, drift=None, level_at=None,
-        compression=None, delay=None, delay_mix=None, snapshots=None):
+        compression=None, delay=None, delay_mix=None, snapshots=None,
+        fragments=None, fragment_outers=None):
   """Trains `learners` (dicts of params/batch_stats/opt_state/rng) in place.
 
   `reset_opt_state`: the optimizer's floating state (momentum) of every
@@ -287,6 +326,15 @@ def run(learner: Learner, learners: list[dict], levels, average, images,
   snapshot's. `snapshots` (a dict, level index -> per-learner parameters
   of step H - tau) carries open windows into a later call (a resumed
   run).
+  `fragments`: per level, its parameter fragments as tuples of leaf
+  indices (in `jax.tree.leaves` order); fragment f of a level of period T
+  and F fragments averages after the steps done with (done - W) % T ==
+  floor(T (f + 1) / F) % T (every warmup step: all of the outermost's);
+  each leaf takes the mean of the widest level due on it, and the other
+  averaged parts follow the whole periods. `fragment_outers`: with
+  `fragments`, one `RefOuterSGD` per fragment of the outermost level (over
+  a list of its leaves), in place of `outer`. The drift is the widest
+  due level's, over the leaves it averages.
   Returns the list of per-learner, per-step losses.
   """
   delay = list(delay or [0] * len(levels))
@@ -301,6 +349,19 @@ def run(learner: Learner, learners: list[dict], levels, average, images,
     if done <= sync_warmup:
       return levels[-1:]
     return [lvl for lvl in levels if (done - sync_warmup) % lvl.period == 0]
+
+  def fragments_due(done):
+    """(level index, fragment indices) pairs due after step `done`."""
+    if done <= sync_warmup:
+      return [(len(levels) - 1, tuple(range(len(fragments[-1]))))]
+    pairs = []
+    for index, (level, parts) in enumerate(zip(levels, fragments)):
+      count, period = len(parts), level.period
+      fs = tuple(f for f in range(count) if (done - sync_warmup) % period ==
+                 (period * (f + 1) // count) % period)
+      if fs:
+        pairs.append((index, fs))
+    return pairs
 
   step_fn = jax.jit(learner.step)
   losses = []
@@ -323,6 +384,14 @@ def run(learner: Learner, learners: list[dict], levels, average, images,
         snapshots[index] = [jax.tree.map(np.copy, l['params'])
                             for l in learners]
     due = due_after(done)
+    if fragments is not None:
+      _stream(learners, levels, fragments, fragments_due(done),
+              fragment_outers, drift, done)
+      if due:
+        _average_parts(learners, due[-1], [p for p in average
+                                           if p != 'params'],
+                       reset_opt_state)
+      continue
     if due:
       level = due[-1]  # Levels go narrow to wide: the widest wins.
       index = levels.index(level)
