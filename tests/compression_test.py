@@ -14,7 +14,6 @@ from hier_avg.core import averaging
 from hier_avg.core import compression
 from hier_avg.core.hierarchy import Hierarchy
 from hier_avg.core.topology import make_topology
-from hier_avg.errors import UserError
 from tests.support import configs
 from tests.support import devices
 from tests.support import engines
@@ -30,8 +29,7 @@ def setUpModule():
 
 
 def _hierarchy(levels=LEVELS):
-  sizes, periods = zip(*levels)
-  return Hierarchy(8, sizes, periods)
+  return engines.levels_hierarchy(levels)
 
 
 class QuantizationTest(parameterized.TestCase):
@@ -88,9 +86,7 @@ def _train(engine, data, sampler, steps):
 class EngineTest(parameterized.TestCase):
 
   def _setup(self):
-    data = engines.tiny_data()
-    return data, engines.make_learner('bn', data), engines.make_sampler(
-        data, 8)
+    return engines.bn_setup()
 
   def test_none_is_todays_averaging_bit_for_bit(self):
     data, learner, sampler = self._setup()
@@ -215,11 +211,7 @@ class ConfigTest(parameterized.TestCase):
        'leave hier.levels and hier.compress empty'),
   )
   def test_bad_settings_are_one_line_errors(self, hier, message):
-    config = configs.tiny_config(1)
-    config.hier.update(**hier)
-    with self.assertRaisesRegex(UserError, message) as raised:
-      config_keys.validate(config)
-    self.assertNotIn('\n', str(raised.exception))
+    configs.assert_refused(self, message, **hier)
 
   def test_three_levels_take_three_entries(self):
     config = configs.tiny_config(1)

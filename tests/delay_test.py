@@ -11,9 +11,7 @@ import optax
 
 from hier_avg import config_keys
 from hier_avg import train
-from hier_avg.core.hierarchy import Hierarchy
 from hier_avg.core.schedule import Level, Schedule
-from hier_avg.errors import UserError
 from tests.support import configs
 from tests.support import devices
 from tests.support import engines
@@ -30,13 +28,7 @@ def setUpModule():
 
 
 def _hierarchy(levels=LEVELS, sync_warmup=0):
-  sizes, periods = zip(*levels)
-  return Hierarchy(8, sizes, periods, sync_warmup)
-
-
-def _setup():
-  data = engines.tiny_data()
-  return data, engines.make_learner('bn', data), engines.make_sampler(data, 8)
+  return engines.levels_hierarchy(levels, sync_warmup=sync_warmup)
 
 
 def _windows(schedule, stop, cut_every=()):
@@ -88,7 +80,7 @@ class ScheduleTest(absltest.TestCase):
 class EngineTest(parameterized.TestCase):
 
   def test_no_delay_is_todays_averaging_bit_for_bit(self):
-    data, learner, sampler = _setup()
+    data, learner, sampler = engines.bn_setup()
     plain = engines.run_engine(engines.make_levels_engine(
         learner, _hierarchy(), (2, 2)), data, sampler, STEPS)
     zero = engines.run_engine(engines.make_levels_engine(
@@ -117,15 +109,12 @@ class EngineTest(parameterized.TestCase):
        dict(compress=('int8', 'none'))),
   )
   def test_matches_the_oracle(self, levels, delay, mesh, options):
-    data, learner, sampler = _setup()
+    data, learner, sampler = engines.bn_setup()
     cut_every = options.get('cut_every', ())
     mix = options.get('mix', ())
     compress = options.get('compress', ())
     reset = options.get('reset_opt_state', False)
-    outer_tx = None
-    if 'outer' in options:
-      lr, momentum = options['outer']
-      outer_tx = optax.sgd(lr, momentum=momentum)
+    outer_tx = engines.outer_sgd(options)
     hierarchy = _hierarchy(levels, options.get('sync_warmup', 0))
 
     # Vmapped learners: the fastest to compile on CPU.
@@ -139,8 +128,8 @@ class EngineTest(parameterized.TestCase):
 
     def oracle(delay):
       ref = engines.learner_states(start, grid_ndim=len(mesh))
-      outer = (None if outer_tx is None else
-               reference.RefOuterSGD(lr, momentum, False, ref[0]['params']))
+      outer = (None if outer_tx is None else reference.RefOuterSGD(
+          *options['outer'], False, ref[0]['params']))
       reference.run(learner, ref, reference.nested_levels(8, levels),
                     ('params', 'batch_stats'), data.train_images,
                     data.train_labels, sampler, STEPS, outer=outer,
@@ -165,7 +154,7 @@ class EngineTest(parameterized.TestCase):
                         jax.tree.leaves(r['params']))), 1e-3)
 
   def test_drift_is_the_snapshots(self):
-    data, learner, sampler = _setup()
+    data, learner, sampler = engines.bn_setup()
     engine = engines.make_levels_engine(learner, _hierarchy(), (2, 2),
                                         pack='vmap', delay=DELAY,
                                         spread=True)
@@ -216,7 +205,7 @@ class EngineTest(parameterized.TestCase):
     # Stopped at step 6, inside the global window (5, 8]: the pending
     # averaging (and the outer optimizer's step taken at the snapshot) come
     # back from the checkpoint and the run goes on as if never stopped.
-    data, learner, sampler = _setup()
+    data, learner, sampler = engines.bn_setup()
     engine = engines.make_levels_engine(
         learner, _hierarchy(), (2, 2), pack='vmap', delay=DELAY,
         outer_tx=optax.sgd(0.7, momentum=0.9))
@@ -308,7 +297,7 @@ class DataIndependenceTest(parameterized.TestCase):
   def _psums(self, delay, step_loop):
     """For the global round of steps 5..8: [(axes, depends on the steps
     after the snapshot)] per all-reduce, and the round."""
-    data, learner, sampler = _setup()
+    data, learner, sampler = engines.bn_setup()
     engine = engines.make_levels_engine(learner, _hierarchy(), (2, 2),
                                         delay=delay, round_loop=step_loop)
     calls, marker = itertools.count(), []
@@ -407,11 +396,7 @@ class ConfigTest(parameterized.TestCase):
        r'level 2 is 3 step\(s\) late but some level averages every 2'),
   )
   def test_bad_settings_are_one_line_errors(self, hier, message):
-    config = configs.tiny_config(1)
-    config.hier.update(k1=4, k2=2, **hier)
-    with self.assertRaisesRegex(UserError, message) as raised:
-      config_keys.validate(config)
-    self.assertNotIn('\n', str(raised.exception))
+    configs.assert_refused(self, message, k1=4, k2=2, **hier)
 
   def test_good_settings_pass(self):
     config = configs.tiny_config(1)

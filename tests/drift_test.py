@@ -9,7 +9,6 @@ import jax
 import numpy as np
 
 from hier_avg import train
-from hier_avg.core.hierarchy import Hierarchy
 from hier_avg.run import metrics
 from tests.support import collectives
 from tests.support import configs
@@ -26,8 +25,7 @@ def setUpModule():
 
 
 def _hierarchy():
-  sizes, periods = zip(*LEVELS)
-  return Hierarchy(8, sizes, periods)
+  return engines.levels_hierarchy(LEVELS)
 
 
 def _run(engine, data, sampler, steps):

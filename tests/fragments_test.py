@@ -14,7 +14,6 @@ import pytest
 from hier_avg import config_keys
 from hier_avg import train
 from hier_avg.core import fragments
-from hier_avg.core.hierarchy import Hierarchy
 from hier_avg.errors import UserError
 from tests.support import configs
 from tests.support import devices
@@ -31,13 +30,7 @@ def setUpModule():
 
 
 def _hierarchy(levels=LEVELS, sync_warmup=0):
-  sizes, periods = zip(*levels)
-  return Hierarchy(8, sizes, periods, sync_warmup)
-
-
-def _setup():
-  data = engines.tiny_data()
-  return data, engines.make_learner('bn', data), engines.make_sampler(data, 8)
+  return engines.levels_hierarchy(levels, sync_warmup=sync_warmup)
 
 
 def _brute_force(sizes, count):
@@ -75,7 +68,7 @@ class PartitionTest(parameterized.TestCase):
     self.assertEqual(fragments.partition([4, 8, 12], 1), ((0, 1, 2),))
 
   def test_describe_lists_each_fragments_leaves_and_bytes(self):
-    data, learner, _ = _setup()
+    data, learner, _ = engines.bn_setup()
     params = jax.eval_shape(lambda: learner.init(jax.random.key(0),
                                                  data.image_shape))[0]
     lines = fragments.describe(params, 2)
@@ -150,12 +143,9 @@ def _one_learner(tree, grid_ndim=2):
 
 def _check_oracle(test, levels, counts, options):
   """The engine with `counts` fragments per level against the oracle."""
-  data, learner, sampler = _setup()
+  data, learner, sampler = engines.bn_setup()
   reset = options.get('reset_opt_state', False)
-  outer_tx = None
-  if 'outer' in options:
-    lr, momentum = options['outer']
-    outer_tx = optax.sgd(lr, momentum=momentum)
+  outer_tx = engines.outer_sgd(options)
   hierarchy = _hierarchy(levels, options.get('sync_warmup', 0))
   engine = engines.make_levels_engine(
       learner, hierarchy, (2,) * len(levels), pack='vmap',
@@ -171,7 +161,7 @@ def _check_oracle(test, levels, counts, options):
   outers = None
   if outer_tx is not None:
     leaves = jax.tree.leaves(ref[0]['params'])
-    outers = [reference.RefOuterSGD(lr, momentum, False,
+    outers = [reference.RefOuterSGD(*options['outer'], False,
                                     [leaves[i] for i in part])
               for part in parts[-1]]
   reference.run(learner, ref, reference.nested_levels(8, levels),
@@ -190,7 +180,7 @@ def _check_oracle(test, levels, counts, options):
 class EngineTest(parameterized.TestCase):
 
   def test_one_fragment_is_todays_averaging_bit_for_bit(self):
-    data, learner, sampler = _setup()
+    data, learner, sampler = engines.bn_setup()
     plain = engines.make_levels_engine(learner, _hierarchy(), (2, 2),
                                        pack='vmap')
     one = engines.make_levels_engine(learner, _hierarchy(), (2, 2),
@@ -220,7 +210,7 @@ class OracleTest(parameterized.TestCase):
     _check_oracle(self, levels, counts, options)
 
   def test_drift_is_the_widest_levels_over_its_fragment(self):
-    data, learner, sampler = _setup()
+    data, learner, sampler = engines.bn_setup()
     engine = engines.make_levels_engine(learner, _hierarchy(), (2, 2),
                                         pack='vmap', fragments=(1, 4),
                                         spread=True)
@@ -251,7 +241,7 @@ class OracleTest(parameterized.TestCase):
       np.testing.assert_allclose(spread, ref_spread, rtol=1e-4)
 
   def test_resume_inside_a_period_is_exact(self):
-    data, learner, sampler = _setup()
+    data, learner, sampler = engines.bn_setup()
     engine = engines.make_levels_engine(
         learner, _hierarchy(), (2, 2), pack='vmap',
         outer_tx=optax.sgd(0.7, momentum=0.9), fragments=(1, 4))
@@ -271,7 +261,7 @@ class OracleTest(parameterized.TestCase):
 class CollectivesTest(absltest.TestCase):
 
   def test_each_fragment_event_all_reduces_its_own_bytes(self):
-    data, learner, sampler = _setup()
+    data, learner, sampler = engines.bn_setup()
     engine = engines.make_levels_engine(learner, _hierarchy(), (2, 2),
                                         pack='vmap', fragments=(1, 2))
     state = engine.init_state(0, data.image_shape)
@@ -333,11 +323,7 @@ class ConfigTest(parameterized.TestCase):
        "hier.outer_lr_schedule='cosine' with a fragmented outermost"),
   )
   def test_bad_settings_are_one_line_errors(self, hier, message):
-    config = configs.tiny_config(1)
-    config.hier.update(k1=4, k2=2, **hier)
-    with self.assertRaisesRegex(UserError, message) as raised:
-      config_keys.validate(config)
-    self.assertNotIn('\n', str(raised.exception))
+    configs.assert_refused(self, message, k1=4, k2=2, **hier)
 
   def test_good_settings_pass(self):
     config = configs.tiny_config(1)

@@ -28,8 +28,7 @@ def setUpModule():
 
 
 def _hierarchy(pairs, num_learners=8):
-  sizes, periods = zip(*pairs)
-  return Hierarchy(num_learners, sizes, periods)
+  return engines.levels_hierarchy(pairs, num_learners)
 
 
 class HierarchyTest(parameterized.TestCase):

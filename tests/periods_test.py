@@ -46,8 +46,7 @@ STEP_CASES = (
 
 
 def _hierarchy(warmup=0, pairs=((4, 2), (8, 4))):
-  sizes, periods_ = zip(*pairs)
-  return Hierarchy(8, sizes, periods_, warmup)
+  return engines.levels_hierarchy(pairs, sync_warmup=warmup)
 
 
 def _scripted_adaptive(warmup=0, base=4, low=1, high=8):

@@ -1,6 +1,8 @@
 """Configs for in-process runs: a preset shrunk to seconds."""
 
 from configs import cifar10
+from hier_avg import config_keys
+from hier_avg.errors import UserError
 
 
 def tiny_config(steps: int, schedule: str = 'constant'):
@@ -16,3 +18,13 @@ def tiny_config(steps: int, schedule: str = 'constant'):
   config.train.log_every = 4
   config.train.eval_every = 0
   return config
+
+
+def assert_refused(test, message: str, **hier):
+  """`tiny_config` with `hier` set is refused by `config_keys.validate`
+  with one line matching `message`."""
+  config = tiny_config(1)
+  config.hier.update(**hier)
+  with test.assertRaisesRegex(UserError, message) as raised:
+    config_keys.validate(config)
+  test.assertNotIn('\n', str(raised.exception))

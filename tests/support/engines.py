@@ -6,6 +6,7 @@ import chex
 import flax.linen as nn
 import jax
 import numpy as np
+import optax
 
 from hier_avg.data import datasets
 from hier_avg.core import optim
@@ -82,6 +83,28 @@ def make_learner(model='mlp', data=None, augment=True, **opt_overrides):
   opt = opt_config(**opt_overrides)
   tx = optim.make_optimizer(opt, optim.learning_rate_schedule(opt, 10, 100))
   return Learner(MODELS[model](), tx, data.mean, data.std, augment)
+
+
+def levels_hierarchy(pairs, num_learners=8, sync_warmup=0) -> Hierarchy:
+  """A `Hierarchy` of (group size, period) pairs, innermost first."""
+  sizes, periods = zip(*pairs)
+  return Hierarchy(num_learners, sizes, periods, sync_warmup)
+
+
+def bn_setup(num_learners=8):
+  """Tiny data, the BatchNorm net's learner and a sampler for
+  `num_learners`: what the engine's oracle tests train."""
+  data = tiny_data()
+  return data, make_learner('bn', data), make_sampler(data, num_learners)
+
+
+def outer_sgd(options):
+  """The outer optimizer an oracle test's `options['outer']` = (lr,
+  momentum) asks for (optax SGD), or None without one."""
+  if 'outer' not in options:
+    return None
+  lr, momentum = options['outer']
+  return optax.sgd(lr, momentum=momentum)
 
 
 def make_engine(learner, num_learners, group_size, k1, k2, mesh=(-1, -1),
