@@ -117,22 +117,22 @@ class Schedule:
   def with_delays(self, delays: Sequence[int]) -> 'Schedule':
     """The same levels, each late by its entry of `delays` (innermost
     first; empty: none)."""
-    if not delays:
-      return self
-    assert len(delays) == len(self.levels), (delays, self.levels)
-    return dataclasses.replace(self, levels=tuple(
-        dataclasses.replace(level, delay=int(tau))
-        for level, tau in zip(self.levels, delays)))
+    return self._per_level('delay', delays)
 
   def with_fragments(self, counts: Sequence[int]) -> 'Schedule':
     """The same levels, each averaging its parameters in its entry of
     `counts` fragments (innermost first; empty: one each)."""
-    if not counts:
+    return self._per_level('fragments', counts)
+
+  def _per_level(self, field: str, values: Sequence[int]) -> 'Schedule':
+    """The same levels with `field` set to each one's entry of `values`
+    (innermost first; empty: unchanged)."""
+    if not values:
       return self
-    assert len(counts) == len(self.levels), (counts, self.levels)
+    assert len(values) == len(self.levels), (values, self.levels)
     return dataclasses.replace(self, levels=tuple(
-        dataclasses.replace(level, fragments=int(f))
-        for level, f in zip(self.levels, counts)))
+        dataclasses.replace(level, **{field: int(value)})
+        for level, value in zip(self.levels, values)))
 
   @property
   def fragmented(self) -> bool:
