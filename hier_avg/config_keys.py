@@ -189,7 +189,8 @@ SECTIONS = {
     'opt': 'Each learner\'s optimizer (SGD) and learning-rate schedule.',
     'train': 'Length, evaluation, logging and checkpoint cadence.',
     'mesh': 'How the learner grid is laid onto devices.',
-    'runtime': 'How rounds are compiled: same results, other speed.',
+    'runtime': 'How rounds are compiled: the same results (to float32 '
+               'rounding), other speed.',
 }
 
 KEYS = (
@@ -357,7 +358,8 @@ KEYS = (
         "Where a data set held in memory lives: 'device' (whole on every "
         "device; rounds carry indices), 'host' (in host memory; each round's "
         "minibatches are gathered there and shipped) or 'auto' (device when "
-        'it fits device_memory_fraction, else host). Same results either way.',
+        'it fits device_memory_fraction, else host). The same results either '
+        'way, to float32 rounding.',
         one_of(*feeds.PLACEMENTS), resumable=True, keeps_results=True),
     Key('data.device_memory_fraction', 0.25,
         "placement='auto': the share of each device's memory the training "

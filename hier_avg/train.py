@@ -27,7 +27,7 @@ from hier_avg.errors import require
 from hier_avg.run import checkpoint, export, preemption, workdirs
 from hier_avg.run.cadence import Cadence
 from hier_avg.run.metrics import MetricsWriter, SUMMARY_FILE, read_summary
-from hier_avg.run.progress import Progress, TrainingDiverged
+from hier_avg.run.progress import LossWindow, Progress, TrainingDiverged
 from hier_avg.run.progress import step_mean_losses
 from hier_avg.runtime import compilation_cache, evaluation
 
@@ -105,8 +105,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
                    'compiled program).', ', '.join(snapped),
                    engine.schedule.shortest_period)
     with MetricsWriter(workdir, keep_until_step=first_step) as writer:
+      # The final training loss: the mean over the last epoch's steps.
+      final_loss = LossWindow.final(
+          num_steps, math.ceil(feed.steps_per_epoch), first_step,
+          record and record.get('final_loss'))
       loop = _Loop(config, workdir, engine, feed, checkpoints, writer,
-                   lr_schedule, cadence, agreed, periods)
+                   lr_schedule, cadence, agreed, periods, final_loss)
       return loop.run(state)
 
 
@@ -144,7 +148,8 @@ class _Loop:
 
   def __init__(self, config, workdir, engine, feed, checkpoints, writer,
                lr_schedule, cadence: Cadence, agreed: dict,
-               periods: periods_lib.PeriodController | None = None):
+               periods: periods_lib.PeriodController | None,
+               final_loss: LossWindow):
     self.config, self.workdir = config, workdir
     self.engine, self.feed = engine, feed
     self.checkpoints, self.writer = checkpoints, writer
@@ -152,8 +157,9 @@ class _Loop:
     self.num_steps = cadence.num_steps
     self.policy = AveragingPolicy.from_config(config.hier)
     self.agreed = agreed  # Saved with every checkpoint.
-    self.last_eval, self.last_loss = {}, float('nan')
+    self.last_eval = {}
     self.periods = periods
+    self.final_loss = final_loss  # Carried by every checkpoint.
     # The rounds' losses since the last outermost averaging, for `periods`.
     self._period_losses = []
 
@@ -167,13 +173,17 @@ class _Loop:
     first_step = int(state.step)
     channels = engine.communication(state)
     rows = self.writer.rows
-    progress = Progress(feed.examples_per_step,
+    progress = Progress(feed.examples_per_step, self.final_loss,
                         wall_s_before=rows[-1]['wall_s'] if rows else 0.0)
     cut_every = self.cadence.cut_every + tuple(
         engine.schedule.fit_cap(cap)
         for cap in (engine.max_round_length, feed.max_round_length))
     with preemption.stop_on_signals() as stop:
       for round_ in engine.schedule.rounds(first_step, num_steps, cut_every):
+        # The calls a run makes (`--verbosity=1`): a resumed run makes the
+        # uninterrupted run's from its checkpoint on (README, resuming).
+        logging.debug('hier_avg: round of steps %d+%d', round_.first,
+                      round_.length)
         state, outputs = engine.run_round(
             state, round_, feed.round_inputs(round_.first, round_.length),
             feed.streamed)
@@ -199,7 +209,8 @@ class _Loop:
         progress.resume_timing()
     summary = {
         **self.last_eval,
-        'final_train_loss': self.last_loss,
+        'final_train_loss': self.final_loss.mean,
+        'final_train_loss_steps': [self.final_loss.first, num_steps],
         'images_per_s': progress.images_per_s,
         'steps': num_steps,
         'epochs': self.epoch(num_steps),
@@ -220,15 +231,15 @@ class _Loop:
   def _write_row(self, state, done: int, evaluate: bool, progress,
                  channels, first_step: int) -> None:
     """The metrics row of step `done`, with an evaluation if asked."""
-    self.last_loss, rate, measures = progress.collect()
-    row = dict(step=done, epoch=self.epoch(done), train_loss=self.last_loss,
+    loss, rate, measures = progress.collect()
+    row = dict(step=done, epoch=self.epoch(done), train_loss=loss,
                learning_rate=float(self.lr_schedule(done - 1)),
                images_per_s=rate, **measures,
                **self.engine.counters(channels, done))
     eta = (self.num_steps - done) * progress.train_s / (done - first_step)
     logging.info('step %d/%d  epoch %.2f  loss %.4f  %.0f images/s  '
                  'ETA %.0fs', done, self.num_steps, self.epoch(done),
-                 self.last_loss, rate, eta)
+                 loss, rate, eta)
     if evaluate:
       params, batch_stats = evaluation.averaged_model(
           self.engine, self.feed, state, self.policy,
@@ -278,7 +289,8 @@ class _Loop:
       raise TrainingDiverged(
           f'training diverged: non-finite parameters after step {step}; '
           'lower opt.lr or add opt.warmup_epochs.')
-    record = {'step': step, **self.agreed}
+    record = {'step': step, **self.agreed,
+              'final_loss': self.final_loss.record()}
     if self.periods is not None:
       self._hand_losses_to_periods()
       record['periods'] = self.periods.record()

@@ -90,11 +90,14 @@ class EngineTest(parameterized.TestCase):
 
   def test_none_is_todays_averaging_bit_for_bit(self):
     data, learner, sampler = self._setup()
-    plain = _train(engines.make_levels_engine(learner, _hierarchy(),
-                                              (2, 2)), data, sampler, STEPS)
-    none = _train(engines.make_levels_engine(
-        learner, _hierarchy(), (2, 2), compress=('none', 'none')), data,
-                  sampler, STEPS)
+    plain_engine = engines.make_levels_engine(learner, _hierarchy(), (2, 2))
+    none_engine = engines.make_levels_engine(learner, _hierarchy(), (2, 2),
+                                             compress=('none', 'none'))
+    # The same programs, so equal to the last bit on any CPU.
+    engines.assert_same_programs(plain_engine, none_engine, data, sampler,
+                                 STEPS)
+    plain = _train(plain_engine, data, sampler, STEPS)
+    none = _train(none_engine, data, sampler, STEPS)
     jax.tree.map(np.testing.assert_array_equal, plain.params, none.params)
     self.assertIsNone(none.comm)
 
@@ -140,15 +143,10 @@ class EngineTest(parameterized.TestCase):
     engine = engines.make_levels_engine(
         learner, _hierarchy(), (2, 2), compress=('bfloat16', 'int8'),
         error_feedback=(True, True))
-    straight = _train(engine, data, sampler, STEPS)
-    part = _train(engine, data, sampler, 9)
+    straight, part, resumed = engines.straight_and_resumed(
+        engine, data, sampler, STEPS, 9, self.create_tempdir().full_path)
     self.assertGreater(max(float(jnp.abs(x).max()) for x in jax.tree.leaves(
         part.comm['residual']['global'])), 0)
-    restored = engines.checkpoint_round_trip(
-        part, 9, engine.init_state(1, data.image_shape),
-        self.create_tempdir().full_path)
-    resumed = engines.run_engine(engine, data, sampler, STEPS - 9,
-                                 state=restored, first_step=9)
     for name in ('params', 'opt_state', 'comm'):
       jax.tree.map(np.testing.assert_array_equal, getattr(resumed, name),
                    getattr(straight, name))

@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Imports no jax: XLA_FLAGS must be set before anything imports it.
 from tests.support import devices
 
-os.environ['XLA_FLAGS'] = devices.xla_flags(
+os.environ['XLA_FLAGS'] = devices.with_count(
     devices.NUM_CPU_DEVICES, os.environ.get('XLA_FLAGS', ''))
 
 # Runs in this process use JAX's persistent compilation cache

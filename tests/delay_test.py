@@ -81,10 +81,14 @@ class EngineTest(parameterized.TestCase):
 
   def test_no_delay_is_todays_averaging_bit_for_bit(self):
     data, learner, sampler = engines.bn_setup()
-    plain = engines.run_engine(engines.make_levels_engine(
-        learner, _hierarchy(), (2, 2)), data, sampler, STEPS)
-    zero = engines.run_engine(engines.make_levels_engine(
-        learner, _hierarchy(), (2, 2), delay=(0, 0)), data, sampler, STEPS)
+    plain_engine = engines.make_levels_engine(learner, _hierarchy(), (2, 2))
+    zero_engine = engines.make_levels_engine(learner, _hierarchy(), (2, 2),
+                                             delay=(0, 0))
+    # The same programs, so equal to the last bit on any CPU.
+    engines.assert_same_programs(plain_engine, zero_engine, data, sampler,
+                                 STEPS)
+    plain = engines.run_engine(plain_engine, data, sampler, STEPS)
+    zero = engines.run_engine(zero_engine, data, sampler, STEPS)
     for name in ('params', 'batch_stats', 'opt_state'):
       jax.tree.map(np.testing.assert_array_equal, getattr(plain, name),
                    getattr(zero, name))
@@ -209,17 +213,10 @@ class EngineTest(parameterized.TestCase):
     engine = engines.make_levels_engine(
         learner, _hierarchy(), (2, 2), pack='vmap', delay=DELAY,
         outer_tx=optax.sgd(0.7, momentum=0.9))
-    straight = engines.run_engine(engine, data, sampler, STEPS,
-                                  cut_every=(6,))
-    part = engines.run_engine(engine, data, sampler, 6, cut_every=(6,))
+    straight, part, resumed = engines.straight_and_resumed(
+        engine, data, sampler, STEPS, 6, self.create_tempdir().full_path)
     self.assertGreater(max(float(np.abs(x).max()) for x in jax.tree.leaves(
         part.comm['delayed']['global']['delta'])), 0)
-    restored = engines.checkpoint_round_trip(
-        part, 6, engine.init_state(1, data.image_shape),
-        self.create_tempdir().full_path)
-    resumed = engines.run_engine(engine, data, sampler, STEPS - 6,
-                                 state=restored, first_step=6,
-                                 cut_every=(6,))
     for name in ('params', 'opt_state', 'outer', 'comm'):
       jax.tree.map(np.testing.assert_array_equal, getattr(resumed, name),
                    getattr(straight, name))

@@ -4,7 +4,6 @@ import os
 import tempfile
 
 from absl.testing import absltest
-import chex
 import jax
 import numpy as np
 
@@ -15,6 +14,7 @@ from tests.support import configs
 from tests.support import devices
 from tests.support import engines
 from tests.support import reference
+from tests.support import trees
 
 LEVELS = ((2, 2), (4, 4), (8, 8))
 STEPS = 16
@@ -89,8 +89,10 @@ class DriftTest(absltest.TestCase):
       engines_[name] = engine
       if name == 'off':
         self.assertEqual({tuple(o) for _, _, o in events}, {('loss',)})
-    chex.assert_trees_all_equal(states['off'], states['drift'])
-    chex.assert_trees_all_equal(states['off'], states['spread'])
+    # The measures are extra outputs of other programs: the states agree
+    # to float32 rounding (XLA may fuse the averaging differently).
+    trees.assert_states_close(states['off'], states['drift'])
+    trees.assert_states_close(states['off'], states['spread'])
     # All-reduces per averaging: one (a single dtype) with or without the
     # drift; the spread adds one, at the outermost level only.
     state = engines_['off'].init_state(0, data.image_shape)

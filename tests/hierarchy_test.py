@@ -128,9 +128,11 @@ class ThreeLevelOracleTest(parameterized.TestCase):
       for part in ('params', 'batch_stats', 'opt_state'):
         trees.assert_trees_close(got[i][part], ref_learners[i][part])
 
-  def test_an_innermost_level_of_one_learner_is_the_outer_two_exactly(self):
+  def test_an_innermost_level_of_one_learner_is_the_outer_two(self):
     # Averaging a group of one is the identity: ((1, 2), (4, 4), (8, 8))
-    # trains exactly what ((4, 4), (8, 8)) trains (same round cuts).
+    # trains what ((4, 4), (8, 8)) trains (same round cuts). The grids
+    # differ (three axes, two), and so do the programs: equal to float32
+    # rounding.
     data = engines.tiny_data()
     learner = engines.make_learner('bn', data)
     sampler = engines.make_sampler(data, 8)
@@ -140,11 +142,11 @@ class ThreeLevelOracleTest(parameterized.TestCase):
         learner, _hierarchy(((4, 4), (8, 8))), (2, 4))
     got = engines.run_engine(three, data, sampler, STEPS, cut_every=(2,))
     want = engines.run_engine(two, data, sampler, STEPS, cut_every=(2,))
-    chex.assert_trees_all_equal((got.params, got.batch_stats, got.opt_state),
-                                jax.tree.map(
-                                    lambda x: x[:, :, None],
-                                    (want.params, want.batch_stats,
-                                     want.opt_state)))
+    trees.assert_trees_close(
+        (got.params, got.batch_stats, got.opt_state),
+        jax.tree.map(lambda x: x[:, :, None],
+                     (want.params, want.batch_stats, want.opt_state)),
+        atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.slow
@@ -160,13 +162,20 @@ class ThreeLevelRunTest(absltest.TestCase):
         trees.assert_trees_close(tree, results[(1, 1, 1)][1], atol=1e-6)
 
   def test_levels_spelling_trains_the_group_size_spelling_bit_for_bit(self):
+    def config(**hier):
+      c = configs.tiny_config(12)
+      c.hier.update(num_learners=8, **hier)
+      return c
+
     def run(**hier):
-      config = configs.tiny_config(12)
-      config.hier.update(num_learners=8, **hier)
       workdir = tempfile.mkdtemp()
-      summary = train.train_and_evaluate(config, workdir)
+      summary = train.train_and_evaluate(config(**hier), workdir)
       return summary, outputs.final_model(workdir)
 
+    # One hierarchy, so the same programs: equal to the last bit.
+    self.assertEqual(
+        Hierarchy.from_config(config(levels=((4, 2), (8, 6))).hier),
+        Hierarchy.from_config(config(group_size=4, k1=2, k2=3).hier))
     pairs, pairs_model = run(levels=((4, 2), (8, 6)))
     keys, keys_model = run(group_size=4, k1=2, k2=3)
     chex.assert_trees_all_equal(pairs_model, keys_model)

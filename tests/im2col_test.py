@@ -71,7 +71,10 @@ class Im2colTest(parameterized.TestCase):
     im2col = models.get_model(name, 10, models.make_layers(conv='im2col'))
     variables = xla.init(jax.random.key(0), x)
     # Same parameter names, shapes and initial values: checkpoints and
-    # averaging do not care which kernel runs.
+    # averaging do not care which kernel runs. To the bit: the initial
+    # values come from the same random-number ops on the same keys,
+    # element by element; the forward passes, which differ, never reach
+    # them.
     other = im2col.init(jax.random.key(0), x)
     jax.tree.map(np.testing.assert_array_equal, variables, other)
     np.testing.assert_allclose(im2col.apply(variables, x),

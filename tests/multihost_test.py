@@ -17,6 +17,7 @@ from hier_avg.data import streaming
 from tests.support import fake_imagenet
 from tests.support import launcher
 from tests.support import outputs
+from tests.support import trees
 
 # Multi-process runs of launch.py.
 pytestmark = pytest.mark.slow
@@ -56,7 +57,9 @@ class MultiProcessTest(absltest.TestCase):
                      [r['step'] for r in single_rows])
     for a, b in zip(multi_rows, single_rows):
       self.assertAlmostEqual(a['train_loss'], b['train_loss'], places=5)
-      self.assertEqual(a.get('test_accuracy'), b.get('test_accuracy'))
+      # Over 256 test examples; a prediction at a near tie may flip.
+      self.assertAlmostEqual(a.get('test_accuracy', 0),
+                             b.get('test_accuracy', 0), delta=1 / 256)
     # Equal up to float rounding: gloo sums the 8 learners in another order
     # than one process does (measured: differences of 1-2 ulp).
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
@@ -87,12 +90,11 @@ class HostPlacementMultiProcessTest(absltest.TestCase):
       runs[placement] = outputs.rows_and_model(workdir)
     (device_rows, device_model), (host_rows, host_model) = (
         runs['device'], runs['host'])
-    drop = ('images_per_s', 'wall_s')
-    self.assertEqual(
-        [{k: v for k, v in row.items() if k not in drop} for row in host_rows],
-        [{k: v for k, v in row.items() if k not in drop}
-         for row in device_rows])
-    jax.tree.map(np.testing.assert_array_equal, host_model, device_model)
+    # Other programs (one gathers minibatches by index, one is given
+    # them): equal to float32 rounding, accuracies over 256 test examples
+    # within one of them.
+    outputs.assert_rows_close(host_rows, device_rows, accuracy_atol=1 / 256)
+    trees.assert_trees_close(host_model, device_model, atol=1e-6, rtol=1e-6)
 
 
 class StreamedMultiProcessTest(absltest.TestCase):

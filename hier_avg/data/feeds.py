@@ -13,8 +13,8 @@ folders, synthetic). Where training reads it from is `data.placement`:
     memory is the host's physical memory over their count: 8 CPU devices
     holding a copy each cost 8 copies of host RAM.
 Both give the learners the same uint8 minibatches, which they augment on
-device with their own keys, so both placements compute bit-identical runs
-(tested). Evaluation and `recompute_batch_stats` read the host copy batch by
+device with their own keys, so both placements compute the same run, to
+float32 rounding (tested; their programs differ, so not to the bit). Evaluation and `recompute_batch_stats` read the host copy batch by
 batch under either placement: the test set is never placed whole.
 `StreamedFeed`: a tfds data set read, decoded and augmented on each host
 (ImageNet, `streaming.py`). A round carries its minibatches.

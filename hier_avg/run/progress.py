@@ -4,7 +4,14 @@ Rounds hand back their outputs without waiting (`add`); at a row the
 losses and the averagings' measures of every process are gathered once
 (`collect`), checked for divergence and averaged, and the time since the
 last row counts as training time.
+
+A row's loss is the mean over the steps since the row before, so it moves
+with the logging cadence. The run's final training loss does not: it is
+the mean over a fixed window of the run's last steps (`LossWindow`), summed
+step by step in step order and carried through checkpoints.
 """
+
+import dataclasses
 
 import time
 
@@ -27,18 +34,65 @@ def gather_losses(pending) -> list[tuple[int, np.ndarray]]:
               multihost_utils.process_allgather(round_loss, tiled=True))]
 
 
+def learners_mean(loss: np.ndarray) -> float:
+  """The mean of one step's losses over all learners, in float64."""
+  return float(np.mean(loss, dtype=np.float64))
+
+
 def step_mean_losses(pending) -> list[tuple[int, float]]:
   """(step, mean loss over all learners of all processes, in float64) for
   each step of `pending` (as `gather_losses`): the same on every host."""
-  return [(step, float(np.mean(loss, dtype=np.float64)))
-          for step, loss in gather_losses(pending)]
+  return [(step, learners_mean(loss)) for step, loss in gather_losses(pending)]
+
+
+@dataclasses.dataclass
+class LossWindow:
+  """The mean training loss over steps `first` ... (1-based) of a run.
+
+  Each step adds the mean over every learner of every process (float64),
+  in step order, so the figure is the same however the steps were cut
+  into rounds and rows, and whether or not the run was resumed: a
+  checkpoint inside the window carries the sum so far (`record`).
+  """
+  first: int
+  total: float = 0.0
+  steps: int = 0
+
+  @classmethod
+  def final(cls, num_steps: int, window: int, resumed_at: int = 0,
+            record: dict | None = None) -> 'LossWindow':
+    """The window of the run's last `window` steps (all, if fewer).
+
+    `resumed_at`, `record`: the checkpoint's step and its `record()`. A
+    record of a window that starts elsewhere (the run's length changed)
+    holds the sum of other steps: the window then starts after the
+    checkpoint, and says so in `first`.
+    """
+    first = max(1, num_steps - window + 1)
+    if record is not None and record['first'] == first:
+      return cls(**record)
+    return cls(max(first, resumed_at + 1))
+
+  def add(self, step: int, loss: np.ndarray) -> None:
+    if step >= self.first:
+      self.total += learners_mean(loss)
+      self.steps += 1
+
+  @property
+  def mean(self) -> float:
+    return self.total / self.steps if self.steps else float('nan')
+
+  def record(self) -> dict:
+    return dataclasses.asdict(self)
 
 
 class Progress:
   """Losses and training time since the last row, and in all."""
 
-  def __init__(self, images_per_step: int, wall_s_before: float = 0.0):
+  def __init__(self, images_per_step: int, final_loss: LossWindow,
+               wall_s_before: float = 0.0):
     self.images_per_step = images_per_step
+    self.final_loss = final_loss
     # A resumed run's clock goes on from its checkpoint's row.
     self._start = time.perf_counter() - wall_s_before
     self._pending = []  # (first step, [length, grid...] losses) per round.
@@ -72,6 +126,7 @@ class Progress:
         raise TrainingDiverged(
             f'training diverged: non-finite loss at step {step} (learner '
             f'{bad[0]}); lower opt.lr or add opt.warmup_epochs.')
+      self.final_loss.add(step, loss)
     self.train_s += segment_s
     images = self.images_per_step * len(losses)
     self.images_seen += images

@@ -1,6 +1,7 @@
 """Tiny models, data, learners and engines, and running them round by round."""
 
 import dataclasses
+import re
 
 import chex
 import flax.linen as nn
@@ -180,12 +181,13 @@ def guard_retraces(engine, steps, cut_every=()):
 
 
 def run_engine(engine, data, sampler, steps, seed=0, state=None,
-               cut_every=(), streamed=False, first_step=0):
+               cut_every=(), streamed=False, first_step=0, calls=None):
   """Trains round by round with the engine's schedule; the final state.
 
   `streamed`: the host gathers each round's minibatches and passes them, as
   for a streamed data set, instead of the indices into resident data.
   `first_step`: where `state` stands (a resumed run); `steps` more follow.
+  `calls`: a list that gets `(first step, length)` of each round run.
   """
   if state is None:
     state = engine.init_state(seed, data.image_shape)
@@ -193,6 +195,8 @@ def run_engine(engine, data, sampler, steps, seed=0, state=None,
                                                   data.train_labels)
   for round_ in engine.schedule.rounds(first_step, first_step + steps,
                                        cut_every):
+    if calls is not None:
+      calls.append((round_.first, round_.length))
     if streamed:
       # [K, P, B]: learner ids in order, as one process holding all.
       indices = sampler.round_indices(round_.first, round_.length)
@@ -204,6 +208,27 @@ def run_engine(engine, data, sampler, steps, seed=0, state=None,
     state, _ = engine.round_program(round_, streamed)(state, *inputs)
     jax.block_until_ready(state)
   return state
+
+
+def assert_same_programs(engine, other, data, sampler, steps):
+  """Both engines compile the same program for each round of the first
+  `steps` steps (the lowered text, source locations aside).
+
+  Then their runs are equal to the last bit on any CPU: the same programs
+  on the same inputs. Otherwise bitwise equality is XLA's code
+  generation's to give (README: resuming).
+  """
+  state = engine.init_state(0, data.image_shape)
+  images, labels = engine.topology.put_replicated(data.train_images,
+                                                  data.train_labels)
+  rounds = list(engine.schedule.rounds(0, steps))
+  assert rounds == list(other.schedule.rounds(0, steps))
+  for round_ in rounds:
+    indices = engine.topology.put_round_indices(sampler, round_.first,
+                                                round_.length)
+    a, b = (re.sub(r'loc\(.*?\)', '', e.round_program(round_).lower(
+        state, images, labels, indices).as_text()) for e in (engine, other))
+    assert a == b, f'the round {round_} compiles to another program'
 
 
 def make_sampler(data, num_learners, batch_size=4, mode='partition', seed=0):
@@ -219,6 +244,33 @@ def learner_states(state, grid_ndim=2):
   parts = {p: reference.per_learner(getattr(state, p), grid_ndim, n)
            for p in names}
   return [{p: parts[p][i] for p in parts} for i in range(n)]
+
+
+def straight_and_resumed(engine, data, sampler, steps: int, stop: int,
+                         directory: str):
+  """`(straight, part, resumed)`: `steps` steps run without a stop; the
+  same run stopped after step `stop`; and that, saved in `directory`,
+  restored and resumed to the end.
+
+  Both cut their rounds at `stop` (and its multiples), so the resumed run
+  makes exactly the compiled calls of the uninterrupted one (asserted):
+  what the launcher guarantees, whose stops fall at its cadence's cuts.
+  Bitwise equality of the two is then a fact, not XLA's code generation's
+  luck: two programs that split the same steps differently may round
+  differently on another CPU.
+  """
+  straight_calls, resumed_calls = [], []
+  straight = run_engine(engine, data, sampler, steps, cut_every=(stop,),
+                        calls=straight_calls)
+  part = run_engine(engine, data, sampler, stop, cut_every=(stop,),
+                    calls=resumed_calls)
+  restored = checkpoint_round_trip(
+      part, stop, engine.init_state(1, data.image_shape), directory)
+  resumed = run_engine(engine, data, sampler, steps - stop, state=restored,
+                       first_step=stop, cut_every=(stop,),
+                       calls=resumed_calls)
+  assert resumed_calls == straight_calls, (resumed_calls, straight_calls)
+  return straight, part, resumed
 
 
 def checkpoint_round_trip(state, step: int, fresh, directory: str):

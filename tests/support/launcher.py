@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 
-from tests.support.devices import NUM_CPU_DEVICES, xla_flags
+from tests.support.devices import NUM_CPU_DEVICES, with_count
 from tests.support import outputs
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -96,7 +96,7 @@ def start(workdir, *flags, devices=NUM_CPU_DEVICES, config=CPU_CONFIG,
     The running process.
   """
   environment = python_env(
-      XLA_FLAGS=xla_flags(devices),
+      XLA_FLAGS=with_count(devices, os.environ.get('XLA_FLAGS', '')),
       # The processes of a session share their compiled programs: a
       # resumed run, or a second run of the same config, loads what an
       # earlier one compiled instead of compiling it again (half of a short
@@ -164,24 +164,33 @@ def run(workdir, *flags, timeout=DEADLINE_S,
   return subprocess.CompletedProcess(proc.args, proc.returncode, None, stderr)
 
 
-def wait_for_step(workdir, step, runs, timeout=DEADLINE_S) -> int:
-  """Waits until the run in `workdir` has logged `step` or a later one.
+def wait_for(condition, what: str, runs, timeout=DEADLINE_S):
+  """Waits until `condition()` gives a true value, and returns it.
 
-  Returns:
-    The last step logged then.
   Raises:
-    AssertionError: one of `runs` ended first, or `timeout` s went by;
-      all of them are killed first.
+    AssertionError: one of `runs` ended first, or `timeout` s went by
+      (`what` names the awaited event); all of them are killed first.
   """
   deadline = time.monotonic() + timeout
   while (time.monotonic() < deadline and
          all(run.poll() is None for run in runs)):
-    rows = outputs.metrics_rows(workdir)
-    if rows and rows[-1]['step'] >= step:
-      return rows[-1]['step']
+    value = condition()
+    if value:
+      return value
     time.sleep(0.005)
-  raise AssertionError(f'the run ended or hung before step {step}.\n'
+  raise AssertionError(f'the run ended or hung before {what}.\n'
                        + _kill_all(runs))
+
+
+def wait_for_step(workdir, step, runs, timeout=DEADLINE_S) -> int:
+  """Waits until the run in `workdir` has logged `step` or a later one;
+  returns the last step logged then (`wait_for`)."""
+
+  def logged():
+    rows = outputs.metrics_rows(workdir)
+    return rows[-1]['step'] if rows and rows[-1]['step'] >= step else 0
+
+  return wait_for(logged, f'step {step}', runs, timeout)
 
 
 def free_port() -> int:

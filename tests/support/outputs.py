@@ -2,6 +2,8 @@
 
 import os
 
+import numpy as np
+
 from hier_avg.run import export, metrics
 
 
@@ -39,3 +41,26 @@ def snapshot(path: str) -> dict:
       with open(full, 'rb') as f:
         files[os.path.relpath(full, path)] = f.read()
   return files
+
+
+# Measured by the clock, not computed: they differ between any two runs.
+TIMINGS = ('images_per_s', 'wall_s')
+
+
+def assert_rows_close(rows, other, accuracy_atol: float):
+  """The metrics rows of two runs of other programs (host and device data
+  placement, ...): the same steps and keys, counters equal, every other
+  value equal to float32 rounding; an accuracy within `accuracy_atol`
+  (a prediction at a near tie may flip). Timings are left out."""
+  assert [sorted(r) for r in rows] == [sorted(r) for r in other], (
+      rows, other)
+  for row, other_row in zip(rows, other):
+    for key, value in row.items():
+      if key in TIMINGS:
+        continue
+      if isinstance(value, int):
+        assert value == other_row[key], (key, row, other_row)
+      else:
+        atol = accuracy_atol if key.endswith('accuracy') else 1e-6
+        np.testing.assert_allclose(value, other_row[key], rtol=1e-5,
+                                   atol=atol, err_msg=f'{key} {row}')

@@ -1,6 +1,7 @@
 """Comparing pytrees: the same structure, leaf by leaf close."""
 
 import chex
+import jax
 
 
 def assert_trees_close(a, b, atol=1e-5, rtol=1e-5):
@@ -12,3 +13,18 @@ def assert_trees_close(a, b, atol=1e-5, rtol=1e-5):
   """
   chex.assert_trees_all_equal_structs(a, b)
   chex.assert_trees_all_close(a, b, atol=atol, rtol=rtol)
+
+
+def assert_states_close(a, b, atol=1e-6, rtol=1e-6):
+  """Two engine states (`TrainState`) that other programs computed.
+
+  The step and the RNG keys are integer arithmetic, exact in any program:
+  equal. Every other leaf (parameters, statistics, optimizer, outer and
+  communication state) is equal to float32 rounding: two programs for the
+  same arithmetic may round differently on another CPU.
+  """
+  chex.assert_trees_all_equal(a.step, b.step)
+  chex.assert_trees_all_equal(jax.random.key_data(a.rng),
+                              jax.random.key_data(b.rng))
+  floats = lambda s: s.replace(step=0, rng=0)
+  assert_trees_close(floats(a), floats(b), atol=atol, rtol=rtol)
