@@ -46,7 +46,8 @@ _PROCESS_ID = flags.DEFINE_integer(
 _CPU_DEVICES = flags.DEFINE_integer(
     'cpu_devices', None,
     'Fake CPU devices for a run on CPU (default: XLA_FLAGS\' count, else '
-    f'{cpu_devices.DEFAULT}).', lower_bound=1)
+    f'{cpu_devices.DEFAULT}; at most {cpu_devices.MAXIMUM}).', lower_bound=1,
+    upper_bound=cpu_devices.MAXIMUM)
 _VERBOSE_LOGS = flags.DEFINE_bool(
     'verbose_logs', False,
     'Also show the INFO lines of the libraries underneath (orbax, jax).')
@@ -62,8 +63,34 @@ def _parse_flags(argv):
       if arg.startswith('--config.'):
         config_keys.require_known(arg[len('--config.'):].partition('=')[0])
     return flags.FLAGS(argv)
-  except (UserError, flags.Error) as e:
+  except UserError as e:
     _exit_with(e)
+  except flags.Error as e:
+    _exit_with(UserError(f'{str(e).partition(":")[0]}: {_root_of(e)}'))
+
+
+def _root_of(error: Exception) -> str:
+  """What a failed flag or config file says is wrong, in one line: a
+  config file raises inside ml_collections, whose messages carry a whole
+  traceback or a list of paths tried; the first cause's last line is the
+  reason."""
+  while error.__cause__ is not None or error.__context__ is not None:
+    error = error.__cause__ or error.__context__
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  return lines[-1] if lines else type(error).__name__
+
+
+def _load_config():
+  """The --config file's config; one line, exit 2, if it cannot load."""
+  try:
+    config = _CONFIG.value
+    config.keys()  # A file that failed to load raises only when used.
+    return config
+  except Exception as e:  # pylint: disable=broad-except
+    _exit_with(UserError(
+        f'--config={flags.FLAGS["config"].config_filename} could not be '
+        f'loaded: {_root_of(e)}; give a configs/*.py file, e.g. '
+        'configs/cifar10.py:cpu (presets after the colon).'))
 
 
 def _exit_with(error: Exception, code: int = errors.EXIT_BAD_INPUT) -> None:
@@ -80,7 +107,7 @@ def main(argv):
   try:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
                            _PROCESS_ID.value, _DISTRIBUTED_AUTO.value)
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    train.train_and_evaluate(_load_config(), _WORKDIR.value)
   except train.TrainingDiverged as e:
     _exit_with(e, errors.EXIT_DIVERGED)
   except UserError as e:
@@ -89,19 +116,32 @@ def main(argv):
     logging.flush()
     print(f'preempted: {e}', file=sys.stderr)
     sys.exit(0)
-  except (jax.errors.JaxRuntimeError, TimeoutError) as e:
-    if errors.out_of_memory(e):
-      _exit_with(errors.out_of_memory(e))
-    if jax.process_count() == 1:
-      raise
-    # A collective, or a checkpoint's commit barrier, failed because a peer
-    # process died. The runtime's shutdown barrier at exit would wait for
-    # the dead peer's heartbeat timeout and then abort, so leave at once.
-    logging.flush()
-    print('error: lost contact with another process '
-          f'({_first_line(e)}); restart every process with the same command '
-          'to resume from the last checkpoint.', file=sys.stderr, flush=True)
-    os._exit(2)  # pylint: disable=protected-access
+  except Exception as e:  # pylint: disable=broad-except
+    _exit_on_failure(e)
+
+
+def _exit_on_failure(e: Exception) -> None:
+  """A failure the user can act on, in one line; else the traceback."""
+  if errors.out_of_space(e):
+    _exit_with(UserError(
+        f'no space left to write in --workdir={_WORKDIR.value} '
+        f'({errors.out_of_space(e)}); free space (or raise the quota) and '
+        'rerun the same command: the run resumes from its newest complete '
+        'checkpoint.'))
+  if not isinstance(e, (jax.errors.JaxRuntimeError, TimeoutError)):
+    raise e
+  if errors.out_of_memory(e):
+    _exit_with(errors.out_of_memory(e))
+  if jax.process_count() == 1:
+    raise e
+  # A collective, or a checkpoint's commit barrier, failed because a peer
+  # process died. The runtime's shutdown barrier at exit would wait for
+  # the dead peer's heartbeat timeout and then abort, so leave at once.
+  logging.flush()
+  print('error: lost contact with another process '
+        f'({_first_line(e)}); restart every process with the same command '
+        'to resume from the last checkpoint.', file=sys.stderr, flush=True)
+  os._exit(2)  # pylint: disable=protected-access
 
 
 def _first_line(error: Exception) -> str:

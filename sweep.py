@@ -17,6 +17,7 @@ train_loss_vs_epoch.png are written. --parallel=N runs N points at once
 (on an accelerator they share its memory).
 """
 
+import signal
 import sys
 
 from absl import app
@@ -55,9 +56,24 @@ def _spec() -> sweep.SweepSpec:
   return spec
 
 
+class _Stopped(Exception):
+  """SIGTERM or SIGINT: the sweep stops its running points and exits."""
+
+
+def _stop_on(signum, frame):
+  del frame
+  for sig in (signal.SIGTERM, signal.SIGINT):  # Stop once, undisturbed.
+    signal.signal(sig, signal.SIG_IGN)
+  raise _Stopped(signal.Signals(signum).name)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  # SIGTERM (a scheduler, `kill`) as Ctrl-C: the points still running are
+  # stopped, each saving a checkpoint, instead of training on orphaned.
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, _stop_on)
   try:
     spec = _spec()
     failed = []
@@ -67,6 +83,10 @@ def main(argv):
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+  except _Stopped as e:
+    print(f'sweep: stopped by {e}; the points that were running saved '
+          'checkpoints. Rerun the same command to resume.', file=sys.stderr)
+    sys.exit(128 + signal.Signals[str(e)].value)
   print(open(result['markdown']).read(), end='')
   print(f"sweep: wrote {result['csv']}, {result['markdown']} and "
         f"{len(result['plots'])} plots.")

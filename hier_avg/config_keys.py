@@ -36,6 +36,7 @@ from hier_avg.core import outer
 from hier_avg.core import periods
 from hier_avg.core import policies
 from hier_avg.core import schedule as schedule_lib
+from hier_avg.core import state
 from hier_avg.data import datasets
 from hier_avg.data import feeds
 from hier_avg.data import sampling
@@ -60,6 +61,9 @@ class Key:
   # A finished run's results stand whatever it says (where the data lives,
   # how learners sit on devices, how often the run logs or saves).
   keeps_results: bool = False
+  # Counts epochs (a number or a tuple of them): the run turns it into
+  # steps once the data set is known (`check_epochs`).
+  in_epochs: bool = False
 
 
 def _is_number(value) -> bool:
@@ -70,10 +74,16 @@ def _is_integer(value) -> bool:
   return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def integer(minimum: int) -> Check:
+# The largest count a key may hold: the step counter and array sizes are
+# int32, and a larger value would overflow them after validation.
+MAX_COUNT = state.MAX_STEPS
+
+
+def integer(minimum: int, maximum: int = MAX_COUNT) -> Check:
   def check(name, value):
-    if not (_is_integer(value) and value >= minimum):
-      return f'{name}={value!r} must be an integer >= {minimum}.'
+    if not (_is_integer(value) and minimum <= value <= maximum):
+      return (f'{name}={value!r} must be an integer in [{minimum}, '
+              f'{maximum}].')
   return check
 
 
@@ -109,8 +119,10 @@ def text(name, value) -> str | None:
 
 
 def numbers_tuple(name, value) -> str | None:
-  if not (isinstance(value, (tuple, list)) and all(map(_is_number, value))):
-    return f'{name}={value!r} must be a tuple of numbers, e.g. (30, 60).'
+  if not (isinstance(value, (tuple, list)) and
+          all(_is_number(v) and math.isfinite(v) for v in value)):
+    return (f'{name}={value!r} must be a tuple of finite numbers, e.g. '
+            '(30, 60).')
 
 
 def level_pairs(name, value) -> str | None:
@@ -195,7 +207,8 @@ SECTIONS = {
 
 KEYS = (
     Key('seed', 0, 'Seeds model init, data order and augmentation.',
-        integer(0)),
+        # jax's key keeps 32 bits (no x64): larger seeds repeat smaller ones.
+        integer(0, 2**32 - 1)),
     # hier
     Key('hier.num_learners', 8, 'P: model replicas.', integer(1)),
     Key('hier.group_size', 4, 'S: learners per node, averaged locally.',
@@ -225,7 +238,8 @@ KEYS = (
         'change takes effect at an outermost averaging; periods then count '
         'from there.', one_of(*periods.PERIOD_SCHEDULES)),
     Key('hier.period_milestones', (),
-        "Epochs at which 'step' multiplies every period...", numbers_tuple),
+        "Epochs at which 'step' multiplies every period...", numbers_tuple,
+        in_epochs=True),
     Key('hier.period_factors', (),
         '...by these integers (one per milestone; the multiplier from it '
         'on, not cumulative).', integers_tuple(1)),
@@ -393,13 +407,15 @@ KEYS = (
         'A run resumed with another length must set it (to keep its curve, '
         'the old length).', integer(0), resumable=True),
     Key('opt.warmup_epochs', 0.0,
-        'Linear warmup from 0, before the schedule.', number(0)),
+        'Linear warmup from 0, before the schedule.', number(0),
+        in_epochs=True),
     Key('opt.milestones', (50, 75),
-        "Epochs at which 'step' multiplies the lr...", numbers_tuple),
+        "Epochs at which 'step' multiplies the lr...", numbers_tuple,
+        in_epochs=True),
     Key('opt.decay_factor', 0.1, '...by this factor.', number(0)),
     # train
     Key('train.epochs', 100.0, 'Length in epochs (when steps is 0).',
-        number(0), resumable=True),
+        number(0), resumable=True, in_epochs=True),
     Key('train.steps', 0, 'Local steps per learner; 0: use epochs.',
         integer(0), resumable=True),
     Key('train.eval_every', 0,
@@ -638,16 +654,33 @@ def validate(config) -> None:
   _relations(config)
 
 
+def check_epochs(config, steps_per_epoch: float) -> None:
+  """Refuses an epoch count whose steps overflow the step counter.
+
+  Checked once the data set says how many steps an epoch has, before
+  anything turns epochs into steps.
+  """
+  for key in KEYS:
+    if not key.in_epochs:
+      continue
+    value = get(config, key.name)
+    for epochs in value if isinstance(value, (tuple, list)) else (value,):
+      require(epochs * steps_per_epoch <= MAX_COUNT,
+              f'{key.name}={value!r} is {epochs * steps_per_epoch:.3g} steps '
+              f'at {steps_per_epoch:g} steps an epoch, past the most a run '
+              f'counts ({MAX_COUNT}); lower it.')
+
+
 def fingerprint(config) -> dict[str, Any]:
   """The values a resumed run must share (tuples as lists, as JSON has)."""
-  return {key.name: _as_json(get(config, key.name))
+  return {key.name: as_json(get(config, key.name))
           for key in KEYS if not key.resumable}
 
 
-def _as_json(value):
+def as_json(value):
   """Tuples (nested too) as the lists JSON gives back."""
   if isinstance(value, (tuple, list)):
-    return [_as_json(x) for x in value]
+    return [as_json(x) for x in value]
   return value
 
 

@@ -7,6 +7,8 @@ non-zero without a traceback; everything else is a bug and keeps its traceback.
 """
 
 
+import errno
+
 # launch.py's exit codes: input it refused, a run whose loss diverged.
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
@@ -24,6 +26,25 @@ def require(condition: bool, message: str) -> None:
   """Raises `UserError(message)` unless `condition` holds."""
   if not condition:
     raise UserError(message)
+
+
+# How a full disk (or quota, or file-size limit) is reported: OSError's
+# errno, or the os_error_code in tensorstore's message (orbax's writes).
+_NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_NO_SPACE_MARKERS = tuple(f"os_error_code='{code}'"
+                          for code in _NO_SPACE_ERRNOS) + (
+                              'No space left on device',)
+
+
+def out_of_space(error: BaseException) -> str | None:
+  """The first line of `error` (or of an error it came from) if it says a
+  write found no room, else None."""
+  while error is not None:
+    if (getattr(error, 'errno', None) in _NO_SPACE_ERRNOS or
+        any(marker in str(error) for marker in _NO_SPACE_MARKERS)):
+      return (str(error).strip().splitlines() or [''])[0][:300]
+    error = error.__cause__ or error.__context__
+  return None
 
 
 # How XLA reports an allocation that does not fit (GPU, TPU and CPU).

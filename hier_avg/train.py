@@ -26,10 +26,16 @@ from hier_avg.data import feeds
 from hier_avg.errors import require
 from hier_avg.run import checkpoint, export, preemption, workdirs
 from hier_avg.run.cadence import Cadence
-from hier_avg.run.metrics import MetricsWriter, SUMMARY_FILE, read_summary
+from hier_avg.run.metrics import METRICS_FILE, SUMMARY_FILE
+from hier_avg.run.metrics import MetricsWriter, read_summary
 from hier_avg.run.progress import LossWindow, Progress, TrainingDiverged
 from hier_avg.run.progress import step_mean_losses
-from hier_avg.runtime import compilation_cache, evaluation
+from hier_avg.runtime import compilation_cache, evaluation, memory
+
+
+# `final_train_loss` is the mean training loss over the last epoch's steps,
+# at most this many (each checkpoint carries them).
+FINAL_LOSS_STEPS = 1024
 
 
 class Preempted(Exception):
@@ -56,6 +62,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   # ---- Data, learner and engine (before the workdir is touched) ---------
   feed = feeds.load(config, topology.num_learners)
+  config_keys.check_epochs(config, feed.steps_per_epoch)
   num_steps = total_steps(config.train, feed.steps_per_epoch)
   engine, lr_schedule = builder.build_engine(
       config, feed.data, topology, num_steps, feed.steps_per_epoch)
@@ -63,14 +70,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # it each outermost averaging and keeps its state in every checkpoint.
   engine.algorithm, periods = algorithms.with_period_schedule(
       engine.algorithm, config.hier, feed.steps_per_epoch)
+  _check_memory(config, engine, feed)
   logging.info('hier_avg: %s; %s', topology.describe(),
                engine.algorithm.description)
 
   # ---- Workdir (held by this run alone) and state, fresh or resumed -----
   with workdirs.held(workdir), checkpoint.Checkpoints(
       workdir, config.train.keep_checkpoints) as checkpoints:
-    agreed = _what_a_resumption_keeps(config, num_steps,
-                                      feed.steps_per_epoch)
+    agreed = _what_a_resumption_keeps(config, num_steps, feed)
     state, record = _fresh_or_resumed(engine, checkpoints, config, agreed,
                                       feed.data.image_shape)
     if periods is not None:
@@ -87,10 +94,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             f'train.epochs); ask for at least {first_step} steps, or use a '
             'new --workdir.')
     if first_step == num_steps:
-      logging.info('hier_avg: the run in %s already finished its %d steps; '
-                   'its summary is %s.', workdir, num_steps,
-                   os.path.join(workdir, SUMMARY_FILE))
-      return read_summary(workdir)
+      return _finished(workdir, num_steps)
     if first_step:
       logging.info('hier_avg: resuming at step %d from %s', first_step,
                    checkpoints.directory)
@@ -105,23 +109,50 @@ def train_and_evaluate(config, workdir: str) -> dict:
                    'compiled program).', ', '.join(snapped),
                    engine.schedule.shortest_period)
     with MetricsWriter(workdir, keep_until_step=first_step) as writer:
-      # The final training loss: the mean over the last epoch's steps.
-      final_loss = LossWindow.final(
-          num_steps, math.ceil(feed.steps_per_epoch), first_step,
-          record and record.get('final_loss'))
+      final_loss = LossWindow(
+          min(math.ceil(feed.steps_per_epoch), FINAL_LOSS_STEPS),
+          (record or {}).get('final_loss', ()))
       loop = _Loop(config, workdir, engine, feed, checkpoints, writer,
                    lr_schedule, cadence, agreed, periods, final_loss)
       return loop.run(state)
 
 
-def _what_a_resumption_keeps(config, num_steps: int,
-                             steps_per_epoch: int) -> dict:
+def _check_memory(config, engine, feed) -> None:
+  """Refuses what would exhaust memory only once allocated: the state of
+  every learner, and the images that recompute BatchNorm statistics."""
+  memory.check_state_fits(
+      engine.state_bytes_per_device(feed.data.image_shape),
+      engine.topology.mesh.local_devices)
+  if AveragingPolicy.from_config(config.hier).recomputes_batch_stats:
+    evaluation.check_recompute(engine, config.hier.recompute_batches,
+                               config.data.batch_size,
+                               feed.recompute_examples)
+
+
+def _finished(workdir: str, num_steps: int) -> dict:
+  """The summary of the run that already finished in `workdir`."""
+  summary = read_summary(workdir)
+  if summary:
+    logging.info('hier_avg: the run in %s already finished its %d steps; '
+                 'its summary is %s.', workdir, num_steps,
+                 os.path.join(workdir, SUMMARY_FILE))
+  else:
+    logging.warning('hier_avg: the run in %s already finished its %d steps, '
+                    'but its %s is gone; its rows are in %s and its model '
+                    'in %s.', workdir, num_steps, SUMMARY_FILE,
+                    METRICS_FILE, export.MODEL_FILE)
+  return summary
+
+
+def _what_a_resumption_keeps(config, num_steps: int, feed) -> dict:
   """What each checkpoint records and a resumed run must agree with."""
   cosine = config.hier.outer_lr_schedule == 'cosine'
   return {'fingerprint': config_keys.fingerprint(config),
+          'data': feeds.identity(feed),
           'lr_horizon': optim.horizon(config.opt, num_steps),
           'outer_horizon': algorithms.outer_steps(
-              config.hier, num_steps, steps_per_epoch) if cosine else None}
+              config.hier, num_steps, feed.steps_per_epoch)
+                           if cosine else None}
 
 
 def _fresh_or_resumed(engine, checkpoints, config, agreed, image_shape):
@@ -132,6 +163,8 @@ def _fresh_or_resumed(engine, checkpoints, config, agreed, image_shape):
   def check(record):
     checkpoint.check_fingerprint(record['fingerprint'],
                                  agreed['fingerprint'], checkpoints.directory)
+    checkpoint.check_data(record.get('data'), agreed['data'],
+                          checkpoints.directory, config.data.path)
     checkpoint.check_horizon(record.get('lr_horizon'), agreed['lr_horizon'],
                              bool(config.opt.horizon_steps),
                              checkpoints.directory)
@@ -210,12 +243,15 @@ class _Loop:
     summary = {
         **self.last_eval,
         'final_train_loss': self.final_loss.mean,
-        'final_train_loss_steps': [self.final_loss.first, num_steps],
+        'final_train_loss_steps': self.final_loss.steps,
         'images_per_s': progress.images_per_s,
         'steps': num_steps,
         'epochs': self.epoch(num_steps),
         'resumed_from_step': first_step,
-        'compiled_round_programs': len(engine.compiled_rounds),
+        # The whole run's, resumed or not (this process compiled only
+        # those of the rounds it ran).
+        'compiled_round_programs': len(engine.programs_of(
+            engine.schedule.rounds(0, num_steps, cut_every), feed.streamed)),
         **_levels(self.config.hier, engine.schedule, num_steps),
         'wall_s': progress.wall_s,
         **engine.counters(channels, num_steps),

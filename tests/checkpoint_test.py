@@ -1,5 +1,6 @@
 """Checkpoints: exact round trip, newest-first, fingerprints, damaged files."""
 
+import json
 import os
 
 from absl.testing import absltest
@@ -13,6 +14,7 @@ from hier_avg.run import checkpoint
 from hier_avg.errors import UserError
 from tests.support import devices
 from tests.support import engines
+from tests.support import outputs
 
 
 def setUpModule():
@@ -78,7 +80,7 @@ class CheckpointsTest(absltest.TestCase):
     ckpts = checkpoint.Checkpoints(self.create_tempdir().full_path, keep=2)
     self.assertIsNone(ckpts.restore(engine.init_state(0, data.image_shape)))
 
-  def test_damaged_newest_falls_back_and_is_not_deleted(self):
+  def test_damaged_newest_is_moved_aside_and_can_be_saved_again(self):
     engine, data, state = trained_state(2)
     workdir = self.create_tempdir().full_path
     ckpts = checkpoint.Checkpoints(workdir, keep=3)
@@ -87,13 +89,44 @@ class CheckpointsTest(absltest.TestCase):
     ckpts.close()
     newest = os.path.join(workdir, checkpoint.CHECKPOINT_DIR, '3')
     damage(newest)
+    damaged = outputs.snapshot(newest)
     ckpts = checkpoint.Checkpoints(workdir, keep=3)
     with self.assertLogs(level='WARNING') as logs:
       restored, record = ckpts.restore(engine.init_state(0, data.image_shape))
     self.assertEqual(record['step'], 2)
     assert_states_equal(self, restored, state)
-    self.assertIn('unreadable', '\n'.join(logs.output))
-    self.assertTrue(os.path.isdir(newest))
+    text = '\n'.join(logs.output)
+    self.assertIn('unreadable', text)
+    # Kept, under a name no run reads, and said so.
+    self.assertFalse(os.path.exists(newest))
+    self.assertEqual(outputs.snapshot(newest + checkpoint.UNREADABLE),
+                     damaged)
+    self.assertIn(f'moved the unreadable checkpoint of step 3 to {newest}'
+                  f'{checkpoint.UNREADABLE}', text)
+    # The run that resumed from 2 saves its step 3 again.
+    save(ckpts, state.replace(step=state.step + 1), 3)
+    self.assertEqual(ckpts.steps(), [3, 2])
+    ckpts.close()
+
+  def test_records_that_are_not_records_are_skipped(self):
+    engine, data, state = trained_state(1)
+    for name, record in (('list', [1, 2]), ('no_fingerprint', {'step': 2}),
+                         ('other_step', {'step': 7, 'fingerprint': {}})):
+      with self.subTest(name):
+        workdir = self.create_tempdir().full_path
+        ckpts = checkpoint.Checkpoints(workdir, keep=3)
+        save(ckpts, state, 1)
+        save(ckpts, state, 2)
+        ckpts.close()
+        with open(os.path.join(workdir, checkpoint.CHECKPOINT_DIR, '2',
+                               'record', 'metadata'), 'w') as f:
+          json.dump(record, f)
+        ckpts = checkpoint.Checkpoints(workdir, keep=3)
+        with self.assertLogs(level='WARNING') as logs:
+          _, got = ckpts.restore(engine.init_state(0, data.image_shape))
+        self.assertEqual(got['step'], 1)
+        self.assertIn('checkpoint', '\n'.join(logs.output))
+        ckpts.close()
 
   def test_all_damaged_is_a_clear_error(self):
     engine, data, state = trained_state(1)

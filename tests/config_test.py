@@ -13,6 +13,8 @@ from hier_avg import errors
 from hier_avg.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A count's check: at least 1, at most what the int32 step counter holds.
+COUNT_FROM_1 = r'an integer in \[1, 2147483647\]'
 
 
 def _with(**overrides):
@@ -55,26 +57,28 @@ class RegistryTest(parameterized.TestCase):
        'opt.nesterov=True needs opt.momentum > 0'),
       ('unknown_sampling', {'data__sampling': 'shuffled'},
        "unknown data.sampling='shuffled'"),
-      ('k1_zero', {'hier__k1': 0}, 'hier.k1=0 must be an integer >= 1'),
-      ('k2_zero', {'hier__k2': 0}, 'hier.k2=0 must be an integer >= 1'),
+      ('k1_zero', {'hier__k1': 0}, f'hier.k1=0 must be {COUNT_FROM_1}'),
+      ('k2_zero', {'hier__k2': 0}, f'hier.k2=0 must be {COUNT_FROM_1}'),
+      ('k1_past_int32', {'hier__k1': 2**31},
+       f'hier.k1=2147483648 must be {COUNT_FROM_1}'),
       ('k1_negative', {'hier__k1': -2}, 'hier.k1=-2 must be an integer'),
       ('k1_fractional', {'hier__k1': 2.5}, 'hier.k1=2.5 must be an integer'),
       ('k2_bool', {'hier__k2': True}, 'hier.k2=True must be an integer'),
       ('zero_group', {'hier__group_size': 0},
-       'hier.group_size=0 must be an integer >= 1'),
+       f'hier.group_size=0 must be {COUNT_FROM_1}'),
       ('p_not_divisible', {'hier__num_learners': 10},
        'hier.num_learners=10 is not divisible by hier.group_size=4'),
       ('mesh_zero', {'mesh__node_devices': 0},
        'mesh.node_devices=0 must be -1'),
       ('one_synthetic_class', {'data__synthetic_num_classes': 1},
-       'data.synthetic_num_classes=1 must be an integer >= 2'),
+       r'data.synthetic_num_classes=1 must be an integer in \[2, 2147483647\]'),
       ('image_size_zero', {'data__image_size': 0}, 'data.image_size=0'),
       ('unknown_learner_loop', {'runtime__learner_loop': 'scan'},
        "unknown runtime.learner_loop='scan'"),
       ('unrolled_steps_zero', {'runtime__max_unrolled_steps': 0},
-       'runtime.max_unrolled_steps=0 must be an integer >= 1'),
+       f'runtime.max_unrolled_steps=0 must be {COUNT_FROM_1}'),
       ('milestones_text', {'opt__milestones': ('a',)},
-       'opt.milestones=.* must be a tuple of numbers'),
+       'opt.milestones=.* must be a tuple of finite numbers'),
       ('augment_text', {'data__augment': 'yes'},
        "data.augment='yes' must be True or False"),
       ('unknown_placement', {'data__placement': 'gpu'},
@@ -103,7 +107,7 @@ class RegistryTest(parameterized.TestCase):
        "unknown hier.outer_lr_schedule='linear'; choose one of 'constant', "
        "'cosine'"),
       ('negative_outer_warmup', {'hier__outer_warmup': -1},
-       'hier.outer_warmup=-1 must be an integer >= 0'),
+       r'hier.outer_warmup=-1 must be an integer in \[0, 2147483647\]'),
       ('negative_outer_lr_final', {'hier__outer_lr_final': -0.1},
        'hier.outer_lr_final=-0.1 must be a finite number >= 0'),
       ('outer_cosine_with_adaptive_periods',

@@ -8,6 +8,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import pytest
 
+from hier_avg.run import checkpoint
 from tests.support import launcher
 from tests.support import outputs
 
@@ -38,6 +39,34 @@ class RefusalTest(parameterized.TestCase):
     self.assertRegex(errors[0], message)
     self.assertNotIn('Traceback', result.stderr)
     self.assertFalse(os.path.exists(workdir))
+
+
+class FullDiskTest(absltest.TestCase):
+
+  def test_one_line_no_temporary_folder_and_no_checkpoint_lost(self):
+    workdir = os.path.join(self.create_tempdir().full_path, 'run')
+    flags = (*launcher.FAST, '--config.train.log_every=2',
+             '--config.train.checkpoint_every=2')
+    first = launcher.run(workdir, *flags, '--config.train.steps=4')
+    self.assertEqual(first.returncode, 0, first.stderr[-2000:])
+    folder = os.path.join(workdir, checkpoint.CHECKPOINT_DIR)
+    saved = outputs.snapshot(folder)
+    # Resumed with every file past 200 kB failing to write, as on a full
+    # disk: the checkpoint of step 6 (megabytes) cannot be written.
+    full = launcher.run(workdir, *flags, '--config.train.steps=8',
+                        max_file_bytes=200_000)
+    self.assertEqual(full.returncode, 2, full.stderr[-3000:])
+    errors = [l for l in full.stderr.splitlines() if l.startswith('error:')]
+    self.assertLen(errors, 1, full.stderr[-3000:])
+    self.assertIn(f'error: no space left to write in --workdir={workdir} (',
+                  errors[0])
+    self.assertIn('rerun the same command', errors[0])
+    # No temporary folder left; the checkpoints saved before, untouched.
+    self.assertEqual(outputs.snapshot(folder), saved)
+    # With room again, the same command resumes and finishes.
+    again = launcher.run(workdir, *flags, '--config.train.steps=8')
+    self.assertEqual(again.returncode, 0, again.stderr[-2000:])
+    self.assertIn('resuming at step 4', again.stderr)
 
 
 class LogsTest(absltest.TestCase):

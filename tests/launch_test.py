@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import glob
+import json
 import os
 import shutil
 import tempfile
@@ -110,6 +111,12 @@ class MixedPrecisionTest(absltest.TestCase):
 
 
 # (name, overrides, expected message)
+# A run on an image folder of 2 classes (FOLDER_TRAIN images each, 32x32):
+# P = 8 learners of B = 8 take one step an epoch.
+FOLDER = ('--config.data.name=folder', '--config.data.batch_size=8',
+          '--config.train.log_every=1')
+FOLDER_TRAIN = 40
+
 BAD_INPUTS = (
     ('p_not_divisible_by_s', ('--config.hier.num_learners=10',),
      'hier.num_learners=10 is not divisible by hier.group_size=4'),
@@ -206,7 +213,96 @@ BAD_INPUTS = (
      'train.keep_checkpoints=0 must be'),
     ('garbage_checkpoints', FAST + ('--workdir={garbage_checkpoints}',),
      'no checkpoint in'),
+    # Values that pass a type check and would overflow or exhaust memory
+    # later.
+    ('milestones_infinite', ('--config.opt.milestones=(1e400,)',),
+     'opt.milestones=(inf,) must be a tuple of finite numbers'),
+    ('period_milestones_past_the_step_counter',
+     FAST + ('--config.hier.period_schedule=step',
+             '--config.hier.period_milestones=(1e308,)',
+             '--config.hier.period_factors=(2,)'),
+     'hier.period_milestones=(1e+308,) is inf steps'),
+    ('warmup_past_the_step_counter',
+     FAST + ('--config.opt.warmup_epochs=1e308',),
+     'opt.warmup_epochs=1e+308 is'),
+    ('epochs_past_the_step_counter',
+     FAST + ('--config.train.steps=0', '--config.train.epochs=1e308'),
+     "train.epochs=1e+308 is inf steps at 16 steps an epoch, past the most "
+     'a run counts'),
+    ('seed_past_32_bits', ('--config.seed=9223372036854775808',),
+     'seed=9223372036854775808 must be an integer in [0, 4294967295]'),
+    ('synthetic_images_larger_than_memory',
+     FAST + ('--config.data.synthetic_image_size=100000',),
+     'synthetic data of 1280 images of 100000x100000x3 takes'),
+    ('recompute_more_images_than_the_data',
+     FAST + ('--config.hier.batch_stats=recompute',
+             '--config.hier.recompute_batches=100000'),
+     'need 800000 training examples per process, more than the 1024 there '
+     'are; lower hier.recompute_batches'),
+    ('asgd_state_larger_than_memory',
+     FAST + ('--config.hier.algorithm=asgd', '--config.hier.staleness=100000'),
+     'the training state takes'),
+    # The launcher's own flags.
+    ('config_file_missing', ('--config=configs/nothere.py',),
+     "--config=configs/nothere.py could not be loaded: [Errno 2] No such "
+     "file or directory: 'configs/nothere.py'"),
+    ('config_preset_unknown', ('--config=configs/cifar10.py:bogus',),
+     "unknown preset 'bogus'; choose one of"),
+    ('too_many_cpu_devices', ('--cpu_devices=32768',),
+     'flag --cpu_devices=32768: 32768 is not an integer in the range '
+     '[1, 1024]'),
+    # A workdir whose layout a run cannot use, or whose files were edited
+    # or damaged by hand.
+    ('checkpoints_is_a_file', FAST + ('--workdir={checkpoints_file}',),
+     'checkpoints is a file, where a run keeps its checkpoints folder'),
+    ('metrics_is_a_folder', FAST + ('--workdir={metrics_folder}',),
+     'metrics.jsonl is a folder, where a run keeps its metrics.jsonl file'),
+    ('finished_run_without_checkpoints',
+     FAST + ('--workdir={no_checkpoints}', '--config.seed=1'),
+     'holds a finished run (summary.json, final_model.msgpack) but no '
+     'checkpoint in'),
+    ('metrics_row_without_a_step',
+     FAST + ('--workdir={row_without_step}', '--config.train.steps=6'),
+     'metrics.jsonl line 1 is not a metrics row (its step is None'),
+    ('metrics_row_a_bare_number',
+     FAST + ('--workdir={row_a_number}', '--config.train.steps=6'),
+     'is not a metrics row (not a JSON object)'),
+    ('metrics_row_with_a_string_step',
+     FAST + ('--workdir={row_string_step}', '--config.train.steps=6'),
+     "is not a metrics row (its step is '2', not an integer)"),
+    ('metrics_rows_without_wall_s',
+     FAST + ('--workdir={rows_without_wall_s}', '--config.train.steps=6'),
+     'is not a metrics row (its wall_s is None, not a number)'),
+    ('summary_truncated',
+     FAST + ('--workdir={summary_truncated}', '--config.train.steps=4'),
+     'summary.json is damaged (not JSON'),
+    ('records_without_fingerprints',
+     FAST + ('--workdir={records_without_fingerprints}',
+             '--config.train.steps=6'),
+     'no checkpoint in'),
+    ('records_that_are_lists',
+     FAST + ('--workdir={records_lists}', '--config.train.steps=6'),
+     'no checkpoint in'),
+    ('another_data_set_under_a_resume',
+     FOLDER + ('--workdir={folder_run}', '--config.data.path={other_folder}',
+               '--config.train.steps=4'),
+     'was made on 80 training examples of 2 classes, images 32x32x3, but '
+     'data.path='),
 )
+
+
+def noisy_images(root, train_per_class, test_per_class=4):
+  """`root/{train,test}/{a,b}/*.png`: 32x32 images of random pixels (each
+  channel varies: a data set normalization can divide by)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  for split, count in (('train', train_per_class), ('test', test_per_class)):
+    for cls in ('a', 'b'):
+      os.makedirs(os.path.join(root, split, cls), exist_ok=True)
+      for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), np.uint8)).save(
+            os.path.join(root, split, cls, f'{i}.png'))
+  return root
 
 
 def make_images(root, sizes_by_split, garbage=False):
@@ -256,6 +352,7 @@ class BadInputTest(parameterized.TestCase):
     with open(os.path.join(fixtures['garbage_checkpoints'],
                            'metrics.jsonl'), 'w') as f:
       f.write('{"step": 4}\n')
+    fixtures.update(cls._damaged_runs(data))
 
     def run(case):
       name, overrides, _ = case
@@ -275,6 +372,96 @@ class BadInputTest(parameterized.TestCase):
     # Each case is a fresh process; two at a time keeps the suite quick.
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
       cls.results = dict(pool.map(run, BAD_INPUTS))
+
+  @classmethod
+  def _damaged_runs(cls, data: str) -> dict:
+    """Workdirs of real runs, each changed as a user might by hand."""
+    tmp = cls.tmp
+    fixtures = {'checkpoints_file': os.path.join(tmp, 'checkpoints_file'),
+                'metrics_folder': os.path.join(tmp, 'metrics_folder')}
+    os.makedirs(os.path.join(fixtures['metrics_folder'], 'metrics.jsonl'))
+    os.makedirs(fixtures['checkpoints_file'])
+    with open(os.path.join(fixtures['checkpoints_file'], 'checkpoints'),
+              'w') as f:
+      f.write('keep me')
+    # 4 steps, a row every step, checkpoints at 2 and 4, then 4 more.
+    cls.finished_run = os.path.join(tmp, 'run')
+    folder_run = os.path.join(tmp, 'folder_run')
+    cls.folder = noisy_images(os.path.join(data, 'folder'), FOLDER_TRAIN)
+    finished = [launcher.run(cls.finished_run, *FAST, '--config.train.steps=4',
+                             '--config.train.log_every=1',
+                             '--config.train.checkpoint_every=2'),
+                launcher.run(folder_run, *FOLDER,
+                             f'--config.data.path={cls.folder}',
+                             '--config.train.steps=2')]
+    for result in finished:
+      assert result.returncode == 0, result.stderr[-2000:]
+    fixtures['folder_run'] = folder_run
+    fixtures['other_folder'] = noisy_images(
+        os.path.join(data, 'other_folder'), FOLDER_TRAIN + 8)
+
+    def damaged(name, change):
+      workdir = os.path.join(tmp, name)
+      shutil.copytree(cls.finished_run, workdir)
+      change(workdir)
+      fixtures[name] = workdir
+
+    def rows(*lines):
+      def change(workdir):
+        with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
+          f.writelines(json.dumps(line) + '\n' for line in lines)
+      return change
+
+    def records(record):
+      def change(workdir):
+        for path in glob.glob(os.path.join(workdir, 'checkpoints', '*',
+                                           'record', 'metadata')):
+          with open(path, 'w') as f:
+            json.dump(record, f)
+      return change
+
+    def truncate(name, size):
+      def change(workdir):
+        with open(os.path.join(workdir, name), 'r+') as f:
+          f.truncate(size)
+      return change
+
+    def empty_checkpoints(workdir):
+      shutil.rmtree(os.path.join(workdir, 'checkpoints'))
+      os.makedirs(os.path.join(workdir, 'checkpoints'))
+
+    damaged('no_checkpoints', empty_checkpoints)
+    damaged('row_without_step', rows({'wall_s': 1.0}))
+    damaged('row_a_number', rows({'step': 1, 'wall_s': 1.0}, 7))
+    damaged('row_string_step', rows({'step': '2', 'wall_s': 1.0}))
+    damaged('rows_without_wall_s', rows({'step': 1}, {'step': 2}))
+    damaged('summary_truncated', truncate('summary.json', 40))
+    damaged('records_without_fingerprints', records({'step': 4}))
+    damaged('records_lists', records([4]))
+    return fixtures
+
+  def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_run_ends(self):
+    # Before: the newest checkpoint unreadable, every rerun trained to its
+    # step and then failed to save it again.
+    workdir = os.path.join(self.create_tempdir().full_path, 'run')
+    shutil.copytree(self.finished_run, workdir)
+    newest = os.path.join(workdir, 'checkpoints', '4')
+    for path in glob.glob(os.path.join(newest, 'state', '**', '*'),
+                          recursive=True):
+      if os.path.isfile(path):
+        with open(path, 'r+b') as f:
+          f.truncate(0)
+    result = launcher.run(workdir, *FAST, '--config.train.steps=6',
+                          '--config.train.log_every=1',
+                          '--config.train.checkpoint_every=2')
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+    self.assertIn(f'moved the unreadable checkpoint of step 4 to {newest}'
+                  '.unreadable', result.stderr)
+    self.assertTrue(os.path.isdir(newest + '.unreadable'))
+    # Resumed from 2, it saved 4 and 6 anew and finished.
+    self.assertIn('resuming at step 2', result.stderr)
+    self.assertTrue(os.path.isdir(newest))
+    self.assertEqual(outputs.summary(workdir)['steps'], 6)
 
   def test_the_table_is_large(self):
     self.assertGreaterEqual(len(BAD_INPUTS), 25)

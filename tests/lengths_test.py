@@ -61,6 +61,13 @@ class LengthsTest(absltest.TestCase):
     first = train.train_and_evaluate(tiny_config(8, 'cosine'), workdir)
     again = train.train_and_evaluate(tiny_config(8, 'cosine'), workdir)
     self.assertEqual(again['final_train_loss'], first['final_train_loss'])
+    # Its summary deleted: the rerun says so instead of pointing to it.
+    os.remove(os.path.join(workdir, metrics.SUMMARY_FILE))
+    with self.assertLogs(level='WARNING') as logs:
+      self.assertEqual(
+          train.train_and_evaluate(tiny_config(8, 'cosine'), workdir), {})
+    self.assertIn('already finished its 8 steps, but its summary.json is '
+                  'gone; its rows are in metrics.jsonl', logs.output[0])
 
 
 class InputTest(absltest.TestCase):

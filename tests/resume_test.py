@@ -82,14 +82,16 @@ def reference(test):
     _reference['model'] = final_model_bytes(workdir)
     _reference['losses'] = [(r['step'], r['train_loss'])
                             for r in outputs.metrics_rows(workdir)]
-    _reference['final_loss'] = final_loss(workdir)
+    _reference['figures'] = summary_figures(workdir)
   return _reference
 
 
-def final_loss(workdir):
-  """The summary's final training loss and the steps it averages."""
+def summary_figures(workdir):
+  """The summary's final training loss and the steps it averages, and the
+  number of round programs the whole run uses."""
   summary = outputs.summary(workdir)
-  return summary['final_train_loss'], summary['final_train_loss_steps']
+  return (summary['final_train_loss'], summary['final_train_loss_steps'],
+          summary['compiled_round_programs'])
 
 
 class ResumeTest(parameterized.TestCase):
@@ -110,8 +112,8 @@ class ResumeTest(parameterized.TestCase):
     # 4096 examples, P = 8, B = 48: 10 steps an epoch (10 batches of 48
     # in each learner's 512), steps 11..20 the last; a checkpoint at 12 or
     # 14 carries the sum of its steps from 11.
-    self.assertEqual(want['final_loss'][1], [11, 20])
-    self.assertEqual(final_loss(workdir), want['final_loss'])
+    self.assertEqual(want['figures'][1], [11, 20])
+    self.assertEqual(summary_figures(workdir), want['figures'])
 
   # Steps at which the run is killed: before and after the global
   # averaging of step 9 (the kill lands at the first step logged at or

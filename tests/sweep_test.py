@@ -3,14 +3,20 @@
 import json
 import os
 import runpy
+import signal
+import subprocess
+import sys
 import tempfile
 
 from absl.testing import absltest
+import pytest
 
 from hier_avg import config_keys
 from hier_avg.tools import cost_model
 from hier_avg.tools import sweeps as sweep
 from hier_avg.errors import UserError
+from hier_avg.run import checkpoint
+from tests.support import launcher
 
 
 def _nested(overrides) -> dict:
@@ -42,7 +48,8 @@ def fake_run(root, point, accuracies, wall=10.0):
                wall_s=wall * (i + 1)) for i, a in enumerate(accuracies)]
   with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
     f.writelines(json.dumps(r) + '\n' for r in rows)
-  config = _nested(point.overrides)
+  # The point's whole config, as train.py records it.
+  config = _nested((key, json.loads(value)) for key, value in point.settings)
   for part, values in CONFIG.items():
     config[part] = {**values, **config.get(part, {})}
   with open(os.path.join(workdir, 'summary.json'), 'w') as f:
@@ -53,6 +60,19 @@ def fake_run(root, point, accuracies, wall=10.0):
                    local_bytes_per_learner=1_000_000,
                    global_averagings=2, local_averagings=1, levels=LEVELS,
                    images_per_s=100.0, wall_s=2 * wall, config=config), f)
+
+
+def _processes_of(root: str) -> list[str]:
+  """The processes whose command line names `root`: a sweep's points."""
+  found = []
+  for pid in filter(str.isdigit, os.listdir('/proc')):
+    try:
+      with open(f'/proc/{pid}/cmdline', 'rb') as f:
+        if root.encode() in f.read():
+          found.append(pid)
+    except OSError:
+      pass
+  return found
 
 
 class PointsTest(absltest.TestCase):
@@ -75,13 +95,29 @@ class PointsTest(absltest.TestCase):
     self.assertIn('--config.opt.lr=0.1', first.flags())
 
   def test_bad_specs(self):
-    with self.assertRaisesRegex(UserError, 'not a unique folder name'):
-      sweep.SweepSpec('c.py', variants={'a/b': {}}).points()
+    config = 'configs/cifar10.py:cpu'
+    with self.assertRaisesRegex(UserError, "point name 'a/b' is no folder "
+                                'name'):
+      sweep.SweepSpec(config, variants={'a/b': {}}).points()
+    with self.assertRaisesRegex(UserError, "share the folder name 'path=_a'"):
+      sweep.SweepSpec(config, grid={'data.path': ['/a', '_a']}).points()
     with self.assertRaisesRegex(UserError, 'has no values'):
-      sweep.SweepSpec('c.py', grid={'seed': []}).points()
+      sweep.SweepSpec(config, grid={'seed': []}).points()
     with self.assertRaisesRegex(UserError, 'restrict'):
-      sweep.SweepSpec('c.py', variants={'a': {}},
+      sweep.SweepSpec(config, variants={'a': {}},
                       restrict={'b': {'seed': [0]}}).points()
+    with self.assertRaisesRegex(UserError, 'c.py.*not found'):
+      sweep.SweepSpec('c.py').points()
+    with self.assertRaisesRegex(UserError, "sweep config 'configs/cifar10.py:"
+                                "bogus' could not be loaded: .*unknown preset"):
+      sweep.SweepSpec('configs/cifar10.py:bogus').points()
+
+  def test_a_grid_of_paths_names_its_folders_without_separators(self):
+    spec = sweep.SweepSpec('configs/cifar10.py:cpu',
+                           grid={'data.path': ['/data/a', '/data/b']})
+    self.assertEqual([p.name for p in spec.points()],
+                     ['path=_data_a', 'path=_data_b'])
+    self.assertIn('--config.data.path=/data/a', spec.points()[0].flags())
     with self.assertRaisesRegex(UserError, 'key=value1,value2'):
       sweep.parse_grid(['hier.k1'])
 
@@ -136,16 +172,48 @@ class RunAndReportTest(absltest.TestCase):
                   'bad': {'opt.lr': -1.0}})
     with self.assertRaisesRegex(UserError, 'the sweep stopped'):
       sweep.run(spec, root, parallel=2, echo=lambda _: None)
-    # No point of this sweep is left running.
-    running = []
-    for pid in filter(str.isdigit, os.listdir('/proc')):
-      try:
-        with open(f'/proc/{pid}/cmdline', 'rb') as f:
-          if root.encode() in f.read():
-            running.append(pid)
-      except OSError:
-        pass
-    self.assertEqual(running, [])
+    self.assertEqual(_processes_of(root), [])
+
+  @pytest.mark.slow
+  def test_sigterm_stops_the_sweep_and_its_running_point(self):
+    root = tempfile.mkdtemp()
+    proc = subprocess.Popen(
+        [sys.executable, 'sweep.py', '--config=configs/cifar10.py:cpu',
+         f'--root={root}', '--set=data.name=synthetic', '--set=model.name=mlp',
+         '--set=train.steps=100000', '--set=train.log_every=4'],
+        cwd=launcher.REPO, env=launcher.python_env(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    launcher.wait_for_step(os.path.join(root, 'base'), 4, [proc])
+    proc.terminate()
+    stderr = proc.communicate(timeout=120)[1]
+    self.assertEqual(proc.returncode, 128 + signal.SIGTERM, stderr)
+    self.assertIn('sweep: stopped by SIGTERM', stderr)
+    self.assertNotIn('Traceback', stderr)
+    self.assertEqual(_processes_of(root), [])
+    # The point saved a checkpoint on its way out, to resume from.
+    self.assertNotEmpty(checkpoint.saved_steps(
+        os.path.join(root, 'base', checkpoint.CHECKPOINT_DIR)))
+
+  def test_a_finished_point_is_reused_only_under_its_whole_config(self):
+    # Run with --set=opt.lr=0.2, then without it, or with another preset:
+    # the points' folders are the same, their configs are not.
+    root = tempfile.mkdtemp()
+    with_lr = sweep.SweepSpec('configs/cifar10.py:cpu',
+                              overrides={'opt.lr': 0.2},
+                              grid={'seed': [0]})
+    fake_run(root, with_lr.points()[0], [0.5])
+    self.assertTrue(sweep.is_finished(root, with_lr.points()[0]))
+    for spec, message in (
+        (sweep.SweepSpec('configs/cifar10.py:cpu', grid={'seed': [0]}),
+         'finished with opt.lr=0.2, but the sweep now sets 0.05'),
+        (sweep.SweepSpec('configs/cifar10.py:sync', overrides={'opt.lr': 0.2},
+                         grid={'seed': [0]}),
+         'finished with data.augment=False, but the sweep now sets True')):
+      for call in (lambda: sweep.run(spec, root, echo=lambda _: None),
+                   lambda: sweep.report(spec, root)):
+        with self.assertRaisesRegex(UserError, message):
+          call()
+    self.assertFalse(os.path.exists(os.path.join(root, 'logs')))
 
   def test_finished_point_with_other_settings_is_refused(self):
     root = tempfile.mkdtemp()
@@ -166,7 +234,8 @@ class RunAndReportTest(absltest.TestCase):
     added = sweep.SweepSpec('configs/cifar10.py:cpu',
                             variants={'hier': {'hier.k1': 4, 'opt.lr': 0.2,
                                                'opt.milestones': (1, 2)}})
-    with self.assertRaisesRegex(UserError, 'finished with opt.lr=unset'):
+    with self.assertRaisesRegex(UserError, 'finished with opt.lr=0.05, but '
+                                'the sweep now sets 0.2'):
       sweep.report(added, root)
     self.assertFalse(os.path.exists(os.path.join(root, 'logs')))
     # The same data elsewhere, or another layout, keeps the results.
@@ -289,7 +358,7 @@ class ModeledTimeTest(absltest.TestCase):
     with open(os.path.join(root, spec.points()[1].name, 'metrics.jsonl'),
               'a') as f:
       f.write(json.dumps(dict(step=40, local_drift=0.1, level1_drift=0.2,
-                              global_spread=0.01)) + '\n')
+                              global_spread=0.01, wall_s=40.0)) + '\n')
     self.assertEqual(sweep.drift_keys(spec, root),
                      ['local_drift', 'level1_drift', 'global_drift',
                       'global_spread'])

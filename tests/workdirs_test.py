@@ -62,3 +62,48 @@ class LockTest(absltest.TestCase):
 
 if __name__ == '__main__':
   absltest.main()
+
+
+class CheckTest(absltest.TestCase):
+  """What `workdirs.check` refuses before a run touches the workdir."""
+
+  def make(self, *paths, folders=()):
+    """A workdir holding files `paths` and folders `folders`."""
+    workdir = self.create_tempdir().full_path
+    for path in folders:
+      os.makedirs(os.path.join(workdir, path))
+    for path in paths:
+      with open(os.path.join(workdir, path), 'w') as f:
+        f.write('{}\n')
+    return workdir
+
+  def test_a_finished_run_without_checkpoints_is_kept(self):
+    # Its checkpoints deleted (rm -rf W/checkpoints/*): a new run would
+    # overwrite the summary, the model and the rows.
+    for finished in ('summary.json', 'final_model.msgpack'):
+      workdir = self.make(finished, 'metrics.jsonl', folders=('checkpoints',))
+      with self.assertRaisesRegex(
+          UserError, f'holds a finished run \\({finished}\\) but no '
+          'checkpoint in'):
+        workdirs.check(workdir)
+    # Only moved-aside checkpoints count as none.
+    workdir = self.make('summary.json', folders=(
+        'checkpoints', 'checkpoints/8.unreadable'))
+    with self.assertRaisesRegex(UserError, 'holds a finished run'):
+      workdirs.check(workdir)
+    workdirs.check(self.make('summary.json', folders=('checkpoints/8',)))
+
+  def test_a_run_killed_before_its_first_checkpoint_starts_over(self):
+    workdirs.check(self.make('metrics.jsonl', folders=('checkpoints',)))
+
+  def test_each_path_of_the_layout_has_its_kind(self):
+    for files, folders, message in (
+        (('checkpoints',), (), 'checkpoints is a file, where a run keeps its '
+         'checkpoints folder'),
+        ((), ('metrics.jsonl',), 'metrics.jsonl is a folder, where a run '
+         'keeps its metrics.jsonl file'),
+        ((), ('summary.json',), 'summary.json is a folder'),
+        ((), ('final_model.msgpack',), 'final_model.msgpack is a folder')):
+      with self.subTest(message):
+        with self.assertRaisesRegex(UserError, message):
+          workdirs.check(self.make(*files, folders=folders))

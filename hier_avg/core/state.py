@@ -6,6 +6,10 @@ import flax.struct
 import jax
 
 
+# `TrainState.step` is int32: no run is longer.
+MAX_STEPS = 2**31 - 1
+
+
 class TrainState(flax.struct.PyTreeNode):
   """Every learner's state, with leading learner-grid axes, plus the step.
 

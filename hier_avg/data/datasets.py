@@ -18,6 +18,7 @@ import os
 import numpy as np
 
 from hier_avg.errors import UserError, require
+from hier_avg.runtime import memory
 
 TFDS_NAMES = ('cifar10', 'cifar100', 'mnist', 'fashion_mnist')
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
@@ -201,10 +202,26 @@ def from_tfds(name: str, data_dir: str, process_count: int = 1) -> Dataset:
   return _finish(train_x, train_y, test_x, test_y, num_classes)
 
 
+def _check_synthetic_fits(data_config) -> None:
+  """Refuses synthetic data larger than half the host's memory before any
+  of it is made (its uint8 images, the augmentation's copies after)."""
+  side = data_config.synthetic_image_size
+  examples = (data_config.synthetic_train_examples +
+              data_config.synthetic_test_examples)
+  need = examples * side * side * 3
+  have = memory.physical_memory_bytes()
+  require(need <= have // 2,
+          f'synthetic data of {examples} images of {side}x{side}x3 takes '
+          f'{need / 2**30:.1f} GiB, more than half of this host\'s '
+          f'{have / 2**30:.1f} GiB; lower data.synthetic_image_size or '
+          'data.synthetic_train_examples / data.synthetic_test_examples.')
+
+
 def load(data_config, seed: int = 0, process_count: int = 1) -> Dataset:
   """The data set that `data_config` (the config's `data` block) names."""
   name = data_config.name
   if name == 'synthetic':
+    _check_synthetic_fits(data_config)
     return synthetic(data_config.synthetic_train_examples,
                      data_config.synthetic_test_examples,
                      data_config.synthetic_image_size,

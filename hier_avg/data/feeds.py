@@ -14,8 +14,9 @@ folders, synthetic). Where training reads it from is `data.placement`:
     holding a copy each cost 8 copies of host RAM.
 Both give the learners the same uint8 minibatches, which they augment on
 device with their own keys, so both placements compute the same run, to
-float32 rounding (tested; their programs differ, so not to the bit). Evaluation and `recompute_batch_stats` read the host copy batch by
-batch under either placement: the test set is never placed whole.
+float32 rounding (tested; their programs differ, so not to the bit).
+Evaluation and `recompute_batch_stats` read the host copy batch by batch
+under either placement: the test set is never placed whole.
 `StreamedFeed`: a tfds data set read, decoded and augmented on each host
 (ImageNet, `streaming.py`). A round carries its minibatches.
 
@@ -39,9 +40,11 @@ from hier_avg.data import streaming
 from hier_avg.runtime import memory
 from hier_avg.runtime.engine import Engine
 from hier_avg.errors import require
-from hier_avg.runtime.evaluation import (evaluate, evaluate_batches,
-                                 global_eval_batch, recompute_batch_stats,
-                                 recompute_calls, recompute_from_batches)
+from hier_avg.runtime.evaluation import (check_recompute, evaluate,
+                                         evaluate_batches, global_eval_batch,
+                                         recompute_batch_stats,
+                                         recompute_calls,
+                                         recompute_from_batches)
 
 
 def is_streamed(data_config) -> bool:
@@ -72,6 +75,20 @@ def steps_within_round_bytes(step_bytes: int) -> int:
   return max(1, MAX_ROUND_BYTES // step_bytes)
 
 
+def identity(feed) -> dict:
+  """What identifies the feed's training set, for a checkpoint's record:
+  a resumed run must train on the same one (`checkpoint.check_data`)."""
+  return {'train_examples': int(feed.num_examples),
+          'classes': int(feed.data.num_classes),
+          'image_shape': [int(n) for n in feed.data.image_shape]}
+
+
+def describe_identity(identity: dict) -> str:
+  shape = 'x'.join(map(str, identity.get('image_shape', ())))
+  return (f'{identity.get("train_examples")} training examples of '
+          f'{identity.get("classes")} classes, images {shape}')
+
+
 class ResidentFeed:
   """A data set in host memory, placed on every device or kept on the host.
 
@@ -97,6 +114,12 @@ class ResidentFeed:
   def streamed(self) -> bool:
     """Whether rounds carry minibatches (`Engine.train_round`)."""
     return self.placement == 'host'
+
+  @property
+  def recompute_examples(self) -> int:
+    """Training images each process may recompute statistics from: all
+    (every process holds the whole set)."""
+    return self.num_examples
 
   def _choose_placement(self, engine: Engine) -> str:
     """Decides the placement once and logs it in one line.
@@ -176,6 +199,12 @@ class StreamedFeed:
     self._next_step = 0
 
   @property
+  def recompute_examples(self) -> int:
+    """Training images each process may recompute statistics from: its
+    share of the training files."""
+    return self.data.num_train // jax.process_count()
+
+  @property
   def max_round_length(self) -> int:
     """Most steps per round, so a process's round of images fits."""
     learners = len(self._engine.topology.process_learner_ids())
@@ -214,14 +243,10 @@ class StreamedFeed:
     # The first batches of each process's shard of the training split, in
     # file order (tfds shuffled ImageNet when preparing it), unaugmented.
     engine = self._engine
+    check_recompute(engine, num_batches, batch_size,
+                    self.recompute_examples)
     calls = recompute_calls(engine, num_batches)
     local_devices = len(engine.topology.mesh.local_devices)
-    needed = calls * local_devices * batch_size
-    available = self.data.num_train // jax.process_count()
-    require(needed <= available,
-            f'hier.recompute_batches={num_batches} batches of {batch_size} '
-            f'need {needed} training examples per process, more than the '
-            f'{available} there are; lower hier.recompute_batches.')
     batches = streaming.eval_batches(
         self.data, local_devices * batch_size, jax.process_index(),
         jax.process_count(), split=streaming.TRAIN_SPLIT)

@@ -6,6 +6,7 @@ spans all hosts. On CPU the collectives between processes go through gloo.
 """
 
 import jax
+from jax.experimental import multihost_utils
 
 from hier_avg.errors import UserError, require
 
@@ -68,3 +69,9 @@ def initialize(coordinator_address: str | None, num_processes: int | None,
 def is_main_process() -> bool:
   """Process 0 alone writes files, so several hosts never clash."""
   return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+  """Waits until every process reaches the barrier `name` (no-op alone)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)

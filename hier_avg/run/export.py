@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from hier_avg.errors import UserError
-from hier_avg.run import distributed
+from hier_avg.run import distributed, files
 
 MODEL_FILE = 'final_model.msgpack'
 
@@ -24,10 +24,8 @@ def save_model(workdir: str, params, batch_stats) -> str:
     return path
   model = jax.tree.map(np.asarray, {'params': params,
                                     'batch_stats': batch_stats})
-  partial = path + '.partial'
-  with open(partial, 'wb') as f:
+  with files.atomic(path, 'wb') as f:
     f.write(serialization.msgpack_serialize(model))
-  os.replace(partial, path)  # Never leaves a half-written model behind.
   return path
 
 

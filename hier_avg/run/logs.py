@@ -12,6 +12,8 @@ import os
 
 from absl import logging as absl_logging
 
+from hier_avg import errors
+
 _OWN_FILES = (
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,
     os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -20,11 +22,20 @@ _OWN_FILES = (
 
 
 class _OwnInfoOnly(logging.Filter):
-  """Passes warnings from anyone, and INFO lines logged by hier_avg itself."""
+  """Passes warnings from anyone, and INFO lines logged by hier_avg itself.
+
+  Except a full disk: orbax's background threads log it, with tracebacks,
+  several times over, and the launcher says it in one line.
+  """
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return (record.levelno >= logging.WARNING or
-            os.path.abspath(record.pathname).startswith(_OWN_FILES))
+    if os.path.abspath(record.pathname).startswith(_OWN_FILES):
+      return True
+    if record.levelno < logging.WARNING:
+      return False
+    error = record.exc_info[1] if record.exc_info else None
+    return not (errors.out_of_space(error) or
+                errors.out_of_space(Exception(record.getMessage())))
 
 
 _FILTER = _OwnInfoOnly()

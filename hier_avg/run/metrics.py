@@ -3,13 +3,15 @@
 Only process 0 writes (the multi-host launcher runs the same loop everywhere).
 """
 
+import glob
 import json
 import os
 
 import jax
 import numpy as np
 
-from hier_avg.run import distributed
+from hier_avg.errors import UserError
+from hier_avg.run import distributed, export, files
 
 METRICS_FILE = 'metrics.jsonl'
 SUMMARY_FILE = 'summary.json'
@@ -25,27 +27,112 @@ def _plain(value):
 
 
 def read_rows(path: str) -> list[dict]:
-  """The rows of a `metrics.jsonl` ([] if there is none)."""
+  """The rows of a `metrics.jsonl` ([] if there is none).
+
+  Raises:
+    UserError: a line is not a row of ours (edited or damaged by hand).
+  """
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    # A line cut short by a kill is not a row.
-    rows = []
-    for line in f:
-      try:
-        rows.append(json.loads(line))
-      except json.JSONDecodeError:
-        pass
-    return rows
+    lines = f.read().split('\n')
+  rows = []
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:
+      if number == len(lines):
+        continue  # The last line, cut short by a kill: not a row yet.
+      row = None
+    problem = _row_problem(row)
+    if problem:
+      raise UserError(
+          f'{path} line {number} is not a metrics row ({problem}); restore '
+          'the file from a backup, or move it away (a resumed run then logs '
+          'its rows from the checkpoint on).')
+    rows.append(row)
+  return rows
+
+
+def _row_problem(row) -> str | None:
+  if not isinstance(row, dict):
+    return 'not a JSON object'
+  if not _is_integer(row.get('step')):
+    return f'its step is {row.get("step")!r}, not an integer'
+  if not _is_number(row.get('wall_s')):
+    return f'its wall_s is {row.get("wall_s")!r}, not a number'
+  return None
+
+
+def _is_integer(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def read_summary(workdir: str) -> dict:
-  """`summary.json` of a finished run ({} if there is none)."""
+  """`summary.json` of a finished run ({} if there is none).
+
+  Raises:
+    UserError: the file is not a summary (cut short, edited by hand).
+  """
   path = os.path.join(workdir, SUMMARY_FILE)
   if not os.path.exists(path):
     return {}
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path) as f:
+      summary = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    summary, problem = None, f'not JSON: {e}'
+  else:
+    problem = None if isinstance(summary, dict) else 'not a JSON object'
+  if problem:
+    raise UserError(
+        f'{path} is damaged ({problem}); restore it from a backup, or '
+        f'delete it (the run\'s rows stay in {METRICS_FILE}, its model in '
+        f'{export.MODEL_FILE}).')
+  return summary
+
+
+TENSORBOARD_FILES = 'events.out.tfevents.*'
+
+
+def _tensorboard(workdir: str, rows: list[dict]):
+  """A TensorBoard writer holding exactly `rows` (None without
+  tensorboardX).
+
+  Event files cannot drop events, so those of an earlier process (a
+  resumed run) are replaced by one new file of the rows kept: the steps
+  it redoes after its checkpoint are then not in TensorBoard twice. They
+  hold only what the rows hold.
+  """
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  except ImportError:  # TensorBoard events are optional.
+    return None
+  for path in glob.glob(os.path.join(workdir, TENSORBOARD_FILES)):
+    os.remove(path)
+  writer = SummaryWriter(workdir)
+  for row in rows:
+    _mirror(writer, row)
+  return writer
+
+
+def _mirror(writer, row: dict) -> None:
+  """A row's numbers as TensorBoard scalars at its step."""
+  for key, value in row.items():
+    if key != 'step' and isinstance(value, (int, float)):
+      writer.add_scalar(key, value, row['step'])
+
+
+def save_figure(fig, path: str, dpi: int = 100) -> None:
+  """`fig` as a PNG at `path`, written atomically."""
+  with files.atomic(path, 'wb') as f:
+    fig.savefig(f, format='png', dpi=dpi)
 
 
 class MetricsWriter:
@@ -65,16 +152,10 @@ class MetricsWriter:
       path = os.path.join(workdir, METRICS_FILE)
       self.rows = [r for r in read_rows(path)
                    if r['step'] <= keep_until_step]
-      partial = path + '.partial'
-      with open(partial, 'w') as f:
+      with files.atomic(path) as f:
         f.writelines(json.dumps(r) + '\n' for r in self.rows)
-      os.replace(partial, path)
       self._file = open(path, 'a')
-      try:
-        from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-        self._tb = SummaryWriter(workdir)
-      except ImportError:  # TensorBoard events are optional.
-        self._tb = None
+      self._tb = _tensorboard(workdir, self.rows)
 
   def write(self, **row) -> None:
     row = {k: _plain(v) for k, v in row.items()}
@@ -84,14 +165,12 @@ class MetricsWriter:
     self._file.write(json.dumps(row) + '\n')
     self._file.flush()
     if self._tb is not None:
-      for key, value in row.items():
-        if key != 'step' and isinstance(value, (int, float)):
-          self._tb.add_scalar(key, value, row['step'])
+      _mirror(self._tb, row)
 
   def write_summary(self, summary: dict) -> None:
     if not self.enabled:
       return
-    with open(os.path.join(self.workdir, SUMMARY_FILE), 'w') as f:
+    with files.atomic(os.path.join(self.workdir, SUMMARY_FILE)) as f:
       json.dump({k: _plain(v) for k, v in summary.items()}, f, indent=2)
     self.plot()
 
@@ -113,7 +192,7 @@ class MetricsWriter:
     for ax in (ax_loss, ax_acc):
       ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(os.path.join(self.workdir, PLOT_FILE), dpi=100)
+    save_figure(fig, os.path.join(self.workdir, PLOT_FILE))
     self._plot_drift(Figure)
 
   def _plot_drift(self, Figure) -> None:  # pylint: disable=invalid-name
@@ -133,7 +212,7 @@ class MetricsWriter:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(os.path.join(self.workdir, DRIFT_PLOT_FILE), dpi=100)
+    save_figure(fig, os.path.join(self.workdir, DRIFT_PLOT_FILE))
 
   def __enter__(self) -> 'MetricsWriter':
     return self

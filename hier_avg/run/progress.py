@@ -7,11 +7,11 @@ last row counts as training time.
 
 A row's loss is the mean over the steps since the row before, so it moves
 with the logging cadence. The run's final training loss does not: it is
-the mean over a fixed window of the run's last steps (`LossWindow`), summed
+the mean over a fixed number of the run's last steps (`LossWindow`), summed
 step by step in step order and carried through checkpoints.
 """
 
-import dataclasses
+import collections
 
 import time
 
@@ -45,45 +45,44 @@ def step_mean_losses(pending) -> list[tuple[int, float]]:
   return [(step, learners_mean(loss)) for step, loss in gather_losses(pending)]
 
 
-@dataclasses.dataclass
 class LossWindow:
-  """The mean training loss over steps `first` ... (1-based) of a run.
+  """The mean training loss over a run's last `size` steps.
 
-  Each step adds the mean over every learner of every process (float64),
-  in step order, so the figure is the same however the steps were cut
-  into rounds and rows, and whether or not the run was resumed: a
-  checkpoint inside the window carries the sum so far (`record`).
+  It keeps each of those steps' mean loss over every learner of every
+  process (float64) and sums them in step order, so the figure is the
+  same however the steps were cut into rounds and rows, and whether the
+  run was resumed, or lengthened on resume: every checkpoint carries the
+  window as it is (`record`).
   """
-  first: int
-  total: float = 0.0
-  steps: int = 0
 
-  @classmethod
-  def final(cls, num_steps: int, window: int, resumed_at: int = 0,
-            record: dict | None = None) -> 'LossWindow':
-    """The window of the run's last `window` steps (all, if fewer).
-
-    `resumed_at`, `record`: the checkpoint's step and its `record()`. A
-    record of a window that starts elsewhere (the run's length changed)
-    holds the sum of other steps: the window then starts after the
-    checkpoint, and says so in `first`.
-    """
-    first = max(1, num_steps - window + 1)
-    if record is not None and record['first'] == first:
-      return cls(**record)
-    return cls(max(first, resumed_at + 1))
+  def __init__(self, size: int, record=()):
+    """`record`: a checkpoint's `record()`, to go on from."""
+    self._losses = collections.deque(
+        (int(step), float(loss)) for step, loss in record)
+    self._size = size
+    self._trim()
 
   def add(self, step: int, loss: np.ndarray) -> None:
-    if step >= self.first:
-      self.total += learners_mean(loss)
-      self.steps += 1
+    self._losses.append((step, learners_mean(loss)))
+    self._trim()
+
+  def _trim(self) -> None:
+    while len(self._losses) > self._size:
+      self._losses.popleft()
 
   @property
   def mean(self) -> float:
-    return self.total / self.steps if self.steps else float('nan')
+    if not self._losses:
+      return float('nan')
+    return sum(loss for _, loss in self._losses) / len(self._losses)
 
-  def record(self) -> dict:
-    return dataclasses.asdict(self)
+  @property
+  def steps(self) -> list[int]:
+    """[first, last] step of the window ([] while empty)."""
+    return [self._losses[0][0], self._losses[-1][0]] if self._losses else []
+
+  def record(self) -> list[list]:
+    return [[step, loss] for step, loss in self._losses]
 
 
 class Progress:

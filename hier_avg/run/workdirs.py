@@ -19,9 +19,17 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from hier_avg.run import checkpoint, distributed
 from hier_avg.errors import UserError, require
-from hier_avg.run.metrics import METRICS_FILE
+from hier_avg.run import checkpoint, distributed, export
+from hier_avg.run.metrics import METRICS_FILE, SUMMARY_FILE
+
+
+# What a run keeps in its workdir, and whether each is a folder: a path
+# of the other kind would fail a save after hours of training.
+LAYOUT = ((checkpoint.CHECKPOINT_DIR, True), (METRICS_FILE, False),
+          (SUMMARY_FILE, False), (export.MODEL_FILE, False))
+# What a finished run leaves: never overwritten by a new run.
+FINISHED = (SUMMARY_FILE, export.MODEL_FILE)
 
 
 def check(workdir: str) -> None:
@@ -29,18 +37,32 @@ def check(workdir: str) -> None:
 
   A run of ours creates `checkpoints/` before its first row, so a workdir
   with rows but without that folder holds something else; it is kept as it
-  is. (A run of ours killed before its first checkpoint starts over.)
+  is. A finished run's results (summary, final model) with no checkpoint
+  to resume from are kept too: a new run would overwrite them. A run of
+  ours killed before its first checkpoint starts over.
   """
   require(bool(workdir), 'set --workdir to the folder for this run\'s '
           'outputs.')
   require(not os.path.exists(workdir) or os.path.isdir(workdir),
           f'--workdir={workdir} is a file; choose a folder.')
+  for name, folder in LAYOUT:
+    path = os.path.join(workdir, name)
+    require(not os.path.exists(path) or os.path.isdir(path) == folder,
+            f'{path} is a {"file" if folder else "folder"}, where a run '
+            f'keeps its {name} {"folder" if folder else "file"}; move it '
+            'away, or choose another --workdir.')
+  checkpoints = os.path.join(workdir, checkpoint.CHECKPOINT_DIR)
   require(not (os.path.exists(os.path.join(workdir, METRICS_FILE)) and
-               not os.path.isdir(os.path.join(workdir,
-                                              checkpoint.CHECKPOINT_DIR))),
+               not os.path.isdir(checkpoints)),
           f'--workdir={workdir} already holds a run ({METRICS_FILE}) but no '
           'checkpoint to resume from; choose a new folder so nothing there is '
           'overwritten.')
+  finished = [name for name in FINISHED
+              if os.path.exists(os.path.join(workdir, name))]
+  require(not finished or checkpoint.saved_steps(checkpoints),
+          f'--workdir={workdir} holds a finished run ({", ".join(finished)})'
+          f' but no checkpoint in {checkpoints}; choose a new folder so '
+          'nothing there is overwritten.')
 
 
 def prepare(workdir: str) -> None:
@@ -116,9 +138,9 @@ def check_shared(workdir: str) -> None:
   if distributed.is_main_process():
     with open(probe, 'w'):
       pass
-  multihost_utils.sync_global_devices('hier_avg: workdir probe written')
+  distributed.barrier('hier_avg: workdir probe written')
   seen = multihost_utils.process_allgather(np.int32(os.path.exists(probe)))
-  multihost_utils.sync_global_devices('hier_avg: workdir probe seen')
+  distributed.barrier('hier_avg: workdir probe seen')
   if distributed.is_main_process():
     os.remove(probe)
   blind = [i for i, s in enumerate(np.ravel(seen)) if not s]

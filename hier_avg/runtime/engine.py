@@ -10,6 +10,7 @@ the averaged model are `eval_kernels`, and the communication counters are
 `communication`.
 """
 
+import math
 
 import jax
 import jax.numpy as jnp
@@ -55,6 +56,24 @@ class Engine:
 
   def init_state(self, seed: int, image_shape) -> TrainState:
     """All learners identical (one init key), each with its own data key."""
+    return jax.jit(self._init(seed, image_shape),
+                   out_shardings=self._state_shardings)()
+
+  def state_bytes_per_device(self, image_shape) -> int:
+    """What the state of every learner takes on one device, found without
+    allocating it (shapes only)."""
+    shapes = jax.eval_shape(self._init(0, image_shape))
+
+    def on_one_device(sharding, part) -> int:
+      return sum(math.prod(sharding.shard_shape(leaf.shape)) *
+                 leaf.dtype.itemsize for leaf in jax.tree.leaves(part))
+
+    # The shardings are one per field of the state (a prefix of it).
+    return sum(jax.tree.leaves(jax.tree.map(
+        on_one_device, self._state_shardings, shapes)))
+
+  def _init(self, seed: int, image_shape):
+    """The function that makes the initial state."""
     grid = self.topology.grid_shape
     init_key, data_key = jax.random.split(jax.random.key(seed))
 
@@ -69,7 +88,7 @@ class Engine:
           batch_stats=batch_stats, opt_state=opt_state,
           rng=rng.reshape(grid)))
 
-    return jax.jit(init, out_shardings=self._state_shardings)()
+    return init
 
   def communication(self, state: TrainState) -> dict[str, Channel]:
     """What one event of each of the algorithm's channels costs."""
@@ -113,13 +132,8 @@ class Engine:
     `fragments` (`Round.fragments`): the parameter fragments each level
     averages after the round, with fragmented levels (`hier.fragments`).
     """
-    key = (None if level is None else level.name, length)
-    if delayed is not None:
-      key += (('delay', delayed.name, snapshot),)
-    if fragments:
-      key += (('fragments',) + tuple((l.name, due) for l, due in fragments),)
-    if streamed:
-      key += ('streamed',)
+    key = _program_key(level, length, streamed, snapshot, delayed,
+                       fragments)
     if key not in self._rounds:
       self._rounds[key] = self._build_round(level, streamed, snapshot,
                                             delayed, fragments)
@@ -136,6 +150,12 @@ class Engine:
     ('fragments', (level name, fragments)...)][, 'streamed']) of the
     rounds built so far."""
     return tuple(self._rounds)
+
+  @staticmethod
+  def programs_of(rounds, streamed: bool = False) -> set:
+    """The keys (as `compiled_rounds`) of the programs `rounds` run."""
+    return {_program_key(r.level, r.length, streamed, r.snapshot, r.delayed,
+                         r.fragments) for r in rounds}
 
   def run_round(self, state: TrainState, round_: Round, inputs,
                 streamed: bool = False):
@@ -219,3 +239,17 @@ class Engine:
     return jax.jit(mapped, donate_argnums=0,
                    out_shardings=(self._state_shardings,
                                   self.topology.round_sharding()))
+
+
+def _program_key(level: Level | None, length: int, streamed: bool,
+                 snapshot: int | None, delayed: Level | None,
+                 fragments) -> tuple:
+  """What tells one compiled round program from another."""
+  key = (None if level is None else level.name, length)
+  if delayed is not None:
+    key += (('delay', delayed.name, snapshot),)
+  if fragments:
+    key += (('fragments',) + tuple((l.name, due) for l, due in fragments),)
+  if streamed:
+    key += ('streamed',)
+  return key

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hier_avg.core.policies import AveragingPolicy
+from hier_avg.errors import require
 from hier_avg.runtime.engine import Engine
 
 
@@ -72,6 +73,19 @@ def recompute_calls(engine: Engine, num_batches: int) -> int:
   return math.ceil(num_batches / engine.topology.num_devices)
 
 
+def check_recompute(engine: Engine, num_batches: int, batch_size: int,
+                    available: int) -> None:
+  """Refuses recomputing statistics from more training images than a
+  process holds (`available`): checked before the run starts, so that the
+  first evaluation does not run out of memory after hours of training."""
+  local_devices = len(engine.topology.mesh.local_devices)
+  needed = recompute_calls(engine, num_batches) * local_devices * batch_size
+  require(needed <= available,
+          f'hier.recompute_batches={num_batches} batches of {batch_size} '
+          f'need {needed} training examples per process, more than the '
+          f'{available} there are; lower hier.recompute_batches.')
+
+
 def recompute_from_batches(engine: Engine, params, batch_stats, batches,
                            calls: int):
   """Mean BatchNorm statistics over `calls` calls of one batch per device.
@@ -98,14 +112,16 @@ def recompute_batch_stats(engine: Engine, params, batch_stats,
   The mean of the batch statistics of `num_batches` batches (rounded up to
   a multiple of the device count) of `batch_size` unaugmented images, drawn
   without replacement in a fixed order (from `seed`), so the result is a
-  pure function of the model and the data. Batches larger than the data
-  set repeat it.
+  pure function of the model and the data. They must fit in the data set
+  (`check_recompute`).
   """
+  if not jax.tree.leaves(batch_stats):
+    return batch_stats  # No BatchNorm in the model.
+  check_recompute(engine, num_batches, batch_size, len(images))
   devices = engine.topology.num_devices
   calls = recompute_calls(engine, num_batches)
   order = np.random.default_rng(seed).permutation(len(images))
-  # Repeats the data if it is too small.
-  order = np.resize(order, calls * devices * batch_size)
+  order = order[:calls * devices * batch_size]
   # Every process holds the data set and passes every device's batch.
   batches = (images[chunk].reshape((devices, batch_size) + images.shape[1:])
              for chunk in order.reshape(calls, devices * batch_size))

@@ -13,6 +13,7 @@ with mean ± std over seeds, and comparison plots.
 
 import csv
 import dataclasses
+import importlib.util
 import itertools
 import json
 import os
@@ -28,7 +29,9 @@ from hier_avg import errors
 from hier_avg.core.hierarchy import Hierarchy
 from hier_avg.tools import cost_model
 from hier_avg.errors import UserError, require
-from hier_avg.run.metrics import METRICS_FILE, SUMMARY_FILE, read_rows, read_summary
+from hier_avg.run import files
+from hier_avg.run.metrics import METRICS_FILE, SUMMARY_FILE, read_rows
+from hier_avg.run.metrics import read_summary, save_figure
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -50,10 +53,14 @@ MODELED_PLOT = 'accuracy_vs_modeled_time_{}.png'
 
 @dataclasses.dataclass(frozen=True)
 class Point:
-  """One run: its folder name, its group (name without the seed), overrides."""
+  """One run: its folder name, its group (name without the seed), overrides,
+  and `settings`: the value, as JSON, of every key that changes results in
+  its whole config (the sweep's config file and preset, then its
+  overrides), which a finished run's summary must record to be reused."""
   name: str
   group: str
   overrides: tuple[tuple[str, Any], ...]
+  settings: tuple[tuple[str, str], ...] = ()
 
   def flags(self) -> list[str]:
     return [f'--config.{key}={_flag_value(value)}'
@@ -67,6 +74,11 @@ def _flag_value(value) -> str:
 def _short(key: str) -> str:
   """'hier.k1' -> 'k1': the last part names the value well enough."""
   return key.rsplit('.', 1)[-1]
+
+
+def _part(key: str, value) -> str:
+  """'k1=4' for a point's folder name; a path's separators become '_'."""
+  return f'{_short(key)}={value}'.replace(os.sep, '_')
 
 
 @dataclasses.dataclass
@@ -114,6 +126,7 @@ class SweepSpec:
               f'sweep restrict[{variant!r}] must name a variant and grid '
               'keys.')
     variants = self.variants or {'': {}}
+    base = self.base_config()
     names = set()
     points = []
     for values in itertools.product(*self.grid.values()):
@@ -122,18 +135,35 @@ class SweepSpec:
         allowed = self.restrict.get(variant, {})
         if any(cell[k] not in v for k, v in allowed.items()):
           continue
-        parts = [f'{_short(k)}={v}' for k, v in cell.items()]
-        group_parts = [f'{_short(k)}={v}' for k, v in cell.items()
-                       if k != 'seed']
+        parts = [_part(k, v) for k, v in cell.items()]
+        group_parts = [_part(k, v) for k, v in cell.items() if k != 'seed']
         name = ','.join(([variant] if variant else []) + parts) or 'base'
         group = ','.join(([variant] if variant else []) + group_parts)
-        require('/' not in name and name not in names,
-                f'sweep point name {name!r} is not a unique folder name; '
-                'rename the variant.')
+        require(os.sep not in name,
+                f'sweep point name {name!r} is no folder name: take the '
+                f'{os.sep} out of the variant\'s name.')
+        require(name not in names,
+                f'sweep points share the folder name {name!r}; give their '
+                'variants other names, or grid values that differ in more '
+                'than their path separators.')
         names.add(name)
         overrides = {**self.overrides, **variant_overrides, **cell}
-        points.append(Point(name, group or 'base', tuple(overrides.items())))
+        points.append(Point(name, group or 'base', tuple(overrides.items()),
+                            _settings(base, overrides)))
     return points
+
+  def base_config(self):
+    """The config file's config (with its preset) that every point
+    starts from, as `launch.py --config` loads it."""
+    path, _, preset = self.config_path().partition(':')
+    module_spec = importlib.util.spec_from_file_location('sweep_config', path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+      module_spec.loader.exec_module(module)
+      return module.get_config(preset) if preset else module.get_config()
+    except Exception as e:  # pylint: disable=broad-except
+      raise UserError(f'sweep config {self.config!r} could not be loaded: '
+                      f'{type(e).__name__}: {e}') from None
 
   def config_path(self) -> str:
     path, _, preset = self.config.partition(':')
@@ -182,30 +212,46 @@ def _split(values: str) -> list[str]:
   return parts + [values[start:]]
 
 
+def _settings(base, overrides: Mapping[str, Any]) -> tuple:
+  """`Point.settings` of `base` with `overrides` set."""
+  config = base.copy_and_resolve_references()
+  for key, value in overrides.items():
+    config_keys.require_known(key)
+    *parents, leaf = key.split('.')
+    node = config
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return tuple((key, json.dumps(config_keys.as_json(value)))
+               for key, value in config_keys.flatten(config).items()
+               if config_keys.changes_results(key))
+
+
 def finished_summary(root: str, point: Point) -> dict | None:
   """`point`'s summary if it has run to the end with the sweep's settings.
 
   None while it has not finished. Raises UserError when its summary records
-  another value for one of the point's keys (the sweep file changed since):
-  skipping it would report a run of other settings under this point's name.
+  another value for a key that changes results (the sweep file, its config
+  file or a --set changed since): skipping it would report a run of other
+  settings under this point's name. A key the summary lacks (added to
+  hier_avg after the run) counts as its default.
   """
   if not os.path.exists(os.path.join(root, point.name, SUMMARY_FILE)):
     return None
   summary = read_summary(os.path.join(root, point.name))
   saved = summary.get('config', {})
-  for key, value in point.overrides:
-    if not config_keys.changes_results(key):
-      continue
+  for key, expected in point.settings:
     node = saved
     for part in key.split('.'):
       node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
-    # JSON keeps tuples as lists: compare both as JSON.
-    if json.loads(json.dumps(value)) != node:
+    if node is _MISSING:
+      node = config_keys.as_json(config_keys.BY_NAME[key].default)
+    if json.dumps(node) != expected:
       raise UserError(
           f'sweep point {point.name} in {root} finished with {key}='
-          f'{"unset" if node is _MISSING else repr(node)}, but the sweep '
-          f'now sets {value!r}; use a new --root, or delete '
-          f'{os.path.join(root, point.name)} to rerun it.')
+          f'{node!r}, but the sweep now sets {json.loads(expected)!r}; use '
+          f'a new --root, or delete {os.path.join(root, point.name)} to '
+          'rerun it.')
   return summary
 
 
@@ -566,7 +612,7 @@ def plot(spec: SweepSpec, root: str) -> list[str]:
       ax.set_yscale('log')
     fig.tight_layout()
     path = os.path.join(root, filename)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     written.append(path)
   drift = _plot_drift(spec, root, Figure)
   return written + ([drift] if drift else [])
@@ -604,7 +650,7 @@ def _plot_drift(spec: SweepSpec, root: str, Figure) -> str | None:  # pylint: di
     ax.set(xlabel='step', ylabel=key.replace('_', ' '), yscale='log')
   fig.tight_layout()
   path = os.path.join(root, DRIFT_PLOT)
-  fig.savefig(path, dpi=110)
+  save_figure(fig, path, dpi=110)
   return path
 
 
@@ -655,13 +701,13 @@ def report(spec: SweepSpec, root: str) -> dict[str, Any]:
                     'first.')
   csv_path = os.path.join(root, RESULTS_CSV)
   columns = list(dict.fromkeys(k for row in rows for k in row))
-  with open(csv_path, 'w', newline='') as f:
+  with files.atomic(csv_path) as f:
     writer = csv.DictWriter(f, columns)
     writer.writeheader()
     writer.writerows(rows)
   table = aggregate(rows, tuple(spec.clusters))
   md_path = os.path.join(root, RESULTS_MD)
-  with open(md_path, 'w') as f:
+  with files.atomic(md_path) as f:
     f.write(markdown_table(table, tuple(spec.clusters),
                            unfinished(spec, root)))
     if spec.clusters and spec.accuracy_targets:

@@ -9,8 +9,11 @@ stalling the suite.
 """
 
 import atexit
+import functools
 import os
+import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -80,7 +83,7 @@ class Run(subprocess.Popen):
 
 
 def start(workdir, *flags, devices=NUM_CPU_DEVICES, config=CPU_CONFIG,
-          log=None, env=None) -> Run:
+          log=None, env=None, max_file_bytes=None) -> Run:
   """Starts `launch.py` on `devices` fake CPU devices.
 
   Args:
@@ -92,6 +95,8 @@ def start(workdir, *flags, devices=NUM_CPU_DEVICES, config=CPU_CONFIG,
       piped for `finish` to return, stdout discarded.
     env: environment variables of this run, set over the usual ones; a
       value None removes the variable (e.g. one inherited from a cluster).
+    max_file_bytes: the largest file the run may write (RLIMIT_FSIZE): a
+      write past it fails as on a full disk (EFBIG, not a signal).
   Returns:
     The running process.
   """
@@ -114,12 +119,21 @@ def start(workdir, *flags, devices=NUM_CPU_DEVICES, config=CPU_CONFIG,
   args = [sys.executable, os.path.join(REPO, 'launch.py'),
           f'--config={os.path.join(REPO, config)}', f'--workdir={workdir}',
           *flags]
+  limit = None if max_file_bytes is None else functools.partial(
+      _limit_file_size, max_file_bytes)
   if log is None:
-    return Run(args, None, env=environment, cwd=REPO,
+    return Run(args, None, env=environment, cwd=REPO, preexec_fn=limit,
                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   with open(log, 'w') as f:  # The process holds its own copy.
-    return Run(args, log, env=environment, cwd=REPO, stdout=f,
-               stderr=subprocess.STDOUT)
+    return Run(args, log, env=environment, cwd=REPO, preexec_fn=limit,
+               stdout=f, stderr=subprocess.STDOUT)
+
+
+def _limit_file_size(max_bytes: int) -> None:
+  """In the child before exec: files end at `max_bytes`; a write past it
+  fails with EFBIG instead of killing the process (SIGXFSZ ignored)."""
+  signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+  resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
 
 
 def _kill_all(runs) -> str:
