@@ -21,13 +21,13 @@ import ast
 import dataclasses
 import difflib
 import math
-import numbers
 import textwrap
 from typing import Any
 
 import ml_collections
 
 from hier_avg import models
+from hier_avg.kinds import is_integer, is_number
 from hier_avg.core import compression
 from hier_avg.core import fragments
 from hier_avg.core import hierarchy
@@ -66,14 +66,6 @@ class Key:
   in_epochs: bool = False
 
 
-def _is_number(value) -> bool:
-  return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _is_integer(value) -> bool:
-  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 # The largest count a key may hold: the step counter and array sizes are
 # int32, and a larger value would overflow them after validation.
 MAX_COUNT = state.MAX_STEPS
@@ -81,7 +73,7 @@ MAX_COUNT = state.MAX_STEPS
 
 def integer(minimum: int, maximum: int = MAX_COUNT) -> Check:
   def check(name, value):
-    if not (_is_integer(value) and minimum <= value <= maximum):
+    if not (is_integer(value) and minimum <= value <= maximum):
       return (f'{name}={value!r} must be an integer in [{minimum}, '
               f'{maximum}].')
   return check
@@ -89,7 +81,7 @@ def integer(minimum: int, maximum: int = MAX_COUNT) -> Check:
 
 def number(minimum: float, strict: bool = False) -> Check:
   def check(name, value):
-    if not (_is_number(value) and math.isfinite(value) and
+    if not (is_number(value) and math.isfinite(value) and
             (value > minimum if strict else value >= minimum)):
       return (f'{name}={value!r} must be a finite number '
               f'{">" if strict else ">="} {minimum}.')
@@ -98,13 +90,13 @@ def number(minimum: float, strict: bool = False) -> Check:
 
 def fraction(name, value) -> str | None:
   """A momentum: a number in [0, 1)."""
-  if not (_is_number(value) and 0 <= value < 1):
+  if not (is_number(value) and 0 <= value < 1):
     return f'{name}={value!r} must be a number in [0, 1).'
 
 
 def share(name, value) -> str | None:
   """A part of a whole: a number in (0, 1]."""
-  if not (_is_number(value) and 0 < value <= 1):
+  if not (is_number(value) and 0 < value <= 1):
     return f'{name}={value!r} must be a number in (0, 1].'
 
 
@@ -120,7 +112,7 @@ def text(name, value) -> str | None:
 
 def numbers_tuple(name, value) -> str | None:
   if not (isinstance(value, (tuple, list)) and
-          all(_is_number(v) and math.isfinite(v) for v in value)):
+          all(is_number(v) and math.isfinite(v) for v in value)):
     return (f'{name}={value!r} must be a tuple of finite numbers, e.g. '
             '(30, 60).')
 
@@ -129,7 +121,7 @@ def level_pairs(name, value) -> str | None:
   """Pairs of integers >= 1: (group size, period) per level."""
   if not (isinstance(value, (tuple, list)) and all(
       isinstance(pair, (tuple, list)) and len(pair) == 2 and
-      all(_is_integer(x) and x >= 1 for x in pair) for pair in value)):
+      all(is_integer(x) and x >= 1 for x in pair) for pair in value)):
     return (f'{name}={value!r} must be (group size, period) pairs of '
             'integers >= 1, innermost first, e.g. ((2, 2), (8, 8)).')
 
@@ -137,7 +129,7 @@ def level_pairs(name, value) -> str | None:
 def integers_tuple(minimum: int) -> Check:
   def check(name, value):
     if not (isinstance(value, (tuple, list)) and
-            all(_is_integer(x) and x >= minimum for x in value)):
+            all(is_integer(x) and x >= minimum for x in value)):
       return (f'{name}={value!r} must be a tuple of integers >= {minimum}, '
               'e.g. (2, 4).')
   return check
@@ -155,7 +147,7 @@ def choices_tuple(*choices) -> Check:
 
 def unit_numbers_tuple(name, value) -> str | None:
   if not (isinstance(value, (tuple, list)) and
-          all(_is_number(v) and 0 <= v <= 1 for v in value)):
+          all(is_number(v) and 0 <= v <= 1 for v in value)):
     return (f'{name}={value!r} must be a tuple of numbers in [0, 1], one '
             'per level, e.g. (0.0, 0.5).')
 
@@ -168,7 +160,7 @@ def booleans_tuple(name, value) -> str | None:
 
 
 def power_of_two(name, value) -> str | None:
-  if not (_is_integer(value) and value >= 1 and value & (value - 1) == 0):
+  if not (is_integer(value) and value >= 1 and value & (value - 1) == 0):
     return f'{name}={value!r} must be a power of two (1, 2, 4, 8, ...).'
 
 
@@ -189,7 +181,7 @@ def registered(registry: dict) -> Check:
 
 
 def devices(name, value) -> str | None:
-  if not (_is_integer(value) and (value == -1 or value >= 1)):
+  if not (is_integer(value) and (value == -1 or value >= 1)):
     return f'{name}={value!r} must be -1 (as many as fit) or an integer >= 1.'
 
 
@@ -628,7 +620,7 @@ def parse(name: str, text: str):
       value = {'true': True, 'false': False}[text.strip().lower()]
     elif isinstance(default, (int, float)):
       value = ast.literal_eval(text.strip())
-      require(_is_number(value), '')
+      require(is_number(value), '')
       value = float(value) if isinstance(default, float) else value
     elif isinstance(default, tuple):
       value = ast.literal_eval(text.strip())

@@ -147,12 +147,13 @@ def _finished(workdir: str, num_steps: int) -> dict:
 def _what_a_resumption_keeps(config, num_steps: int, feed) -> dict:
   """What each checkpoint records and a resumed run must agree with."""
   cosine = config.hier.outer_lr_schedule == 'cosine'
+  outer_horizon = (algorithms.outer_steps(config.hier, num_steps,
+                                          feed.steps_per_epoch)
+                   if cosine else None)
   return {'fingerprint': config_keys.fingerprint(config),
           'data': feeds.identity(feed),
           'lr_horizon': optim.horizon(config.opt, num_steps),
-          'outer_horizon': algorithms.outer_steps(
-              config.hier, num_steps, feed.steps_per_epoch)
-                           if cosine else None}
+          'outer_horizon': outer_horizon}
 
 
 def _fresh_or_resumed(engine, checkpoints, config, agreed, image_shape):

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from hier_avg.errors import UserError
+from hier_avg.kinds import is_integer, is_number
 from hier_avg.run import distributed, export, files
 
 METRICS_FILE = 'metrics.jsonl'
@@ -59,19 +60,11 @@ def read_rows(path: str) -> list[dict]:
 def _row_problem(row) -> str | None:
   if not isinstance(row, dict):
     return 'not a JSON object'
-  if not _is_integer(row.get('step')):
+  if not is_integer(row.get('step')):
     return f'its step is {row.get("step")!r}, not an integer'
-  if not _is_number(row.get('wall_s')):
+  if not is_number(row.get('wall_s')):
     return f'its wall_s is {row.get("wall_s")!r}, not a number'
   return None
-
-
-def _is_integer(value) -> bool:
-  return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-  return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def read_summary(workdir: str) -> dict:
