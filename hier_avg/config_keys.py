@@ -216,10 +216,12 @@ KEYS = (
         'Empty: the two levels of group_size, k1 and k2, which it replaces.',
         level_pairs),
     Key('hier.sync_warmup_steps', 0,
-        'W: steps 1..W each end with a global averaging (synchronous SGD, '
-        "as post-local SGD starts); the levels' periods then count from W "
-        "(torch's PeriodicModelAverager(warmup_steps=W) with its step "
-        'counter started at 1).', integer(0)),
+        'W: steps 1..W are synchronous SGD, as post-local SGD starts (every '
+        "gradient averaged over all learners, as DDP's all-reduce: models "
+        'and optimizer states stay equal; each step counts as a global '
+        "averaging); the levels' periods then count from W (torch's "
+        'PeriodicModelAverager(warmup_steps=W) with its step counter '
+        'started at 1).', integer(0)),
     Key('hier.period_schedule', 'constant',
         "Averaging periods over training (hier_avg/core/periods.py): "
         "'constant'; 'step' (all periods times period_factors[i] from "

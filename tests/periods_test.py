@@ -302,7 +302,8 @@ class StepOracleTest(absltest.TestCase):
     final = engines.run_engine(engine, data, sampler, steps, state=init)
     reference.run(learner, ref_learners, reference.nested_levels(
         8, ((4, 2), (8, 4))), ('params', 'batch_stats'), data.train_images,
-                  data.train_labels, sampler, steps, level_at=level_at)
+                  data.train_labels, sampler, steps, level_at=level_at,
+                  sync_warmup=warmup)
     got = engines.learner_states(final)
     for i in range(8):
       for part in ('params', 'batch_stats', 'opt_state'):

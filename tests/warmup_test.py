@@ -5,9 +5,12 @@ import tempfile
 from absl.testing import absltest
 from absl.testing import parameterized
 import chex
+import jax
+import numpy as np
 
 from hier_avg import config_keys, train
 from hier_avg.core.hierarchy import Hierarchy
+from hier_avg.core.learner import step_key
 from hier_avg.core.schedule import Schedule
 from hier_avg.errors import UserError
 from tests.support import configs
@@ -79,6 +82,60 @@ class WarmupOracleTest(absltest.TestCase):
     for i in range(8):
       for part in ('params', 'batch_stats', 'opt_state'):
         trees.assert_trees_close(got[i][part], ref_learners[i][part])
+
+
+class WarmupIsSynchronousSgdTest(absltest.TestCase):
+  """Post-local SGD's warmup is synchronous SGD: DDP's gradient
+  all-reduce, which leaves every learner with the same optimizer state."""
+
+  def test_the_warmup_is_momentum_sgd_on_the_mean_gradient(self):
+    warmup, lr, momentum, decay = 4, 0.05, 0.9, 1e-3
+    data = engines.tiny_data()
+    learner = engines.make_learner('bn', data, lr=lr, momentum=momentum,
+                                   weight_decay=decay, nesterov=False)
+    engine = engines.make_levels_engine(
+        learner, Hierarchy(8, (4, 8), (2, 4), warmup), (2, 4),
+        average=('params', 'batch_stats'))
+    sampler = engines.make_sampler(data, 8)
+    init = engine.init_state(0, data.image_shape)
+    start = engines.learner_states(init)
+    got = engines.learner_states(engines.run_engine(engine, data, sampler,
+                                                    warmup, state=init))
+    # Written out in float64: g the mean over learners of each one's
+    # gradient at the common model x (its own minibatch and augmentation
+    # key, BatchNorm statistics averaged after each step), then
+    # m <- momentum m + g + decay x;  x <- x - lr m.
+    grad_fn = jax.jit(learner.loss_and_grads)
+    f64 = lambda t: [np.asarray(x, np.float64) for x in jax.tree.leaves(t)]
+    x = f64(start[0]['params'])
+    m = [np.zeros_like(v) for v in x]
+    stats = [l['batch_stats'] for l in start]
+    treedef = jax.tree.structure(start[0]['params'])
+    for t in range(warmup):
+      model = jax.tree.unflatten(treedef, [v.astype(np.float32) for v in x])
+      indices = sampler.indices(t)
+      grads, new_stats = [], []
+      for p, l in enumerate(start):
+        _, s, g = grad_fn(model, stats[p], step_key(l['rng'], t),
+                          data.train_images[indices[p]],
+                          data.train_labels[indices[p]])
+        grads.append(f64(g))
+        new_stats.append(s)
+      g = [np.mean(each, 0) for each in zip(*grads)]
+      m = [momentum * mi + gi + decay * xi for mi, gi, xi in zip(m, g, x)]
+      x = [xi - lr * mi for xi, mi in zip(x, m)]
+      mean_stats = jax.tree.map(lambda *s: np.mean(s, 0), *new_stats)
+      stats = [mean_stats] * len(start)
+    for p in range(8):
+      trees.assert_trees_close(jax.tree.leaves(got[p]['params']), x)
+      # The momentum buffers: the optimizer state's floating leaves.
+      buffers = [b for b in jax.tree.leaves(got[p]['opt_state'])
+                 if np.issubdtype(b.dtype, np.floating)]
+      trees.assert_trees_close(buffers, m)
+      # Every learner leaves the warmup with the same model and optimizer
+      # state, to the bit: the next local steps start from one state.
+      for part in ('params', 'opt_state'):
+        chex.assert_trees_all_equal(got[p][part], got[0][part])
 
 
 class WarmupResumeTest(absltest.TestCase):

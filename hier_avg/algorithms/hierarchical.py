@@ -137,6 +137,69 @@ def make(learner: Learner, topology: Topology, schedule: Schedule,
     return state.replace(step=state.step + 1, params=params,
                          batch_stats=batch_stats, opt_state=opt_state), loss
 
+  def sync_step(state: TrainState, batch):
+    """A step of the warmup's synchronous SGD: every learner's gradient
+    averaged over all learners before its optimizer update, as DDP's
+    all-reduce does, so the learners (equal before) leave it with equal
+    models and optimizer states."""
+    def gradients(params, batch_stats, rng, batch):
+      return learner.loss_and_grads(params, batch_stats,
+                                    step_key(rng, state.step), *batch)
+
+    loss, batch_stats, grads = execution.map_block(
+        gradients, learner_loop, nblock, state.params, state.batch_stats,
+        state.rng, batch)
+    grads = averaging.average_block(grads, outermost.axes, topology)
+    params, opt_state = execution.map_block(
+        learner.apply_gradients, learner_loop, nblock, state.params,
+        state.opt_state, grads)
+    return state.replace(step=state.step + 1, params=params,
+                         batch_stats=batch_stats, opt_state=opt_state), loss
+
+  def after_sync_step(state: TrainState):
+    """The outermost level's averaging after a `sync_step`: the models
+    and optimizer states are equal already (the policy's reset does not
+    apply: synchronous SGD keeps its momentum); the other averaged parts
+    average, the outer optimizer steps, compressed levels restart from the
+    common model. The drift is zero."""
+    rest = {p: getattr(state, p) for p in policy.averaged_parts
+            if p not in ('params', 'opt_state')}
+    state = state.replace(**averaging.average_block(rest, outermost.axes,
+                                                    topology))
+    if outer_tx is not None:
+      state = step_outer(state)
+    if compressed:
+      state = _restart_anchors(state, outermost, state.params)
+    zeros = jnp.zeros(state.rng.shape, jnp.float32)  # One a learner.
+    return state, {name: zeros for name in measure_names(outermost)}
+
+  def step_outer(state: TrainState) -> TrainState:
+    """The outer optimizer's step on the whole model (per fragment, with
+    one state per fragment)."""
+    if not outer_fragments:
+      params, outer_state = execution.map_block(
+          functools.partial(outer.step, outer_tx), 'vmap', nblock,
+          state.params, state.outer)
+      return state.replace(params=params, outer=outer_state)
+    leaves, treedef = jax.tree.flatten(state.params)
+    outer_states = []
+    for indices, outer_state in zip(leaf_fragments(state.params, outermost),
+                                    state.outer):
+      stepped, outer_state = execution.map_block(
+          functools.partial(outer.step, outer_tx), 'vmap', nblock,
+          [leaves[i] for i in indices], outer_state)
+      outer_states.append(outer_state)
+      for i, leaf in zip(indices, stepped):
+        leaves[i] = leaf
+    return state.replace(params=jax.tree.unflatten(treedef, leaves),
+                         outer=tuple(outer_states))
+
+  def measure_names(level: Level) -> tuple[str, ...]:
+    """The measures an averaging of `level` reports."""
+    return ((('drift',) if drift else ()) +
+            (('spread',) if spread and level == outermost and len(levels) > 1
+             else ()))
+
   def group_target(params, outer_state, level: Level):
     """The group's new model from `params` (a collective), the level's
     measures, and the outer optimizer's new state (None: untouched)."""
@@ -249,7 +312,10 @@ def make(learner: Learner, topology: Topology, schedule: Schedule,
       measures[name] = measures[name] + value if name in measures else value
 
   def after_round(state: TrainState, level: Level | None,
-                  delayed: bool = False, fragments=()):
+                  delayed: bool = False, fragments=(),
+                  synchronous: bool = False):
+    if synchronous:
+      return after_sync_step(state)
     if fragments:
       state, measures = average_fragments(state, fragments)
       if level is not None:  # The period's end: the other parts, the policy.
@@ -277,10 +343,7 @@ def make(learner: Learner, topology: Topology, schedule: Schedule,
     _add_measures(measures, state.params, means['params'], level)
     state = policy.after_averaging(state.replace(**means))
     if outer_tx is not None and level == outermost:
-      params, outer_state = execution.map_block(
-          functools.partial(outer.step, outer_tx), 'vmap', nblock,
-          state.params, state.outer)
-      state = state.replace(params=params, outer=outer_state)
+      state = step_outer(state)
     if compressed:
       # Every group of this level and of the levels inside it now holds a
       # common model.
@@ -309,12 +372,8 @@ def make(learner: Learner, topology: Topology, schedule: Schedule,
       # leaves it (the outer state it installs at once).
       def room(level):
         scalars = jnp.zeros(state.rng.shape, jnp.float32)  # One a learner.
-        measures = {}
-        if drift:
-          measures['drift'] = scalars
-        if spread and level == outermost and len(levels) > 1:
-          measures['spread'] = scalars
-        pending = {'measures': measures}
+        pending = {'measures': {name: scalars
+                                for name in measure_names(level)}}
         zeros = jax.tree.map(jnp.zeros_like, state.params)
         if late[level.name] is None:
           pending['delta'] = zeros
@@ -380,7 +439,8 @@ def make(learner: Learner, topology: Topology, schedule: Schedule,
       ('comm',) if compressed or late else ())
   return Algorithm(
       description=schedule.describe(), schedule=schedule,
-      local_step=local_step, after_round=after_round, channels=channels,
+      local_step=local_step, sync_step=sync_step, after_round=after_round,
+      channels=channels,
       event_counts=schedule.counts, extra_state=extra,
       extend_state=extend_state, snapshot=snapshot, keep=keep)
 

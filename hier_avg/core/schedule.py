@@ -69,6 +69,10 @@ class Round:
   # (`Schedule.fragment_events`); `level` then averages the other parts
   # and applies its policy. () otherwise.
   fragments: tuple[tuple[Level, tuple[int, ...]], ...] = ()
+  # A step of the synchronous warmup (`Schedule.sync_warmup`): synchronous
+  # SGD, every gradient averaged over all learners before the update, so
+  # `level` (the outermost) finds the models already equal.
+  synchronous: bool = False
 
   @property
   def end(self) -> int:
@@ -85,8 +89,9 @@ class Round:
 class Schedule:
   """Which averaging follows each step, and how many happened so far.
 
-  `sync_warmup` W: steps 1..W each end with the outermost averaging
-  (synchronous SGD; post-local SGD), and the periods count from W: with
+  `sync_warmup` W: steps 1..W are synchronous SGD (post-local SGD: each
+  gradient averaged over all learners, `Round.synchronous`), each counted
+  as an averaging of the outermost level, and the periods count from W: with
   W = 5 and K1 = 4 the first local averaging follows step 9, as torch's
   `PeriodicModelAverager(warmup_steps=W)` does once its step counter
   starts at 1 (README, "Coming from PyTorch").
@@ -241,7 +246,8 @@ class Schedule:
       yield Round(step, end - step, self.level_after(end),
                   *self._window(step, end),
                   fragments=(self.fragment_events(end) if self.fragmented
-                             else ()))
+                             else ()),
+                  synchronous=bool(self.levels) and end <= self.sync_warmup)
       step = end
 
   def _window(self, step: int, end: int) -> tuple[int | None, Level | None]:

@@ -190,16 +190,19 @@ class MetricsWriter:
 
   def _plot_drift(self, Figure) -> None:  # pylint: disable=invalid-name
     """drift_vs_step.png: each level's drift (and spread) per row."""
-    names = sorted({k for r in self.rows for k in r
-                    if k.endswith(('_drift', '_spread'))})
-    if not names:
+    # Zero (learners equal: the warmup's synchronous steps) has no place
+    # on a log scale.
+    curves = {name: [(r['step'], r[name]) for r in self.rows
+                     if is_number(r.get(name)) and r[name] > 0]
+              for name in sorted({k for r in self.rows for k in r
+                                  if k.endswith(('_drift', '_spread'))})}
+    curves = {name: points for name, points in curves.items() if points}
+    if not curves:
       return
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
-    for name in names:
-      rows = [r for r in self.rows if name in r]
-      ax.plot([r['step'] for r in rows], [r[name] for r in rows],
-              label=name)
+    for name, points in curves.items():
+      ax.plot(*zip(*points), label=name)
     ax.set(xlabel='local step', yscale='log',
            ylabel='mean squared distance from the group mean')
     ax.legend()

@@ -36,20 +36,27 @@ class Algorithm:
   # (state, batch) -> (state, [block...] losses): one step of every
   # learner of the block; batch is ([block..., B, H, W, C], [block..., B]).
   local_step: Callable[[TrainState, Any], tuple[TrainState, jax.Array]]
-  # (state, level or None[, delayed][, fragments=]) -> (state, measures):
+  # (state, level or None[, delayed][, fragments=][, synchronous=]) ->
+  # (state, measures):
   # measures maps names ('drift', ...) to per-learner [block...] values of
   # this round's averaging, returned to the host like the losses ({}:
   # none). With `delayed` True the level's averaging is a late one
   # (`Level.delay`): it applies the pending averaging that `keep` left in
   # the state. `fragments` (`Round.fragments`, fragmented levels only):
   # the parameter fragments averaged after the round; `level` then
-  # averages the other parts.
+  # averages the other parts. `synchronous` (`Round.synchronous`): after a
+  # `sync_step`, whose models and optimizer states are equal already.
   after_round: Callable[..., tuple[TrainState, dict[str, jax.Array]]]
   # (whole state, outside `shard_map`) -> what one event of each of the
   # algorithm's communication channels costs, by channel name.
   channels: Callable[[TrainState], dict[str, Channel]]
   # steps -> events of each channel, by name, in the first `steps` steps.
   event_counts: Callable[[int], dict[str, int]]
+  # (state, batch) -> (state, losses): one step of synchronous SGD (the
+  # warmup's, `Round.synchronous`): every learner's gradient averaged over
+  # all learners before its update. None: no warmup supported.
+  sync_step: (Callable[[TrainState, Any], tuple[TrainState, jax.Array]]
+              | None) = None
   # Optional `TrainState` fields this algorithm fills ('outer', 'stale',
   # 'comm'), and the function that fills them from the fresh state (inside
   # jit).

@@ -103,7 +103,8 @@ class Engine:
 
   def train_round(self, level: Level | None, length: int,
                   streamed: bool = False, snapshot: int | None = None,
-                  delayed: Level | None = None, fragments=()):
+                  delayed: Level | None = None, fragments=(),
+                  synchronous: bool = False):
     """The compiled round `(state, *inputs) -> (state, outputs)`.
 
     A round is `length` local steps on every learner (one program, so the
@@ -131,18 +132,21 @@ class Engine:
 
     `fragments` (`Round.fragments`): the parameter fragments each level
     averages after the round, with fragmented levels (`hier.fragments`).
+    `synchronous` (`Round.synchronous`): the steps are the warmup's
+    synchronous SGD (`Algorithm.sync_step`).
     """
     key = _program_key(level, length, streamed, snapshot, delayed,
-                       fragments)
+                       fragments, synchronous)
     if key not in self._rounds:
       self._rounds[key] = self._build_round(level, streamed, snapshot,
-                                            delayed, fragments)
+                                            delayed, fragments, synchronous)
     return self._rounds[key]
 
   def round_program(self, round_: Round, streamed: bool = False):
     """`train_round` for `round_`."""
     return self.train_round(round_.level, round_.length, streamed,
-                            round_.snapshot, round_.delayed, round_.fragments)
+                            round_.snapshot, round_.delayed, round_.fragments,
+                            round_.synchronous)
 
   @property
   def compiled_rounds(self) -> tuple:
@@ -155,7 +159,7 @@ class Engine:
   def programs_of(rounds, streamed: bool = False) -> set:
     """The keys (as `compiled_rounds`) of the programs `rounds` run."""
     return {_program_key(r.level, r.length, streamed, r.snapshot, r.delayed,
-                         r.fragments) for r in rounds}
+                         r.fragments, r.synchronous) for r in rounds}
 
   def run_round(self, state: TrainState, round_: Round, inputs,
                 streamed: bool = False):
@@ -176,19 +180,23 @@ class Engine:
 
   def _build_round(self, level: Level | None, streamed: bool,
                    snapshot: int | None = None, delayed: Level | None = None,
-                   fragments=()):
+                   fragments=(), synchronous: bool = False):
     """One round as a sharded, jitted function of the whole learner grid."""
     algorithm, step_loop = self.algorithm, self.execution.step_loop
     if delayed is not None:
       assert algorithm.snapshot is not None, (
           f'{algorithm.description} cannot average late')
+    if synchronous:
+      assert algorithm.sync_step is not None, (
+          f'{algorithm.description} has no synchronous warmup')
 
     def steps(state, batches):
+      step = algorithm.sync_step if synchronous else algorithm.local_step
       if step_loop == 'scan':
-        return lax.scan(algorithm.local_step, state, batches)
+        return lax.scan(step, state, batches)
       losses = []
       for k in range(batches[1].shape[0]):
-        state, loss = algorithm.local_step(
+        state, loss = step(
             state, jax.tree.map(lambda x, k=k: x[k], batches))
         losses.append(loss)
       return state, jnp.stack(losses)
@@ -219,6 +227,9 @@ class Engine:
         state = algorithm.keep(state, delayed, pending)
       if delayed is not None and level is not None:
         state, measures = algorithm.after_round(state, level, True)
+      elif synchronous:
+        state, measures = algorithm.after_round(state, level,
+                                                synchronous=True)
       elif fragments:
         state, measures = algorithm.after_round(state, level,
                                                 fragments=fragments)
@@ -243,13 +254,15 @@ class Engine:
 
 def _program_key(level: Level | None, length: int, streamed: bool,
                  snapshot: int | None, delayed: Level | None,
-                 fragments) -> tuple:
+                 fragments, synchronous: bool = False) -> tuple:
   """What tells one compiled round program from another."""
   key = (None if level is None else level.name, length)
   if delayed is not None:
     key += (('delay', delayed.name, snapshot),)
   if fragments:
     key += (('fragments',) + tuple((l.name, due) for l, due in fragments),)
+  if synchronous:
+    key += ('synchronous',)
   if streamed:
     key += ('streamed',)
   return key

@@ -306,14 +306,16 @@ def run(learner: Learner, learners: list[dict], levels, average, images,
 
   `reset_opt_state`: the optimizer's floating state (momentum) of every
   learner in an averaged group is zeroed after the averaging.
-  `sync_warmup` W: steps 1..W end with the outermost averaging; periods
-  count from W after that. `drift`: a list that gets, per averaging,
+  `sync_warmup` W: steps 1..W are synchronous SGD (`_warmup_step`), each
+  counted as the outermost level's averaging; periods count from W after
+  that. `drift`: a list that gets, per averaging,
   `(step, level index, drift, spread)`: the mean over learners of the
   squared distance of their parameters from their group's mean, and (at
   the outermost level, else None) of their next-level group's mean from
   the global mean, before averaging, in float64. `level_at`: a function
   of the step t (1-based) giving the index into `levels` of the averaging
-  after it, or None; it replaces the periods and `sync_warmup`.
+  after it, or None; it replaces the periods (steps 1..`sync_warmup` stay
+  the warmup's).
   `compression`: a `RefCompression`; its levels of kind other than 'none'
   average the parameters through it.
   `delay`: per level, tau: the level's averaging after step H (past the
@@ -366,6 +368,12 @@ def run(learner: Learner, learners: list[dict], levels, average, images,
   step_fn = jax.jit(learner.step)
   losses = []
   for t in range(first_step, first_step + steps):
+    done = t + 1
+    if done <= sync_warmup:
+      losses.append(_warmup_step(learner, learners, levels, average, images,
+                                 labels, sampler, t, outer, drift,
+                                 compression, fragments, fragment_outers))
+      continue
     indices = sampler.indices(t)
     row = []
     for p, l in enumerate(learners):
@@ -375,7 +383,6 @@ def run(learner: Learner, learners: list[dict], levels, average, images,
           images[indices[p]], labels[indices[p]])
       row.append(float(loss))
     losses.append(row)
-    done = t + 1
     # Snapshots for the late averagings whose window opens here.
     for index, tau in enumerate(delay):
       ahead = due_after(done + tau)
@@ -437,6 +444,51 @@ def run(learner: Learner, learners: list[dict], levels, average, images,
       if compression is not None:
         compression.after_event(learners, index)
   return losses
+
+
+def _warmup_step(learner, learners, levels, average, images, labels,
+                 sampler, t, outer, drift, compression, fragments,
+                 fragment_outers):
+  """Step t of the synchronous warmup, written out: post-local SGD's
+  synchronous SGD. Every learner's gradient at its (common) model, the
+  float64 mean of them applied by every learner's own optimizer (so the
+  optimizer states stay equal too); then the outermost level's averaging
+  of the other parts (no reset: synchronous SGD keeps its momentum), its
+  outer step, and a zero drift. Returns the step's losses."""
+  grad_fn = jax.jit(learner.loss_and_grads)
+  apply_fn = jax.jit(learner.apply_gradients)
+  indices = sampler.indices(t)
+  row, grads = [], []
+  for p, l in enumerate(learners):
+    loss, l['batch_stats'], g = grad_fn(
+        l['params'], l['batch_stats'], step_key(l['rng'], t),
+        images[indices[p]], labels[indices[p]])
+    row.append(float(loss))
+    grads.append(g)
+  mean = _group_mean(grads, range(len(learners)))
+  for l in learners:
+    l['params'], l['opt_state'] = apply_fn(l['params'], l['opt_state'], mean)
+  top = levels[-1]
+  _average_parts(learners, top, [p for p in average
+                                 if p not in ('params', 'opt_state')], False)
+  if drift is not None:
+    drift.append(_drift(learners, levels, top, t + 1))
+  if fragment_outers is not None:
+    new = list(jax.tree.leaves(learners[0]['params']))
+    for f, mine in enumerate(fragments[-1]):
+      for i, value in zip(mine, fragment_outers[f].step(
+          [new[i] for i in mine])):
+        new[i] = value
+    model = jax.tree.unflatten(jax.tree.structure(learners[0]['params']), new)
+    for l in learners:
+      l['params'] = model
+  elif outer is not None:
+    model = outer.step(learners[0]['params'])
+    for l in learners:
+      l['params'] = model
+  if compression is not None:
+    compression.after_event(learners, len(levels) - 1)
+  return row
 
 
 def _learner_gradients(grad_fn, params, batch_stats, rngs, images, labels,
