@@ -259,8 +259,9 @@ KEYS = (
         "Per level, innermost first (as hier.levels; two levels: (local, "
         "global)): how a learner's change since its group's last common "
         "model travels when that level averages: 'none' (float32 "
-        "all-reduce, exactly today's averaging), 'bfloat16', or 'int8' "
-        '(blockwise absmax, a float32 scale per 256 values); compressed '
+        "all-reduce, exactly today's averaging), 'bfloat16', 'int8' or "
+        "'int4' (blockwise absmax, a float32 scale per 256 / 64 values; "
+        'int4 packed two values a byte); compressed '
         'payloads are all-gathered and averaged in float32 '
         '(hier_avg/core/compression.py). Empty: none at every level.',
         choices_tuple(*compression.COMPRESSIONS)),

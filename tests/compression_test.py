@@ -34,18 +34,34 @@ def _hierarchy(levels=LEVELS):
 
 class QuantizationTest(parameterized.TestCase):
 
-  @parameterized.parameters('bfloat16', 'int8')
+  @parameterized.parameters('bfloat16', 'int8', 'int4')
   def test_matches_the_written_out_compression(self, kind):
     rng = np.random.default_rng(0)
-    # Three blocks and a part: one all zero, one with a single large value.
-    x = rng.normal(size=(2, 3 * 256 + 100)).astype(np.float32)
+    # Three int8 blocks and a part (an odd count: int4's last byte holds
+    # one value): one block all zero, one with a single large value.
+    x = rng.normal(size=(2, 3 * 256 + 101)).astype(np.float32)
     x[0, 256:512] = 0
     x[1, 10] = 1e3
     got = np.asarray(compression.dequantize(compression.quantize(x, kind),
-                                            kind))
+                                            kind, x.shape[-1]))
     for row, want in zip(got, x):
-      np.testing.assert_array_equal(row,
-                                    reference.compress_values(want, kind))
+      # To float32 rounding, not the bit: XLA may divide by the constant
+      # 127 or 7 as a multiplication by its reciprocal (one ulp apart).
+      np.testing.assert_allclose(row, reference.compress_values(want, kind),
+                                 rtol=5e-7, atol=0)
+
+  def test_int4_packs_two_values_a_byte(self):
+    # Values -7..7 and 0 land in bytes as (v + 8) low nibble first.
+    x = jnp.asarray([[7.0, -7.0, 0.0, 1.0, -1.0]])
+    payload = compression.quantize(x, 'int4')
+    self.assertEqual(payload['values'].dtype, jnp.uint8)
+    np.testing.assert_array_equal(
+        payload['values'], [[15 | 1 << 4, 8 | 9 << 4, 7 | 8 << 4]])
+    np.testing.assert_array_equal(payload['scales'], [[1.0]])
+    self.assertEqual(compression.payload_bytes(600, 'int4'),
+                     300 + 10 * 4)
+    self.assertEqual(compression.payload_bytes(601, 'int4'),
+                     301 + 10 * 4)
 
   def test_int8_payload_dtypes_and_bytes(self):
     payload = compression.quantize(jnp.ones((3, 600)), 'int8')
@@ -107,6 +123,7 @@ class EngineTest(parameterized.TestCase):
        (False, True), (2, 2)),
       ('int8_both_feedback_one_device', ('int8', 'int8'), (True, True),
        (1, 1)),
+      ('int4_outer_feedback', ('none', 'int4'), (False, True), (2, 2)),
       ('three_levels', ('int8', 'none', 'bfloat16'), (True, False, False),
        (2, 2, 2)))
   def test_matches_the_oracle(self, kinds, feedback, mesh):
@@ -169,7 +186,7 @@ class CollectivesTest(absltest.TestCase):
     local, global_ = engine.schedule.levels
     n = sum(x.size for x in jax.tree.leaves(
         engines.learner_states(state)[0]['params']))
-    blocks = -(-n // compression.INT8_BLOCK)
+    blocks = -(-n // compression.BLOCKWISE['int8'].block)
 
     def gathers(level):
       hlo = engine.train_round(level, 2).lower(
@@ -195,6 +212,30 @@ class CollectivesTest(absltest.TestCase):
     # Gathers of the payload plus the batch statistics' all-reduce.
     self.assertEqual(costs['global'].collectives, 4 + 1)
     self.assertEqual(costs['local'].collectives, 1 + 1)
+
+
+  def test_int4_travels_as_packed_bytes(self):
+    data = engines.tiny_data()
+    engine = engines.make_levels_engine(
+        engines.make_learner('bn', data), Hierarchy(8, (4, 8), (2, 4)),
+        (2, 4), compress=('int4', 'none'))
+    state = engine.init_state(0, data.image_shape)
+    images, labels = engine.topology.put_replicated(data.train_images,
+                                                    data.train_labels)
+    indices = engine.topology.put_round_indices(
+        engines.make_sampler(data, 8), 0, 2)
+    one = engines.learner_states(state)[0]
+    n = sum(x.size for x in jax.tree.leaves(one['params']))
+    blocks = -(-n // compression.BLOCKWISE['int4'].block)
+    hlo = engine.train_round(engine.schedule.levels[0], 2).lower(
+        state, images, labels, indices).compile().as_text()
+    self.assertEqual(
+        sorted(re.findall(r'= (\w+)\[([\d,]*)\]\S* all-gather(?:-start)?\(',
+                          hlo)),
+        sorted([('u8', f'1,4,{-(-n // 2)}'), ('f32', f'1,4,{blocks}')]))
+    stats = sum(x.size for x in jax.tree.leaves(one['batch_stats'])) * 4
+    self.assertEqual(engine.communication(state)['local'].bytes_per_learner,
+                     -(-n // 2) + 4 * blocks + stats)
 
 
 class ConfigTest(parameterized.TestCase):

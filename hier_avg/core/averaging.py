@@ -117,7 +117,7 @@ def average_compressed(tree, anchor, residual, axes: tuple[str, ...],
     residual: float32 residuals like `tree` (error feedback), or None.
     axes: the level's grid axes.
     topology: the learner grid and mesh.
-    kind: 'bfloat16' or 'int8'.
+    kind: a `compression.COMPRESSIONS` kind other than 'none'.
   Returns:
     (averaged tree, new residuals or None).
   """
@@ -136,14 +136,15 @@ def average_compressed(tree, anchor, residual, axes: tuple[str, ...],
       change = change + residuals[dtype]
     payload = compression.quantize(change, kind)
     if residuals is not None:
-      kept[dtype] = change - compression.dequantize(payload, kind)
+      kept[dtype] = change - compression.dequantize(payload, kind,
+                                                     flat.shape[-1])
     wire = compression.to_wire(payload)
     for axis in mesh_axes:
       wire = {name: lax.all_gather(x, axis, axis=names.index(axis),
                                    tiled=True) for name, x in wire.items()}
     payload = compression.from_wire(wire, kind)
-    mean = compression.dequantize(payload, kind).mean(axis=block_dims,
-                                                      keepdims=True)
+    mean = compression.dequantize(payload, kind, flat.shape[-1]).mean(
+        axis=block_dims, keepdims=True)
     means[dtype] = (anchors[dtype].astype(jnp.float32) + mean).astype(dtype)
   averaged = jax.tree.unflatten(
       treedef, _split_by_dtype(means, leaves, groups, nblock))

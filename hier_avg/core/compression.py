@@ -2,10 +2,11 @@
 
 `hier.compress` picks, per level, how a learner's *change since its group's
 last common model* (the anchor) travels: `none` (float32 weights, an
-all-reduce: today's averaging, bit for bit), `bfloat16`, or `int8`
-(blockwise absmax: blocks of `INT8_BLOCK` consecutive values share one
-float32 scale, `max |x| / 127`, and each value is `round(x / scale)`).
-The group's new model is
+all-reduce: today's averaging, bit for bit), `bfloat16`, or a blockwise
+integer kind (`BLOCKWISE`): `int8` and `int4`, absmax per block (blocks of
+consecutive values share one float32 scale, `max |x| / q`, and each value
+is `round(x / scale)` in [-q, q]; int4's values travel packed two to a
+byte). The group's new model is
 
     mean = anchor + mean_j D(Q(x_j - anchor))
 
@@ -26,44 +27,90 @@ and sends it again next time, so over many events nothing is lost for good
 changes).
 """
 
+import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
 
-COMPRESSIONS = ('none', 'bfloat16', 'int8')
-# Values per int8 scale: 256 keeps the scales' overhead at 4 / 256 = 1.6 %
-# of the payload, while one large value spoils only its own block.
-INT8_BLOCK = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class Blockwise:
+  """A blockwise absmax integer kind: `block` values share a scale, each
+  value is an integer in [-levels, levels], stored in `bits` bits."""
+  bits: int
+  block: int
+
+  @property
+  def levels(self) -> int:
+    return 2 ** (self.bits - 1) - 1
+
+  def payload_bytes(self, n: int) -> int:
+    return math.ceil(n * self.bits / 8) + 4 * math.ceil(n / self.block)
+
+
+# 256 values per int8 scale keeps the scales at 4 / 256 = 1.6 % of the
+# payload while one large value spoils only its own block. At 4 bits a
+# large value rounds more of its block to zero, so int4 blocks are 64
+# values (scales 4 / 32 = 12.5 % of the packed values).
+BLOCKWISE = {'int8': Blockwise(8, 256), 'int4': Blockwise(4, 64)}
+COMPRESSIONS = ('none', 'bfloat16') + tuple(BLOCKWISE)
 
 
 def quantize(x, kind: str) -> dict:
   """`x` [..., n] float32 -> the payload arrays that travel.
 
-  bfloat16: {'values': [..., n] bfloat16}; int8: {'values': [..., n] int8,
-  'scales': [..., ceil(n / INT8_BLOCK)] float32}.
+  bfloat16: {'values': [..., n] bfloat16}; a blockwise kind: {'values':
+  [..., n] int8 (int4: [..., ceil(n / 2)] uint8, two values a byte),
+  'scales': [..., ceil(n / block)] float32}.
   """
   if kind == 'bfloat16':
     return {'values': x.astype(jnp.bfloat16)}
-  if kind == 'int8':
-    blocks = _blocks(x)
-    scales = jnp.max(jnp.abs(blocks), axis=-1) / 127.0
-    safe = jnp.where(scales > 0, scales, 1.0)[..., None]
-    values = jnp.clip(jnp.round(blocks / safe), -127, 127).astype(jnp.int8)
-    return {'values': values.reshape(blocks.shape[:-2] + (-1,))[
-        ..., :x.shape[-1]], 'scales': scales}
-  raise ValueError(f'unknown compression {kind!r}; one of {COMPRESSIONS}.')
+  if kind not in BLOCKWISE:
+    raise ValueError(f'unknown compression {kind!r}; one of {COMPRESSIONS}.')
+  spec = BLOCKWISE[kind]
+  blocks = _blocks(x, spec.block)
+  scales = jnp.max(jnp.abs(blocks), axis=-1) / spec.levels
+  safe = jnp.where(scales > 0, scales, 1.0)[..., None]
+  values = jnp.clip(jnp.round(blocks / safe), -spec.levels,
+                    spec.levels).astype(jnp.int8)
+  values = values.reshape(blocks.shape[:-2] + (-1,))[..., :x.shape[-1]]
+  if spec.bits == 4:
+    values = _pack_nibbles(values)
+  return {'values': values, 'scales': scales}
 
 
-def dequantize(payload: dict, kind: str):
-  """The float32 values a payload stands for, [..., n]."""
+def dequantize(payload: dict, kind: str, n: int):
+  """The float32 values [..., n] a payload of `n` values stands for."""
   values = payload['values']
   if kind == 'bfloat16':
     return values.astype(jnp.float32)
-  n = values.shape[-1]
-  blocks = _blocks(values.astype(jnp.float32))
+  spec = BLOCKWISE[kind]
+  if spec.bits == 4:
+    values = _unpack_nibbles(values, n)
+  blocks = _blocks(values.astype(jnp.float32), spec.block)
   return (blocks * payload['scales'][..., None]).reshape(
       blocks.shape[:-2] + (-1,))[..., :n]
+
+
+def _pack_nibbles(values):
+  """int8 [..., n] in [-7, 7] -> uint8 [..., ceil(n / 2)]: value 2i in
+  the low four bits of byte i, value 2i + 1 in the high, each stored
+  offset by 8 (as 1..15)."""
+  if values.shape[-1] % 2:
+    values = jnp.pad(values, [(0, 0)] * (values.ndim - 1) + [(0, 1)])
+  nibbles = (values.astype(jnp.int32) + 8).astype(jnp.uint8)
+  pairs = nibbles.reshape(nibbles.shape[:-1] + (-1, 2))
+  return pairs[..., 0] | (pairs[..., 1] << 4)
+
+
+def _unpack_nibbles(packed, n: int):
+  """`_pack_nibbles`' inverse: int8 [..., n]."""
+  low = (packed & 0xF).astype(jnp.int32) - 8
+  high = (packed >> 4).astype(jnp.int32) - 8
+  values = jnp.stack([low, high], axis=-1).reshape(packed.shape[:-1] + (-1,))
+  return values[..., :n].astype(jnp.int8)
 
 
 def to_wire(payload: dict) -> dict:
@@ -83,13 +130,13 @@ def from_wire(payload: dict, kind: str) -> dict:
           for name, x in payload.items()}
 
 
-def _blocks(x):
-  """[..., n] -> [..., ceil(n / INT8_BLOCK), INT8_BLOCK], zero padded."""
+def _blocks(x, block: int):
+  """[..., n] -> [..., ceil(n / block), block], zero padded."""
   n = x.shape[-1]
-  pad = -n % INT8_BLOCK
+  pad = -n % block
   if pad:
     x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)])
-  return x.reshape(x.shape[:-1] + (-1, INT8_BLOCK))
+  return x.reshape(x.shape[:-1] + (-1, block))
 
 
 def payload_bytes(n: int, kind: str) -> int:
@@ -98,12 +145,12 @@ def payload_bytes(n: int, kind: str) -> int:
     return 4 * n
   if kind == 'bfloat16':
     return 2 * n
-  return n + 4 * math.ceil(n / INT8_BLOCK)
+  return BLOCKWISE[kind].payload_bytes(n)
 
 
 def payload_arrays(kind: str) -> int:
   """Arrays a payload has (one collective each per mesh axis)."""
-  return {'none': 1, 'bfloat16': 1, 'int8': 2}[kind]
+  return 2 if kind in BLOCKWISE else 1
 
 
 def check_levels(compress, error_feedback, depth: int) -> list[str]:

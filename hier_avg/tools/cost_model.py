@@ -224,8 +224,8 @@ class Algorithm:
   label: str
   levels: tuple[tuple[int | None, int], ...]
   sync_warmup: int = 0
-  # Per level, innermost first, as `hier.compress` ('none', 'bfloat16',
-  # 'int8'); empty: none.
+  # Per level, innermost first, as `hier.compress` (`compression.
+  # COMPRESSIONS`); empty: none.
   compress: tuple[str, ...] = ()
   # Per level, as `hier.delay` (steps tau) and `hier.fragments` (F);
   # empty: 0 and 1. The model prices any mix of the three, including

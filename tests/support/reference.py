@@ -147,7 +147,9 @@ def _drift(learners, levels, level, step):
   return step, levels.index(level), drift, spread
 
 
-INT8_BLOCK = 256  # As the engine's (hier_avg/core/compression.py).
+# Blockwise kinds as the engine's (hier_avg/core/compression.py): values
+# per scale, and the largest integer sent.
+BLOCKS = {'int8': (256, 127), 'int4': (64, 7)}
 
 
 def _float_buffer(tree):
@@ -174,19 +176,21 @@ def _unbuffer(buffer, like):
 
 def compress_values(x, kind):
   """What a float32 vector reads as after compression `kind`, written out:
-  bfloat16 rounding, or int8 with one absmax scale per INT8_BLOCK values."""
+  bfloat16 rounding, or one absmax scale per block of values and integers
+  in [-q, q] (int8: 256 values a block, q = 127; int4: 64, q = 7)."""
   x = np.asarray(x, np.float32)
   if kind == 'bfloat16':
     return x.astype(ml_dtypes.bfloat16).astype(np.float32)
+  size, top = BLOCKS[kind]
   out = np.empty_like(x)
-  for start in range(0, x.size, INT8_BLOCK):
-    block = x[start:start + INT8_BLOCK]
-    scale = np.float32(np.abs(block).max()) / np.float32(127)
+  for start in range(0, x.size, size):
+    block = x[start:start + size]
+    scale = np.float32(np.abs(block).max()) / np.float32(top)
     if scale == 0:
-      out[start:start + INT8_BLOCK] = 0
+      out[start:start + size] = 0
       continue
-    q = np.clip(np.round(block / scale), -127, 127)
-    out[start:start + INT8_BLOCK] = q.astype(np.float32) * scale
+    q = np.clip(np.round(block / scale), -top, top)
+    out[start:start + size] = q.astype(np.float32) * scale
   return out
 
 
