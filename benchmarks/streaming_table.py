@@ -7,10 +7,11 @@ ResNet-50 (25,557,032 float32 parameters) on 32 nodes x 8 GPUs (P = 256,
 one learner per GPU), NVLink inside a node and a stated network between
 nodes. Rows: synchronous SGD, K-AVG, Hier-AVG with a node-level average
 every K1 steps and a global one every K1 K2, then Hier-AVG's global level
-in bfloat16, late by tau steps (`hier.delay`), in F fragments
+in bfloat16, int8 or int4, late by tau steps (`hier.delay`), in F fragments
 (`hier.fragments`), and all three; then, for each F, the smallest tau that
 hides the global level's communication behind compute. The model: ring
-all-reduces tier by tier, a compressed level all-gathers its payload, a
+all-reduces tier by tier; a compressed level reduces in float32 inside
+each node and exchanges one compressed payload per node between them; a
 late event exposes only what exceeds tau x step_s
 (`hier_avg/tools/cost_model.py`). One table per inter-node bandwidth.
 """
@@ -65,6 +66,8 @@ def main(argv):
   rows = [sync(), kavg(period),
           hier(f'Hier-AVG S={d} K1={k1} K2={k2}'),
           hier('+ bf16 (global)', compress=('none', 'bfloat16')),
+          hier('+ int8 (global)', compress=('none', 'int8')),
+          hier('+ int4 (global)', compress=('none', 'int4')),
           hier(f'+ delay {tau} (global)', delay=(0, tau)),
           hier(f'+ {max(fs)} fragments (global)', fragments=(1, max(fs))),
           hier(f'+ bf16 + delay {tau} + {max(fs)} fragments',

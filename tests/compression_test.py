@@ -14,6 +14,7 @@ from hier_avg.core import averaging
 from hier_avg.core import compression
 from hier_avg.core.hierarchy import Hierarchy
 from hier_avg.core.topology import make_topology
+from hier_avg.runtime import communication
 from tests.support import configs
 from tests.support import devices
 from tests.support import engines
@@ -85,7 +86,7 @@ class QuantizationTest(parameterized.TestCase):
       change = rng.normal(size=(1, 1, 1000)).astype(np.float32) * 1e-2
       params = {'w': anchor['w'] + change}
       averaged, residual = averaging.average_compressed(
-          params, anchor, residual, ('node', 'local'), topology, 'int8')
+          params, anchor, residual, ('node', 'local'), (), topology, 'int8')
       changes += change.astype(np.float64)
       sent += np.asarray(averaged['w'] - anchor['w'], np.float64)
       anchor = averaged
@@ -169,56 +170,28 @@ class EngineTest(parameterized.TestCase):
                    getattr(straight, name))
 
 
+def _collectives(hlo: str) -> list:
+  """(op, dtype, shape, replica groups) of every collective of a compiled
+  program (an all-to-all's first operand: its parts are alike)."""
+  pattern = (r'= \(?(\w+)\[([\d,]*)\][^=]*? (all-to-all|all-gather|'
+             r'all-reduce|reduce-scatter)(?:-start)?\(.*?replica_groups='
+             r'(\{[\d,{}]*\})')
+  return sorted((m[3], m[1], m[2], m[4]) for m in re.finditer(pattern, hlo))
+
+
 class CollectivesTest(absltest.TestCase):
+  """2 x 4 learners on 2 x 4 devices (one learner per device): devices
+  0-3 are node 0's, 4-7 node 1's."""
 
-  def test_the_compiled_collective_carries_the_compressed_payload(self):
-    data = engines.tiny_data()
-    learner = engines.make_learner('bn', data)
-    # 2 x 4 learners on 2 x 4 devices: one learner per device, so the
-    # global level's payload crosses both mesh axes.
-    engine = engines.make_levels_engine(learner, Hierarchy(8, (4, 8), (2, 4)),
-                                        (2, 4), compress=('bfloat16', 'int8'))
-    state = engine.init_state(0, data.image_shape)
-    images, labels = engine.topology.put_replicated(data.train_images,
-                                                    data.train_labels)
-    indices = engine.topology.put_round_indices(
-        engines.make_sampler(data, 8), 0, 2)
-    local, global_ = engine.schedule.levels
-    n = sum(x.size for x in jax.tree.leaves(
-        engines.learner_states(state)[0]['params']))
-    blocks = -(-n // compression.BLOCKWISE['int8'].block)
+  INSIDE = '{{0,1,2,3},{4,5,6,7}}'
+  ACROSS = '{{0,4},{1,5},{2,6},{3,7}}'
+  EVERYONE = '{{0,1,2,3,4,5,6,7}}'
 
-    def gathers(level):
-      hlo = engine.train_round(level, 2).lower(
-          state, images, labels, indices).compile().as_text()
-      return sorted(re.findall(r'= (\w+)\[([\d,]*)\]\S* all-gather(?:-start)?\(',
-                               hlo))
-
-    # Global: values (int8) and scales (float32), gathered over 'node'
-    # then 'local' (the outputs' shapes); params no longer go through a
-    # float32 all-reduce.
-    self.assertEqual(gathers(global_), sorted([
-        ('s8', f'2,1,{n}'), ('f32', f'2,1,{blocks}'),
-        ('s8', f'2,4,{n}'), ('f32', f'2,4,{blocks}')]))
-    # bfloat16 travels as its 16 bits (XLA's CPU would widen a bfloat16
-    # all-gather to float32).
-    self.assertEqual(gathers(local), [('u16', f'1,4,{n}')])
-    costs = engine.communication(state)
-    stats = sum(x.size for x in jax.tree.leaves(
-        engines.learner_states(state)[0]['batch_stats'])) * 4
-    self.assertEqual(costs['global'].bytes_per_learner,
-                     n + 4 * blocks + stats)
-    self.assertEqual(costs['local'].bytes_per_learner, 2 * n + stats)
-    # Gathers of the payload plus the batch statistics' all-reduce.
-    self.assertEqual(costs['global'].collectives, 4 + 1)
-    self.assertEqual(costs['local'].collectives, 1 + 1)
-
-
-  def test_int4_travels_as_packed_bytes(self):
+  def _rounds(self, compress):
     data = engines.tiny_data()
     engine = engines.make_levels_engine(
         engines.make_learner('bn', data), Hierarchy(8, (4, 8), (2, 4)),
-        (2, 4), compress=('int4', 'none'))
+        (2, 4), compress=compress)
     state = engine.init_state(0, data.image_shape)
     images, labels = engine.topology.put_replicated(data.train_images,
                                                     data.train_labels)
@@ -226,16 +199,79 @@ class CollectivesTest(absltest.TestCase):
         engines.make_sampler(data, 8), 0, 2)
     one = engines.learner_states(state)[0]
     n = sum(x.size for x in jax.tree.leaves(one['params']))
-    blocks = -(-n // compression.BLOCKWISE['int4'].block)
-    hlo = engine.train_round(engine.schedule.levels[0], 2).lower(
-        state, images, labels, indices).compile().as_text()
-    self.assertEqual(
-        sorted(re.findall(r'= (\w+)\[([\d,]*)\]\S* all-gather(?:-start)?\(',
-                          hlo)),
-        sorted([('u8', f'1,4,{-(-n // 2)}'), ('f32', f'1,4,{blocks}')]))
-    stats = sum(x.size for x in jax.tree.leaves(one['batch_stats'])) * 4
-    self.assertEqual(engine.communication(state)['local'].bytes_per_learner,
-                     -(-n // 2) + 4 * blocks + stats)
+    stats = sum(x.size for x in jax.tree.leaves(one['batch_stats']))
+    collectives = {level.name: _collectives(engine.train_round(level, 2).lower(
+        state, images, labels, indices).compile().as_text())
+                   for level in engine.schedule.levels}
+    return collectives, engine.communication(state), n, stats
+
+  def test_between_nodes_travels_one_compressed_payload_per_node(self):
+    collectives, costs, n, stats = self._rounds(('bfloat16', 'int8'))
+    # Global, int8: node 0's 4 learners reduce their change in float32,
+    # each device keeping a quarter (padded to whole blocks: 4 devices x 2
+    # nodes x 256), send those quarters' int8 halves to the other node,
+    # all-gather the int8 means back, then the float32 quarters inside.
+    padded = -(-n // 2048) * 2048
+    quarter = padded // 4
+    self.assertEqual(collectives['global'], sorted([
+        ('all-reduce', 'f32', f'1,1,{stats}', self.EVERYONE),
+        ('reduce-scatter', 'f32', f'1,1,{quarter}', self.INSIDE),
+        ('all-to-all', 's8', f'1,1,1,{quarter // 2}', self.ACROSS),
+        ('all-to-all', 'f32', f'1,1,1,{quarter // 2 // 256}', self.ACROSS),
+        ('all-gather', 's8', f'1,1,{quarter}', self.ACROSS),
+        ('all-gather', 'f32', f'1,1,{quarter // 256}', self.ACROSS),
+        ('all-gather', 'f32', f'1,1,{padded}', self.INSIDE)]))
+    # So what crosses between the nodes is, over a node's 4 devices, one
+    # int8 payload of the node's padded model (and its scales), not 4.
+    # Local, bfloat16, the innermost: each learner its own group of one,
+    # its 16 bits cut in 4 among the node's devices.
+    padded = -(-n // 4) * 4
+    self.assertEqual(collectives['local'], sorted([
+        ('all-reduce', 'f32', f'1,1,{stats}', self.INSIDE),
+        ('all-to-all', 'u16', f'1,1,1,{padded // 4}', self.INSIDE),
+        ('all-gather', 'u16', f'1,1,{padded}', self.INSIDE)]))
+    # The counted bytes: a learner's share of its node's one payload
+    # between the nodes, its float32 model inside.
+    payload = n + 4 * -(-n // 256)
+    self.assertEqual(costs['global'].between_hosts_bytes_per_learner,
+                     payload / 4 + 4 * stats)
+    self.assertEqual(costs['global'].bytes_per_learner,
+                     4 * n + payload / 4 + 4 * stats)
+    self.assertEqual(costs['local'].bytes_per_learner, 2 * n + 4 * stats)
+    self.assertEqual(costs['local'].between_hosts_bytes_per_learner, 0)
+    # The counters: per level and in all, between and inside hosts.
+    counts = {'local': 3, 'global': 2}
+    row = communication.counters(costs, counts)
+    self.assertEqual(row['global_bytes_between_hosts_per_learner'],
+                     round(2 * (payload / 4 + 4 * stats)))
+    self.assertEqual(row['global_bytes_inside_hosts_per_learner'],
+                     round(2 * (4 * n + payload / 4 + 4 * stats)) -
+                     round(2 * (payload / 4 + 4 * stats)))
+    self.assertEqual(row['local_bytes_between_hosts_per_learner'], 0)
+    self.assertEqual(row['bytes_between_hosts_per_learner'],
+                     row['global_bytes_between_hosts_per_learner'])
+    self.assertEqual(row['bytes_inside_hosts_per_learner'],
+                     row['global_bytes_inside_hosts_per_learner'] +
+                     3 * (2 * n + 4 * stats))
+    self.assertEqual(row['bytes_averaged_per_learner'],
+                     row['bytes_between_hosts_per_learner'] +
+                     row['bytes_inside_hosts_per_learner'])
+    # Per dtype: reduce-scatter and all-gather inside, an all-to-all and
+    # an all-gather per payload array between; the statistics' all-reduce.
+    self.assertEqual(costs['global'].collectives, 2 + 2 * 2 + 1)
+    self.assertEqual(costs['local'].collectives, 2 + 1)
+
+  def test_int4_travels_as_packed_bytes(self):
+    collectives, costs, n, stats = self._rounds(('int4', 'none'))
+    padded = -(-n // 256) * 256  # 4 devices x 64 values a block.
+    self.assertEqual(collectives['local'], sorted([
+        ('all-reduce', 'f32', f'1,1,{stats}', self.INSIDE),
+        ('all-to-all', 'u8', f'1,1,1,{padded // 8}', self.INSIDE),
+        ('all-to-all', 'f32', f'1,1,1,{padded // 4 // 64}', self.INSIDE),
+        ('all-gather', 'u8', f'1,1,{padded // 2}', self.INSIDE),
+        ('all-gather', 'f32', f'1,1,{padded // 64}', self.INSIDE)]))
+    self.assertEqual(costs['local'].bytes_per_learner,
+                     -(-n // 2) + 4 * -(-n // 64) + 4 * stats)
 
 
 class ConfigTest(parameterized.TestCase):

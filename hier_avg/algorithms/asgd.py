@@ -97,9 +97,11 @@ def make(learner: Learner, topology: Topology, staleness: int,
   def channels(state: TrainState) -> dict[str, communication.Channel]:
     """Per step each learner sends one gradient (the size of its model)."""
     one = communication.one_learner(state.params, nblock)
+    nbytes = averaging.bytes_per_learner(one)
+    # Every learner's gradient reaches every learner: across the nodes.
     return {EXCHANGE: communication.Channel(
-        EVENTS, averaging.gathers_per_event(one, topology),
-        averaging.bytes_per_learner(one))}
+        EVENTS, averaging.gathers_per_event(one, topology), nbytes,
+        between_hosts_bytes_per_learner=nbytes)}
 
   return Algorithm(
       description=f'simulated ASGD with staleness {tau}',

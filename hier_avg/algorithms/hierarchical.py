@@ -48,7 +48,7 @@ from hier_avg.core.periods import PeriodController
 from hier_avg.core.policies import AveragingPolicy
 from hier_avg.core.schedule import Level, Schedule
 from hier_avg.core.state import TrainState
-from hier_avg.core.topology import Topology
+from hier_avg.core.topology import NODE, Topology
 from hier_avg.runtime import communication, execution
 from hier_avg.runtime.algorithm import Algorithm
 
@@ -226,6 +226,11 @@ def make(learner: Learner, topology: Topology, schedule: Schedule,
       pending['outer'] = outer_state
     return pending
 
+  def inner_axes(level: Level) -> tuple[str, ...]:
+    """The axes of the groups one level in from `level`, which reduce in
+    float32 before a compressed exchange (none for the innermost)."""
+    return levels[depth[level.name] - 1].axes if depth[level.name] else ()
+
   def _anchors_inside(level: Level) -> bool:
     # Compressed levels inside `level` restart from its common model.
     return any(depth[name] < depth[level.name] for name in compressed)
@@ -337,8 +342,8 @@ def make(learner: Learner, topology: Topology, schedule: Schedule,
       means = averaging.average_block(rest, level.axes, topology)
       means['params'], residual = averaging.average_compressed(
           state.params, state.comm['anchor'][level.name],
-          state.comm['residual'].get(level.name), level.axes, topology,
-          kind)
+          state.comm['residual'].get(level.name), level.axes,
+          inner_axes(level), topology, kind)
     measures = {}
     _add_measures(measures, state.params, means['params'], level)
     state = policy.after_averaging(state.replace(**means))
@@ -394,27 +399,45 @@ def make(learner: Learner, topology: Topology, schedule: Schedule,
 
     def channel(level):
       kind = compressed.get(level.name)
+      size = lambda axes: math.prod(grid[a] for a in axes)
+      alone = size(level.axes) == 1
+      if level.fragments > 1:
+        return fragment_channel(level, alone)
+      if alone:
+        return communication.Channel(f'{level.name}_{EVENTS}', 0, 0)
       if level.name in late:
         # The parameters at the snapshot, the rest at the window's end.
         nbytes = averaging.bytes_per_learner(one)
         collectives = sum(averaging.collectives_per_event(
             part, level.axes, topology) for part in (one['params'], rest))
-      elif kind is None:
-        nbytes = averaging.bytes_per_learner(one)
-        collectives = averaging.collectives_per_event(one, level.axes,
-                                                      topology)
-      else:
-        nbytes = (averaging.compressed_bytes_per_learner(one['params'], kind)
-                  + averaging.bytes_per_learner(rest))
-        collectives = (averaging.gathers_per_compressed_event(
-            one['params'], level.axes, topology, kind) +
-                       averaging.collectives_per_event(rest, level.axes,
-                                                       topology))
-      alone = math.prod(grid[a] for a in level.axes) == 1
-      if level.fragments > 1:
-        return fragment_channel(level, alone)
-      return communication.Channel(f'{level.name}_{EVENTS}', collectives,
-                                   0 if alone else nbytes)
+        return _channel(level, collectives, nbytes)
+      if kind is None:
+        return _channel(level, averaging.collectives_per_event(
+            one, level.axes, topology), averaging.bytes_per_learner(one))
+      # Each inner group reduces in float32, then its one payload is
+      # exchanged between the groups (`averaging.average_compressed`).
+      inner = inner_axes(level)
+      pre_reduced = (averaging.bytes_per_learner(one['params'])
+                     if size(inner) > 1 else 0)
+      payload = (averaging.compressed_bytes_per_learner(one['params'], kind)
+                 / size(inner))
+      collectives = (averaging.compressed_collectives_per_event(
+          one['params'], level.axes, inner, topology, kind,
+          level.name in fed_back) +
+                     averaging.collectives_per_event(rest, level.axes,
+                                                     topology))
+      return _channel(level, collectives,
+                      averaging.bytes_per_learner(rest) + payload,
+                      inside=pre_reduced)
+
+    def _channel(level, collectives, nbytes, inside=0):
+      """A level's channel of `nbytes` per learner over its own links
+      (between hosts where its groups span nodes) and `inside` bytes
+      inside hosts."""
+      between = nbytes if NODE in level.axes else 0
+      return communication.Channel(
+          f'{level.name}_{EVENTS}', collectives, inside + nbytes,
+          between_hosts_bytes_per_learner=between)
 
     def fragment_channel(level, alone):
       """Each fragment's event; the last carries the other parts."""
@@ -425,13 +448,15 @@ def make(learner: Learner, topology: Topology, schedule: Schedule,
         # Each its own averaging: the fragment, and with the last the rest.
         sent = [[leaves[i] for i in indices]] + (
             [rest] if f == len(parts) - 1 else [])
+        nbytes = 0 if alone else averaging.bytes_per_learner(sent)
         each.append(communication.Channel(
             f'{level.name}_fragment{f}_{EVENTS}',
             sum(averaging.collectives_per_event(part, level.axes, topology)
-                for part in sent),
-            0 if alone else averaging.bytes_per_learner(sent)))
+                for part in sent), nbytes,
+            between_hosts_bytes_per_learner=(nbytes if NODE in level.axes
+                                             else 0)))
       return communication.Channel(f'{level.name}_{EVENTS}', 0, 0,
-                                   tuple(each))
+                                   fragments=tuple(each))
 
     return {level.name: channel(level) for level in levels}
 

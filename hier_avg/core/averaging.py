@@ -102,27 +102,46 @@ def average_block(tree, axes: tuple[str, ...], topology: Topology,
 
 
 def average_compressed(tree, anchor, residual, axes: tuple[str, ...],
-                       topology: Topology, kind: str):
-  """Each group's `anchor + mean_j D(Q(x_j - anchor [+ r_j]))`.
+                       inner_axes: tuple[str, ...], topology: Topology,
+                       kind: str):
+  """Each group's new model through a compressed exchange between its
+  inner groups (`compression.py` says why and how).
 
-  `compression.py` says why and how; here the payloads of a group are
-  all-gathered over the level's mesh axes (one all-gather per payload
-  array, dtype and mesh axis) and every device averages what it received
-  in float32, over the level's block axes.
+  Inside each inner group (the learners of `inner_axes`, on one host) the
+  change since the anchor is reduced in float32 and left in shards, one
+  per device of the group (a reduce-scatter); each inner group's shard is
+  compressed (Q), the groups swap their compressed shards so that each
+  device receives every group's piece of its part of the vector (an
+  all-to-all), decodes and averages them in float32, compresses that mean
+  again, and the compressed means are all-gathered between the groups and
+  decoded; a float32 all-gather inside the group puts the shards together.
+  Shards are whole compression blocks, so the result does not depend on
+  how learners sit on devices.
 
   Args:
     tree: the learners' parameters (floating leaves are averaged).
     anchor: the group's last common model, like `tree` (equal within the
       group).
-    residual: float32 residuals like `tree` (error feedback), or None.
+    residual: float32 residuals like `tree` (error feedback: one per inner
+      group, equal within it), or None.
     axes: the level's grid axes.
+    inner_axes: the grid axes of the inner groups that reduce in float32
+      first (the level one in; () for the innermost: groups of one).
     topology: the learner grid and mesh.
     kind: a `compression.COMPRESSIONS` kind other than 'none'.
   Returns:
     (averaged tree, new residuals or None).
   """
-  nblock, block_dims, mesh_axes = _level_dims(axes, topology)
   names = topology.axis_names
+  nblock = len(names)
+  inner_dims = tuple(i for i, a in enumerate(names) if a in inner_axes)
+  between = tuple(a for a in axes if a not in inner_axes)
+  between_dims = tuple(i for i, a in enumerate(names) if a in between)
+  inner_mesh = _mesh_axes(inner_axes, topology)
+  between_mesh = _mesh_axes(between, topology)
+  assert len(between_mesh) <= 1, (axes, inner_axes)  # Levels add one axis.
+  shards = math.prod(topology.mesh.shape[a] for a in inner_mesh)
+  pieces = math.prod(topology.mesh.shape[a] for a in between_mesh)
   leaves, treedef = jax.tree.flatten(tree)
   groups = _dtype_groups(leaves)
   flats = _concatenate_by_dtype(leaves, groups, nblock)
@@ -131,20 +150,26 @@ def average_compressed(tree, anchor, residual, axes: tuple[str, ...],
       jax.tree.leaves(residual), groups, nblock))
   means, kept = {}, {}
   for dtype, flat in flats.items():
-    change = flat.astype(jnp.float32) - anchors[dtype].astype(jnp.float32)
+    n = flat.shape[-1]
+    pad = -n % (shards * pieces * compression.block_size(kind))
+    one = lambda x: _padded(_first(x, inner_dims).astype(jnp.float32), pad)
+    # Inside: the group's mean change, its shards scattered over the
+    # group's devices (each device's learners summed first).
+    change = (_padded(flat.astype(jnp.float32).mean(
+        axis=inner_dims, keepdims=True), pad) - one(anchors[dtype]))
     if residuals is not None:
-      change = change + residuals[dtype]
+      change = change + one(residuals[dtype])
+    if inner_mesh:
+      change = lax.psum_scatter(change, inner_mesh,
+                                scatter_dimension=change.ndim - 1,
+                                tiled=True) / shards
     payload = compression.quantize(change, kind)
     if residuals is not None:
-      kept[dtype] = change - compression.dequantize(payload, kind,
-                                                     flat.shape[-1])
-    wire = compression.to_wire(payload)
-    for axis in mesh_axes:
-      wire = {name: lax.all_gather(x, axis, axis=names.index(axis),
-                                   tiled=True) for name, x in wire.items()}
-    payload = compression.from_wire(wire, kind)
-    mean = compression.dequantize(payload, kind, flat.shape[-1]).mean(
-        axis=block_dims, keepdims=True)
+      kept[dtype] = _gathered(change - compression.dequantize(
+          payload, kind, change.shape[-1]), inner_mesh, n, flat.shape)
+    mean = _exchange(payload, kind, change.shape[-1], between_dims,
+                     between_mesh, pieces)
+    mean = _gathered(mean, inner_mesh, n, flat.shape)
     means[dtype] = (anchors[dtype].astype(jnp.float32) + mean).astype(dtype)
   averaged = jax.tree.unflatten(
       treedef, _split_by_dtype(means, leaves, groups, nblock))
@@ -155,17 +180,70 @@ def average_compressed(tree, anchor, residual, axes: tuple[str, ...],
       treedef, _split_by_dtype(kept, residual_leaves, groups, nblock))
 
 
-def gathers_per_compressed_event(tree, axes: tuple[str, ...],
-                                 topology: Topology, kind: str) -> int:
-  """All-gathers `average_compressed` issues per event."""
+def _exchange(payload, kind: str, n: int, between_dims, between_mesh,
+              pieces: int):
+  """The float32 mean over the groups of a level of their compressed
+  changes [..., n], each group's `payload`: the compressed all-reduce
+  between groups (`average_compressed`), [block with 1 on the level's
+  axes..., n]."""
+  chunk = n // pieces
+  # Each device's part of the vector: chunk k of every group's payload.
+  wire = compression.to_wire(payload)
+  wire = {name: x.reshape(x.shape[:-1] + (pieces, -1))
+          for name, x in wire.items()}
+  if between_mesh:
+    wire = {name: lax.all_to_all(x, between_mesh[0], x.ndim - 2, x.ndim - 2)
+            for name, x in wire.items()}
+  values = compression.dequantize(compression.from_wire(wire, kind), kind,
+                                  chunk)
+  part = values.mean(axis=between_dims + (values.ndim - 2,), keepdims=True)
+  part = part.reshape(part.shape[:-2] + (chunk,))
+  # The parts' means, compressed again, gathered back into the vector.
+  wire = compression.to_wire(compression.quantize(part, kind))
+  if between_mesh:
+    wire = {name: lax.all_gather(x, between_mesh[0], axis=x.ndim - 1,
+                                 tiled=True) for name, x in wire.items()}
+  return compression.dequantize(compression.from_wire(wire, kind), kind, n)
+
+
+def _first(x, dims):
+  """`x` with only index 0 kept along `dims` (kept as size-1 axes): one
+  copy of what every learner of an inner group holds alike."""
+  index = tuple(slice(0, 1) if d in dims else slice(None)
+                for d in range(x.ndim))
+  return x[index]
+
+
+def _padded(x, pad: int):
+  return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)]) if pad else x
+
+
+def _gathered(shard, inner_mesh, n: int, shape):
+  """The float32 shards of a vector over an inner group's devices put
+  together, the padding cut, and broadcast to the block's `shape`."""
+  if inner_mesh:
+    shard = lax.all_gather(shard, inner_mesh, axis=shard.ndim - 1,
+                           tiled=True)
+  return jnp.broadcast_to(shard[..., :n], shape)
+
+
+def compressed_collectives_per_event(tree, axes: tuple[str, ...],
+                                     inner_axes: tuple[str, ...],
+                                     topology: Topology, kind: str,
+                                     error_feedback: bool) -> int:
+  """Collectives `average_compressed` issues per event: per dtype, inside
+  the group a reduce-scatter and an all-gather (two with error feedback),
+  between groups an all-to-all and an all-gather per payload array."""
   dtypes = len(_dtype_groups(jax.tree.leaves(tree)))
-  return (dtypes * compression.payload_arrays(kind) *
-          len(_mesh_axes(axes, topology)))
+  inside = (2 + error_feedback) * bool(_mesh_axes(inner_axes, topology))
+  between = 2 * compression.payload_arrays(kind) * bool(_mesh_axes(
+      tuple(a for a in axes if a not in inner_axes), topology))
+  return dtypes * (inside + between)
 
 
 def compressed_bytes_per_learner(tree_one_learner, kind: str) -> int:
-  """Bytes of one learner's compressed payload of `tree`: per dtype, its
-  floating leaves side by side (int8 blocks run across leaves)."""
+  """Bytes of one compressed payload of `tree`: per dtype, its floating
+  leaves side by side (blocks run across leaves)."""
   leaves = jax.tree.leaves(tree_one_learner)
   return sum(compression.payload_bytes(sum(leaves[i].size for i in indices),
                                        kind)

@@ -1,28 +1,31 @@
 """Compressed averaging: what a level sends instead of float32 weights.
 
-`hier.compress` picks, per level, how a learner's *change since its group's
-last common model* (the anchor) travels: `none` (float32 weights, an
+`hier.compress` picks, per level, how the *change since the group's last
+common model* (the anchor) travels: `none` (float32 weights, an
 all-reduce: today's averaging, bit for bit), `bfloat16`, or a blockwise
 integer kind (`BLOCKWISE`): `int8` and `int4`, absmax per block (blocks of
 consecutive values share one float32 scale, `max |x| / q`, and each value
 is `round(x / scale)` in [-q, q]; int4's values travel packed two to a
-byte). The group's new model is
+byte). A level compresses once per inner group (the learners of the level one
+in, on one host; single learners at the innermost): with g_i the float32
+mean of inner group i, the group's new model is
 
-    mean = anchor + mean_j D(Q(x_j - anchor))
+    mean = anchor + D(Q(mean_i D(Q(g_i - anchor))))
 
 with Q the compression and D its float32 reading. Compressed payloads cannot
 be summed in their own dtype (int8 overflows, bfloat16 sums lose the small
-changes), so a level all-gathers its learners' payloads and every device
-takes the mean of what it received in float32: per event each device
-receives the payloads of its group's other learners, `(n - 1) x payload`
-(`cost_model.allgather_s` prices it). Across nodes of one learner each
-(DiLoCo-style workers) int8 then moves a quarter of a float32
-all-reduce's bytes over a node's link; with d learners per node all d
-payloads cross it, as much at d = 4 as the all-reduce's one reduced model.
+changes), so the exchange between the inner groups is a compressed
+reduce-scatter (an all-to-all of compressed shards, each device averaging
+its shard of every group in float32) and a compressed all-gather of the
+means (`averaging.average_compressed`): a node sends and receives about
+two compressed payloads of its model per event, however many learners it
+holds, where a float32 ring all-reduce moves about two float32 models
+(`cost_model.compressed_allreduce_s` prices it).
 
-With error feedback (`hier.error_feedback`) each learner keeps what its
-compression lost, `r_j = (x_j - anchor + r_j) - D(Q(x_j - anchor + r_j))`,
-and sends it again next time, so over many events nothing is lost for good
+With error feedback (`hier.error_feedback`) each inner group keeps what its
+compression lost, `r_i = (g_i - anchor + r_i) - D(Q(g_i - anchor + r_i))`,
+and sends it again next time (the second compression, of the mean, keeps
+no residual), so over many events nothing is lost for good
 (the residuals telescope: sum of what was sent + last residual = sum of the
 changes).
 """
@@ -32,7 +35,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +148,11 @@ def payload_bytes(n: int, kind: str) -> int:
   if kind == 'bfloat16':
     return 2 * n
   return BLOCKWISE[kind].payload_bytes(n)
+
+
+def block_size(kind: str) -> int:
+  """Values per scale (1: each value alone)."""
+  return BLOCKWISE[kind].block if kind in BLOCKWISE else 1
 
 
 def payload_arrays(kind: str) -> int:

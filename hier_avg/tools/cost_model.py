@@ -6,8 +6,9 @@ Compares synchronous SGD, K-AVG and Hier-AVG of any depth on one cluster.
 Every averaging event is an all-reduce of one learner's averaged state
 (`model_bytes`, the number `averaging.bytes_per_learner` gives); event
 counts come from `Hierarchy(...).schedule().counts`, so they agree exactly
-with the engine's counters. A level may be compressed (`hier.compress`: an
-all-gather of the payload, `allgather_s`), streamed in F fragments
+with the engine's counters. A level may be compressed (`hier.compress`: a
+float32 reduction inside its inner groups, then their compressed payloads
+exchanged, `compressed_allreduce_s`), streamed in F fragments
 (`hier.fragments`: F events of about 1/F of the bytes per period, so the
 peak per event falls F-fold while the latencies grow F-fold) and late by
 tau steps (`hier.delay`): each event's communication then runs during tau
@@ -192,25 +193,25 @@ def allreduce_s(cluster: AnyCluster, n: int, nbytes: float) -> float:
              for tier, m in zip(cluster.tiers, span(cluster, n)))
 
 
-def allgather_s(cluster: AnyCluster, n: int, nbytes: float) -> float:
-  r"""All-gather of `nbytes` from each of `n` learners, tier by tier.
+def compressed_allreduce_s(cluster: AnyCluster, n: int, inner: int,
+                           nbytes: float, payload: float) -> float:
+  r"""A compressed level's event among `n` learners: a float32 reduction
+  inside groups of `inner`, then compressed shards exchanged between them.
 
-  With `m_i` participants at tier i (`span`) and D = `nbytes`: a ring at
-  each tier, inner first; at tier i every unit of tier i-1 already holds
-  the m_0 ... m_{i-1} payloads of its own learners and must receive those
-  of the m_i - 1 other units over its link,
+  As `allreduce_s`, tier by tier, with the bytes each tier carries: the
+  tiers inside an inner group (participants so far <= `inner`) run a ring
+  all-reduce of the float32 `nbytes`, the tiers outside it one of the
+  compressed `payload` (the engine's all-to-all of compressed shards and
+  all-gather of the compressed means move what a ring's reduce-scatter
+  and all-gather would: `averaging.average_compressed`),
 
-    T(n, D) = sum_i [(m_i - 1) alpha_i + (m_i - 1) (m_0 ... m_{i-1}) D / beta_i].
-
-  What arrives over an outer link is then spread inside the unit over the
-  inner links, which this leaves out (NVLink is fast next to a network).
-  This is how compressed averaging (`hier.compress`) sends its payloads.
+    T = sum_{i inside} ring_i(M) + sum_{i outside} ring_i(D).
   """
   total, inside = 0.0, 1
   for tier, m in zip(cluster.tiers, span(cluster, n)):
-    total += (m - 1) * (tier.link.latency_s +
-                        inside * nbytes / tier.link.bytes_per_s)
     inside *= m
+    total += ring_allreduce_s(tier.link, m,
+                              nbytes if inside <= inner else payload)
   return total
 
 
@@ -328,7 +329,9 @@ class LevelPrediction:
   events: int
   bytes_per_learner: float  # Payload: events x averaged state bytes.
   comm_s: float             # Communication, overlapped or not.
-  event_bytes: float = 0.0  # One learner's payload per event (the peak).
+  # What one participant puts into an event (the peak): a learner's
+  # averaged state, or a compressed level's payload of an inner group.
+  event_bytes: float = 0.0
   hidden_s: float = 0.0     # Of comm_s, what ran during compute (delay).
 
   @property
@@ -435,27 +438,31 @@ def predict(cluster: AnyCluster, algorithm: Algorithm, num_learners: int,
   taus = per_level(algorithm.delay, depth, 0)
   pieces = per_level(algorithm.fragments, depth, 1)
 
-  def level(name, size, period, kind, tau, count):
-    # A compressed level all-gathers its payload (core/compression.py);
+  def level(name, size, inner, period, kind, tau, count):
     # model_bytes are float32 values, split evenly among the fragments
-    # (the engine cuts at whole leaves: about evenly).
+    # (the engine cuts at whole leaves: about evenly). A compressed level
+    # reduces in float32 inside its inner groups, then exchanges one
+    # payload per inner group (core/compression.py): a learner's share.
     share = model_bytes / count
     if kind == 'none':
       nbytes, event_s = share, allreduce_s(cluster, size, share)
+      peak = share
     else:
-      nbytes = compression.payload_bytes(round(share / 4), kind)
-      event_s = allgather_s(cluster, size, nbytes)
-    nbytes = nbytes if size > 1 else 0.0
+      peak = compression.payload_bytes(round(share / 4), kind)
+      nbytes = peak / inner + (share if inner > 1 else 0)
+      event_s = compressed_allreduce_s(cluster, size, inner, share, peak)
+    nbytes, peak = (nbytes, peak) if size > 1 else (0.0, 0.0)
     events = counts[name]
     # The warmup's averagings (the outermost level's) are never late.
     late = events - (min(steps, algorithm.sync_warmup) * count
                      if name == names[-1] and tau else 0)
     return LevelPrediction(name, size, period, events, events * nbytes,
-                           events * event_s, nbytes,
+                           events * event_s, peak,
                            late * min(event_s, tau * step_s))
 
   predictions = tuple(level(*args) for args in zip(
-      names, sizes, algorithm.periods, kinds, taus, pieces))
+      names, sizes, (1,) + sizes[:-1], algorithm.periods, kinds, taus,
+      pieces))
   compute_s = steps * step_s
   if algorithm == sync():
     sync_total_s = sum(l.comm_s for l in predictions) + compute_s

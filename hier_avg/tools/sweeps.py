@@ -445,11 +445,12 @@ def collect(spec: SweepSpec, root: str) -> list[dict]:
                 'steps', 'bytes_averaged_per_learner', 'global_averagings',
                 'local_averagings', 'images_per_s', 'wall_s'):
       row[key] = summary.get(key, '')
-    # What crosses the network between nodes: global averaging, or for
-    # ASGD every gradient.
+    # What crosses the network between nodes (the counters' split; runs
+    # from before it: global averaging, or for ASGD every gradient).
     row['global_bytes_per_learner'] = summary.get(
-        'global_bytes_per_learner',
-        summary.get('gradient_bytes_per_learner', ''))
+        'bytes_between_hosts_per_learner', summary.get(
+            'global_bytes_per_learner',
+            summary.get('gradient_bytes_per_learner', '')))
     row['level_bytes_per_learner'] = ' / '.join(
         str(summary[f'{name}_bytes_per_learner'])
         for name in level_sizes(summary))

@@ -196,7 +196,14 @@ def compress_values(x, kind):
 
 class RefCompression:
   """Compressed averaging per level, written out: each learner's anchor
-  (its group's last common parameters) and error-feedback residual."""
+  (its group's last common parameters) and error-feedback residual.
+
+  A level's groups are made of the groups one level in (single learners
+  at the innermost); each inner group's float32 mean change since the
+  anchor (plus its residual) is compressed, the level takes the float32
+  mean of what they read as, compresses that mean again, and every
+  learner of the group becomes anchor + what that reads as.
+  """
 
   def __init__(self, learners, kinds, feedback=None):
     self.kinds = list(kinds)
@@ -206,24 +213,28 @@ class RefCompression:
     self.residuals = [[np.zeros_like(a) for a in anchors]
                       for anchors in self.anchors]
 
-  def average(self, learners, index, groups):
-    """Level `index` averages `groups` of `learners`' params (in place)."""
+  def average(self, learners, index, groups, inner_groups=None):
+    """Level `index` averages `groups` of `learners`' params (in place);
+    `inner_groups`: the level one in's groups (None: single learners)."""
     kind = self.kinds[index]
+    inner_groups = inner_groups or [(i,) for i in range(len(learners))]
     for group in groups:
-      sent = []
-      for i in group:
-        change = (_float_buffer(learners[i]['params']) -
-                  self.anchors[index][i])
+      read = []
+      for inner in [g for g in inner_groups if g[0] in group]:
+        mean = np.mean([_float_buffer(learners[i]['params']).astype(
+            np.float64) for i in inner], 0).astype(np.float32)
+        change = mean - self.anchors[index][inner[0]]
         if self.feedback[index]:
-          change = change + self.residuals[index][i]
+          change = change + self.residuals[index][inner[0]]
         values = compress_values(change, kind)
         if self.feedback[index]:
-          self.residuals[index][i] = change - values
-        sent.append(values.astype(np.float64))
-      anchor = self.anchors[index][group[0]]
-      mean = (anchor + np.mean(sent, 0)).astype(np.float32)
+          for i in inner:
+            self.residuals[index][i] = change - values
+        read.append(values.astype(np.float64))
+      mean = compress_values(np.mean(read, 0).astype(np.float32), kind)
+      model = self.anchors[index][group[0]] + mean
       for i in group:
-        learners[i]['params'] = _unbuffer(mean, learners[i]['params'])
+        learners[i]['params'] = _unbuffer(model, learners[i]['params'])
 
   def after_event(self, learners, index, common=None):
     """Level `index` (and every level inside it) now holds common models;
@@ -438,7 +449,8 @@ def run(learner: Learner, learners: list[dict], levels, average, images,
       parts = list(average)
       if (compression is not None and 'params' in parts and
           compression.kinds[index] != 'none'):
-        compression.average(learners, index, level.groups)
+        compression.average(learners, index, level.groups,
+                            levels[index - 1].groups if index else None)
         parts.remove('params')
       _average_parts(learners, level, parts, reset_opt_state)
       if outer is not None and level is levels[-1]:
