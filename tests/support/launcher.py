@@ -9,11 +9,8 @@ stalling the suite.
 """
 
 import atexit
-import functools
 import os
-import resource
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -119,21 +116,29 @@ def start(workdir, *flags, devices=NUM_CPU_DEVICES, config=CPU_CONFIG,
   args = [sys.executable, os.path.join(REPO, 'launch.py'),
           f'--config={os.path.join(REPO, config)}', f'--workdir={workdir}',
           *flags]
-  limit = None if max_file_bytes is None else functools.partial(
-      _limit_file_size, max_file_bytes)
+  if max_file_bytes is not None:
+    # Through a small Python that sets the limit and execs the run: a
+    # preexec_fn would fork this process, which runs JAX's threads.
+    args = [sys.executable, '-c', _LIMIT_FILE_SIZE, str(max_file_bytes),
+            *args]
   if log is None:
-    return Run(args, None, env=environment, cwd=REPO, preexec_fn=limit,
+    return Run(args, None, env=environment, cwd=REPO,
                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   with open(log, 'w') as f:  # The process holds its own copy.
-    return Run(args, log, env=environment, cwd=REPO, preexec_fn=limit,
-               stdout=f, stderr=subprocess.STDOUT)
+    return Run(args, log, env=environment, cwd=REPO, stdout=f,
+               stderr=subprocess.STDOUT)
 
 
-def _limit_file_size(max_bytes: int) -> None:
-  """In the child before exec: files end at `max_bytes`; a write past it
-  fails with EFBIG instead of killing the process (SIGXFSZ ignored)."""
-  signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-  resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+# argv: the byte limit, then the command. Files end at the limit; a write
+# past it fails with EFBIG instead of killing the process (SIGXFSZ stays
+# ignored through exec).
+_LIMIT_FILE_SIZE = '''
+import os, resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+os.execv(sys.argv[2], sys.argv[2:])
+'''
 
 
 def _kill_all(runs) -> str:
