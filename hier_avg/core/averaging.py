@@ -132,13 +132,9 @@ def average_compressed(tree, anchor, residual, axes: tuple[str, ...],
   Returns:
     (averaged tree, new residuals or None).
   """
-  names = topology.axis_names
-  nblock = len(names)
-  inner_dims = tuple(i for i, a in enumerate(names) if a in inner_axes)
-  between = tuple(a for a in axes if a not in inner_axes)
-  between_dims = tuple(i for i, a in enumerate(names) if a in between)
-  inner_mesh = _mesh_axes(inner_axes, topology)
-  between_mesh = _mesh_axes(between, topology)
+  nblock, inner_dims, inner_mesh = _level_dims(inner_axes, topology)
+  _, between_dims, between_mesh = _level_dims(_between(axes, inner_axes),
+                                               topology)
   assert len(between_mesh) <= 1, (axes, inner_axes)  # Levels add one axis.
   shards = math.prod(topology.mesh.shape[a] for a in inner_mesh)
   pieces = math.prod(topology.mesh.shape[a] for a in between_mesh)
@@ -178,6 +174,11 @@ def average_compressed(tree, anchor, residual, axes: tuple[str, ...],
   residual_leaves = jax.tree.leaves(residual)
   return averaged, jax.tree.unflatten(
       treedef, _split_by_dtype(kept, residual_leaves, groups, nblock))
+
+
+def _between(axes: tuple[str, ...], inner_axes: tuple[str, ...]):
+  """The axes of a level that its inner groups exchange over."""
+  return tuple(a for a in axes if a not in inner_axes)
 
 
 def _exchange(payload, kind: str, n: int, between_dims, between_mesh,
@@ -237,7 +238,7 @@ def compressed_collectives_per_event(tree, axes: tuple[str, ...],
   dtypes = len(_dtype_groups(jax.tree.leaves(tree)))
   inside = (2 + error_feedback) * bool(_mesh_axes(inner_axes, topology))
   between = 2 * compression.payload_arrays(kind) * bool(_mesh_axes(
-      tuple(a for a in axes if a not in inner_axes), topology))
+      _between(axes, inner_axes), topology))
   return dtypes * (inside + between)
 
 
