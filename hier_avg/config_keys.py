@@ -274,8 +274,8 @@ KEYS = (
         "by which that level's averaging is late: the averaging after step "
         'H averages the parameters of step H - tau and each learner keeps '
         'its progress since, x_j <- mean(x_j,H-tau) + (x_j,H - x_j,H-tau); '
-        'its collective runs during those tau steps. Each tau below the '
-        'narrowest period; not with compression on the same level. Only '
+        'its collective runs during those tau steps. Each tau below its '
+        "level's period; composes with compression and fragments. Only "
         'parameters are late (BatchNorm statistics and averaged optimizer '
         'state average at H); the warmup steps are never late. Empty: 0 '
         'everywhere.', integers_tuple(0)),
@@ -290,8 +290,8 @@ KEYS = (
         'hier_avg/core/fragments.py): runs of whole leaves of about equal '
         'bytes, fragment f after step floor(T (f + 1) / F) of each period '
         "T (torchft's convention); other averaged parts go with the last. "
-        'Each F at most its period; not with hier.compress or hier.delay. '
-        'Empty: 1 everywhere.', integers_tuple(1)),
+        'Each F at most its period; composes with hier.compress and '
+        'hier.delay. Empty: 1 everywhere.', integers_tuple(1)),
     Key('hier.algorithm', 'hier',
         "'hier': Hier-AVG (K-AVG and sync SGD as special cases); 'asgd': "
         'simulated asynchronous SGD (hier_avg/algorithms/asgd.py), whose '
@@ -465,6 +465,28 @@ RENAMED = {
 }
 
 
+def _asgd_relations(hier) -> None:
+  """`hier.algorithm='asgd'`: one shared model, nothing averaged."""
+  require(not hier.levels and not hier.sync_warmup_steps and
+          hier.period_schedule == 'constant' and not hier.compress,
+          "hier.algorithm='asgd' has one shared model and no averaging "
+          'levels; leave hier.levels and hier.compress empty, '
+          "hier.sync_warmup_steps 0 and hier.period_schedule 'constant'.")
+  # One shared model and optimizer: no averaging for these to act on.
+  require(hier.outer_lr == 1 and hier.outer_momentum == 0 and
+          hier.outer_lr_schedule == 'constant' and not hier.outer_warmup,
+          "hier.algorithm='asgd' has no global averaging for an outer "
+          'optimizer; leave hier.outer_lr=1, hier.outer_momentum=0, '
+          "hier.outer_lr_schedule='constant' and hier.outer_warmup=0.")
+  require(hier.opt_state == 'local',
+          "hier.algorithm='asgd' keeps one shared optimizer state; "
+          f'hier.opt_state={hier.opt_state!r} applies to Hier-AVG only: '
+          "leave it 'local'.")
+  require(hier.batch_stats != 'local',
+          "hier.algorithm='asgd' shares one model and its BatchNorm "
+          "statistics; hier.batch_stats='local' applies to Hier-AVG only.")
+
+
 def _relations(config) -> None:
   """Checks that read more than one key."""
   hier = config.hier
@@ -492,30 +514,17 @@ def _relations(config) -> None:
             'delay; leave hier.delay and hier.delay_mix empty.')
     problems = schedule_lib.check_delays(
         hier.delay, hier.delay_mix,
-        hierarchy.Hierarchy.from_config(hier).periods, hier.compress)
+        hierarchy.Hierarchy.from_config(hier).periods, hier.fragments,
+        (periods.powers_of_two(hier.adaptive_min, hier.adaptive_max)[0]
+         if hier.period_schedule == 'adaptive' else None))
     require(not problems, problems[0] if problems else '')
-    require(hier.period_schedule == 'constant',
-            f'hier.delay with hier.period_schedule={hier.period_schedule!r} '
-            "is not supported yet; use 'constant' periods or no delay.")
   if hier.fragments:
     require(hier.algorithm == 'hier',
             f"hier.algorithm={hier.algorithm!r} has no averaging levels to "
             'fragment; leave hier.fragments empty.')
     problems = fragments.check(
-        hier.fragments, hierarchy.Hierarchy.from_config(hier).periods,
-        hier.compress, hier.delay)
+        hier.fragments, hierarchy.Hierarchy.from_config(hier).periods)
     require(not problems, problems[0] if problems else '')
-    if any(f > 1 for f in hier.fragments):
-      require(hier.period_schedule == 'constant',
-              'hier.fragments with hier.period_schedule='
-              f"{hier.period_schedule!r} is not supported yet; use "
-              "'constant' periods or one fragment per level.")
-      require(hier.outer_lr_schedule == 'constant' or
-              hier.fragments[-1] == 1,
-              "hier.outer_lr_schedule='cosine' with a fragmented outermost "
-              'level is not supported yet (each fragment counts its own '
-              "outer steps); use 'constant' (with hier.outer_warmup) or "
-              'give the outermost level one fragment.')
   milestones = tuple(hier.period_milestones)
   require(len(milestones) == len(hier.period_factors),
           f'hier.period_milestones={milestones} and hier.period_factors='
@@ -529,24 +538,7 @@ def _relations(config) -> None:
           f'[hier.adaptive_min, hier.adaptive_max] = [{hier.adaptive_min}, '
           f'{hier.adaptive_max}].')
   if hier.algorithm == 'asgd':
-    require(not hier.levels and not hier.sync_warmup_steps and
-            hier.period_schedule == 'constant' and not hier.compress,
-            "hier.algorithm='asgd' has one shared model and no averaging "
-            'levels; leave hier.levels and hier.compress empty, '
-            "hier.sync_warmup_steps 0 and hier.period_schedule 'constant'.")
-    # One shared model and optimizer: no averaging for these to act on.
-    require(hier.outer_lr == 1 and hier.outer_momentum == 0 and
-            hier.outer_lr_schedule == 'constant' and not hier.outer_warmup,
-            "hier.algorithm='asgd' has no global averaging for an outer "
-            'optimizer; leave hier.outer_lr=1, hier.outer_momentum=0, '
-            "hier.outer_lr_schedule='constant' and hier.outer_warmup=0.")
-    require(hier.opt_state == 'local',
-            "hier.algorithm='asgd' keeps one shared optimizer state; "
-            f'hier.opt_state={hier.opt_state!r} applies to Hier-AVG only: '
-            "leave it 'local'.")
-    require(hier.batch_stats != 'local',
-            "hier.algorithm='asgd' shares one model and its BatchNorm "
-            "statistics; hier.batch_stats='local' applies to Hier-AVG only.")
+    _asgd_relations(hier)
   model = config.model
   require(model.stem == 'cifar' or model.name in models.STEM_MODELS,
           f'model.stem={model.stem!r} applies to '

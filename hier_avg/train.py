@@ -221,7 +221,7 @@ class _Loop:
         state, outputs = engine.run_round(
             state, round_, feed.round_inputs(round_.first, round_.length),
             feed.streamed)
-        progress.add(round_.first, outputs, round_.measured)
+        progress.add(round_.first, outputs, round_.level)
         self._tell_periods(round_, outputs)
         done = round_.end
         stopping = stop.agreed()
@@ -301,8 +301,7 @@ class _Loop:
     # The warmup's steps (rounds of one step) belong to no phase.
     if periods.needs_losses and round_.end > self.engine.schedule.sync_warmup:
       self._period_losses.append((round_.first, outputs['loss']))
-    outermost = self.engine.schedule.levels[-1]
-    if round_.level is None or round_.level.name != outermost.name:
+    if not self.engine.schedule.ends_outermost_period(round_):
       return
     # Adaptive periods wait here for the round's losses: one host sync
     # per outermost averaging.

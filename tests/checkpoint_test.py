@@ -139,6 +139,25 @@ class CheckpointsTest(absltest.TestCase):
     with self.assertRaisesRegex(UserError, 'no checkpoint in .* can be read'):
       ckpts.restore(engine.init_state(0, data.image_shape))
 
+  def test_another_state_layout_is_a_clear_error(self):
+    # A state with one more leaf (as another version's in-flight record
+    # would add) does not restore into today's, and nothing is moved.
+    engine, data, state = trained_state(1)
+    workdir = self.create_tempdir().full_path
+    ckpts = checkpoint.Checkpoints(workdir, keep=3)
+    save(ckpts, state.replace(comm={'inflight': state.params}), 1)
+    ckpts.close()
+    before = outputs.snapshot(workdir)
+    ckpts = checkpoint.Checkpoints(workdir, keep=3)
+    with self.assertRaisesRegex(UserError, r'checkpoint .*/1 holds a '
+                                'training state laid out differently'):
+      ckpts.restore(engine.init_state(0, data.image_shape))
+    ckpts.close()
+    self.assertEqual(outputs.snapshot(workdir), before)
+    self.assertNotEqual(checkpoint.state_layout(state),
+                        checkpoint.state_layout(state.replace(
+                            comm={'inflight': state.params})))
+
   def test_half_written_checkpoint_is_never_picked_up(self):
     workdir = self.create_tempdir().full_path
     ckpts = checkpoint.Checkpoints(workdir, keep=3)

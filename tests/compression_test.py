@@ -136,11 +136,10 @@ class EngineTest(parameterized.TestCase):
     start = engine.init_state(0, data.image_shape)
     ref = engines.learner_states(start, grid_ndim=len(mesh))
     state = _train(engine, data, sampler, STEPS)
-    ref_compression = reference.RefCompression(ref, kinds, feedback)
     reference.run(learner, ref, reference.nested_levels(8, levels),
                   ('params', 'batch_stats'), data.train_images,
-                  data.train_labels, sampler, STEPS,
-                  compression=ref_compression)
+                  data.train_labels, sampler, STEPS, compress=kinds,
+                  error_feedback=feedback)
     got = engines.learner_states(state, grid_ndim=len(mesh))
     for i, (g, r) in enumerate(zip(got, ref)):
       with self.subTest(learner=i):

@@ -32,9 +32,16 @@ def _hierarchy(levels=LEVELS, sync_warmup=0):
 
 
 def _windows(schedule, stop, cut_every=()):
-  return [(r.first, r.length, r.level and r.level.name, r.snapshot,
-           r.delayed and r.delayed.name)
-          for r in schedule.rounds(0, stop, cut_every)]
+  """Per round: (first, length, its level, the steps before the late
+  event it starts, the level of the late event it starts or applies)."""
+  rows = []
+  for r in schedule.rounds(0, stop, cut_every):
+    late = [e for _, events in r.starts for e in events] + [
+        e for e in r.applies if e.late]
+    rows.append((r.first, r.length, r.level and r.level.name,
+                 r.starts[0][0] if r.starts else None,
+                 late[0].level.name if late else None))
+  return rows
 
 
 class ScheduleTest(absltest.TestCase):
@@ -139,8 +146,7 @@ class EngineTest(parameterized.TestCase):
                     data.train_labels, sampler, STEPS, outer=outer,
                     reset_opt_state=reset,
                     sync_warmup=hierarchy.sync_warmup,
-                    compression=(reference.RefCompression(ref, compress)
-                                 if compress else None), delay=delay,
+                    compress=compress, delay=delay,
                     delay_mix=list(mix) or None)
       return ref
 
@@ -216,7 +222,7 @@ class EngineTest(parameterized.TestCase):
     straight, part, resumed = engines.straight_and_resumed(
         engine, data, sampler, STEPS, 6, self.create_tempdir().full_path)
     self.assertGreater(max(float(np.abs(x).max()) for x in jax.tree.leaves(
-        part.comm['delayed']['global']['delta'])), 0)
+        part.comm['inflight']['global'].target)), 0)
     for name in ('params', 'opt_state', 'outer', 'comm'):
       jax.tree.map(np.testing.assert_array_equal, getattr(resumed, name),
                    getattr(straight, name))
@@ -276,7 +282,7 @@ class DataIndependenceTest(parameterized.TestCase):
   """The late averaging's collective needs nothing of the last tau steps.
 
   Method: every call of the algorithm's `local_step` is traced inside a
-  `jax.named_scope` numbered in call order, and the call of `snapshot`
+  `jax.named_scope` numbered in call order, and the late event's `start`
   takes a number too, so the steps traced after it (the last tau steps,
   unrolled, or the scan that runs them) are the scopes numbered above it.
   In the round's jaxpr (inside jit and shard_map), a forward taint pass
@@ -315,9 +321,10 @@ class DataIndependenceTest(parameterized.TestCase):
             return algorithm.local_step(state, batch)
         return step
 
-      def snapshot(self, state, level):
-        marker.append(next(calls))
-        return algorithm.snapshot(state, level)
+      def start(self, state, event, before=None):
+        if event.late:  # The snapshot: its collective starts here.
+          marker.append(next(calls))
+        return algorithm.start(state, event, before)
 
     engine.algorithm = Numbered()
     round_ = list(engine.schedule.rounds(0, 8))[1]
@@ -352,7 +359,7 @@ class DataIndependenceTest(parameterized.TestCase):
   def test_the_snapshots_all_reduce_does_not_wait_for_the_last_steps(
       self, step_loop):
     found, waits, round_ = self._psums(DELAY, step_loop)
-    self.assertEqual((round_.first, round_.length, round_.snapshot),
+    self.assertEqual((round_.first, round_.length, round_.starts[0][0]),
                      (4, 4, 1))
     # The parameters' (at the snapshot) and the BatchNorm statistics' (at
     # step 8), each over the global level's axes.
@@ -364,7 +371,7 @@ class DataIndependenceTest(parameterized.TestCase):
 
   def test_on_time_averaging_waits_for_every_step(self):
     found, _, round_ = self._psums((0, 0), 'unroll')
-    self.assertIsNone(round_.snapshot)
+    self.assertEqual(round_.starts, ())
     self.assertEqual(found, [(('node', 'local'), True)])
 
 
@@ -373,8 +380,8 @@ class ConfigTest(parameterized.TestCase):
   @parameterized.parameters(
       (dict(delay=(1,)), r'hier.delay=\(1,\) has 1 entries but the '
        r'hierarchy has 2'),
-      (dict(delay=(0, 4)), r'level 1 is 4 step\(s\) late but some level '
-       'averages every 4 steps'),
+      (dict(delay=(4, 0)), r'level 0 is 4 step\(s\) late but averages '
+       'every 4 steps'),
       (dict(delay=(0, -1)), r'must be a tuple of integers >= 0'),
       (dict(delay=(0, 2), delay_mix=(0.5,)),
        r'hier.delay_mix=\(0.5,\) has 1 entries'),
@@ -383,25 +390,34 @@ class ConfigTest(parameterized.TestCase):
        r'alpha=0.5 to level 0, which is not late'),
       (dict(delay_mix=(0.0, 0.5)), r'alpha=0.5 to level 1, which is not '
        'late'),
-      (dict(delay=(0, 2), compress=('none', 'int8')),
-       r"level 1 whose hier.compress is 'int8'"),
       (dict(delay=(0, 2), algorithm='asgd'),
        "hier.algorithm='asgd' has no averaging levels to delay"),
-      (dict(delay=(0, 2), period_schedule='adaptive'),
-       "hier.delay with hier.period_schedule='adaptive' is not supported"),
-      (dict(levels=((2, 2), (4, 4), (8, 8)), delay=(0, 0, 3)),
-       r'level 2 is 3 step\(s\) late but some level averages every 2'),
+      # Adaptive periods decide a phase at its first step; the global
+      # level's first fragment averages 8 // 4 = 2 steps into it.
+      (dict(delay=(0, 2), fragments=(1, 4), period_schedule='adaptive'),
+       r'level 1 is 2 step\(s\) late, but a phase of adaptive periods may '
+       r'average it 2 step\(s\) after the phase starts'),
+      (dict(levels=((2, 2), (4, 4), (8, 8)), delay=(0, 4, 3)),
+       r'level 1 is 4 step\(s\) late but averages every 4'),
   )
   def test_bad_settings_are_one_line_errors(self, hier, message):
     configs.assert_refused(self, message, k1=4, k2=2, **hier)
 
   def test_good_settings_pass(self):
     config = configs.tiny_config(1)
-    config.hier.update(levels=((2, 2), (4, 4), (8, 8)), delay=(1, 0, 1),
+    config.hier.update(levels=((2, 2), (4, 4), (8, 8)), delay=(1, 0, 5),
                        delay_mix=(0.0, 0.0, 0.5),
-                       compress=('none', 'int8', 'none'),
-                       sync_warmup_steps=3)
+                       compress=('none', 'int8', 'int4'),
+                       error_feedback=(False, True, True),
+                       fragments=(1, 2, 4), sync_warmup_steps=3)
     config_keys.validate(config)
+    # Periods known up front, or decided with every delay below the first
+    # event of a phase (global: 8 // 4 = 2 steps in at x1).
+    for hier in (dict(period_schedule='step', period_milestones=(1,),
+                      period_factors=(2,)),
+                 dict(period_schedule='adaptive', delay=(1, 0, 1))):
+      config.hier.update(**hier)
+      config_keys.validate(config)
 
 
 if __name__ == '__main__':

@@ -134,11 +134,11 @@ class ResidentRoundBytesTest(absltest.TestCase):
     config.runtime.step_loop = 'scan'
     step_bytes = 8 * 32 * 32 * 3  # One learner per device, B = 8.
     with mock.patch.object(feeds, 'MAX_ROUND_BYTES', 3 * step_bytes), \
-        mock.patch.object(Engine, 'train_round', autospec=True,
-                          side_effect=Engine.train_round) as train_round:
+        mock.patch.object(Engine, 'round_program', autospec=True,
+                          side_effect=Engine.round_program) as program:
       train.train_and_evaluate(config, tempfile.mkdtemp())
     # The cap of 3 steps fits K1 = 8 as rounds of 2 (of 8 uncapped).
-    lengths = {call.args[2] for call in train_round.call_args_list}
+    lengths = {call.args[1].length for call in program.call_args_list}
     self.assertEqual(lengths, {2})
 
 

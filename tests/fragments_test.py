@@ -13,7 +13,9 @@ import pytest
 
 from hier_avg import config_keys
 from hier_avg import train
+from hier_avg.core import events
 from hier_avg.core import fragments
+from hier_avg.core import periods
 from hier_avg.errors import UserError
 from tests.support import configs
 from tests.support import devices
@@ -82,9 +84,16 @@ class PartitionTest(parameterized.TestCase):
 
 
 def _events(schedule, stop):
-  return [(r.first, r.length, r.level and r.level.name,
-           [(l.name, due) for l, due in r.fragments])
-          for r in schedule.rounds(0, stop)]
+  """Per round: (first, length, its level, [(level, its fragments
+  applied after it)], innermost first)."""
+  rows = []
+  for r in schedule.rounds(0, stop):
+    applied = {}
+    for e in r.applies:
+      applied.setdefault(e.level.name, []).append(e.fragment)
+    rows.append((r.first, r.length, r.level and r.level.name,
+                 [(name, tuple(fs)) for name, fs in applied.items()]))
+  return rows
 
 
 class ScheduleTest(absltest.TestCase):
@@ -95,42 +104,57 @@ class ScheduleTest(absltest.TestCase):
     # averagings after every 4.
     self.assertEqual(_events(schedule, 20), [
         (0, 4, 'local', [('local', (0,))]),
-        (4, 1, None, [('global', (0,))]),
+        (4, 1, 'global', [('global', (0,))]),
         (5, 3, 'local', [('local', (0,))]),
-        (8, 2, None, [('global', (1,))]),
+        (8, 2, 'global', [('global', (1,))]),
         (10, 2, 'local', [('local', (0,))]),
         (12, 4, 'global', [('local', (0,)), ('global', (2,))]),
         (16, 4, 'local', [('local', (0,))])])
 
   def test_counts_are_the_events(self):
-    for levels, counts, warmup in (
-        (LEVELS, (1, 4), 0), (LEVELS, (2, 3), 3),
-        (((2, 2), (4, 4), (8, 8)), (1, 2, 4), 1)):
+    # The counters' closed form against the events, step by step, with
+    # and without phases of periods.
+    phased = periods.PeriodController([periods.Phase(3, 1),
+                                       periods.Phase(19, 2),
+                                       periods.Phase(51, 1)])
+    for levels, counts, warmup, controller in (
+        (LEVELS, (1, 4), 0, None), (LEVELS, (2, 3), 3, None),
+        (((2, 2), (4, 4), (8, 8)), (1, 2, 4), 1, None),
+        (LEVELS, (2, 4), 3, phased), (LEVELS, (1, 3), 3, phased),
+        (((2, 2), (4, 4), (8, 16)), (2, 1, 1), 3, phased)):
       schedule = _hierarchy(levels, warmup).schedule().with_fragments(
-          counts)
-      for steps in (0, 7, 16, 37):
+          counts).with_periods(controller)
+      top = schedule.levels[-1]
+      for steps in (0, 2, 7, 16, 37, 70):
         expected = {}
+
+        def add(level, f):
+          expected[level.name] = expected.get(level.name, 0) + 1
+          if level.fragments > 1:
+            key = f'{level.name}_fragment{f}'
+            expected[key] = expected.get(key, 0) + 1
+
         for step in range(1, steps + 1):
-          for level, due in schedule.fragment_events(step):
-            expected[level.name] = expected.get(level.name, 0) + len(due)
-            for f in due:
-              if level.fragments > 1:
-                key = f'{level.name}_fragment{f}'
-                expected[key] = expected.get(key, 0) + 1
+          if step <= warmup:  # Every fragment of the outermost level.
+            for f in range(top.fragments):
+              add(top, f)
+          for event in events.applied_after(schedule, step):
+            add(event.level, event.fragment)
         got = {k: v for k, v in schedule.counts(steps).items() if v}
         self.assertEqual(got, expected, (levels, counts, steps))
 
-  def test_warmup_steps_average_every_fragment(self):
+  def test_warmup_steps_are_synchronous(self):
+    # A warmup step averages the gradients, so the whole model: no events.
     schedule = _hierarchy(sync_warmup=2).schedule().with_fragments((1, 4))
     self.assertEqual(_events(schedule, 6)[:3], [
-        (0, 1, 'global', [('global', (0, 1, 2, 3))]),
-        (1, 1, 'global', [('global', (0, 1, 2, 3))]),
-        (2, 4, 'local', [('local', (0,)), ('global', (0,))])])
+        (0, 1, 'global', []), (1, 1, 'global', []),
+        (2, 4, 'global', [('local', (0,)), ('global', (0,))])])
+    self.assertEqual([r.synchronous for r in schedule.rounds(0, 6)],
+                     [True, True, False])
 
   def test_one_fragment_changes_nothing(self):
     plain = _hierarchy().schedule()
     self.assertEqual(plain.with_fragments((1, 1)), plain)
-    self.assertFalse(plain.with_fragments((1, 1)).fragmented)
     self.assertEqual(list(plain.rounds(0, 40, (3,))),
                      list(plain.with_fragments((1, 1)).rounds(0, 40, (3,))))
 
@@ -168,7 +192,7 @@ def _check_oracle(test, levels, counts, options):
                 ('params', 'batch_stats'), data.train_images,
                 data.train_labels, sampler, STEPS, reset_opt_state=reset,
                 sync_warmup=hierarchy.sync_warmup, fragments=parts,
-                fragment_outers=outers)
+                outers=outers)
   for i, (g, r) in enumerate(zip(got, ref)):
     with test.subTest(learner=i):
       trees.assert_trees_close(g['params'], r['params'], atol=2e-5)
@@ -227,7 +251,7 @@ class OracleTest(parameterized.TestCase):
       state, outputs = engine.run_round(state, round_, (
           images, labels, engine.topology.put_round_indices(
               sampler, round_.first, round_.length)))
-      got.append((round_.end, round_.measured.name,
+      got.append((round_.end, round_.level.name,
                   np.asarray(outputs['drift']).mean(),
                   np.asarray(outputs['spread']).mean()))
     drift = []
@@ -283,11 +307,11 @@ class CollectivesTest(absltest.TestCase):
     stats = sum(x.size for x in jax.tree.leaves(_one_learner(
         state.batch_stats)))
     rounds = {r.end: r for r in engine.schedule.rounds(0, 16)}
-    # After 8: local (the whole model and the BatchNorm statistics: a
-    # local period ends) then global fragment 0; after 16: local, then
-    # global fragment 1 with the statistics.
-    for end, expected in ((8, [sum(floats), stats, floats[0]]),
-                          (16, [sum(floats), floats[1], stats])):
+    # After 8: local (the whole model with the BatchNorm statistics, one
+    # buffer: a local period ends) then global fragment 0; after 16:
+    # local, then global fragment 1 with the statistics.
+    for end, expected in ((8, [sum(floats) + stats, floats[0]]),
+                          (16, [sum(floats) + stats, floats[1] + stats])):
       round_ = rounds[end]
       indices = engine.topology.put_round_indices(sampler, round_.first,
                                                   round_.length)
@@ -302,7 +326,7 @@ class CollectivesTest(absltest.TestCase):
     global_ = channels['global']
     self.assertEqual([c.bytes_per_learner for c in global_.fragments],
                      [4 * floats[0], 4 * (floats[1] + stats)])
-    self.assertEqual([c.collectives for c in global_.fragments], [1, 2])
+    self.assertEqual([c.collectives for c in global_.fragments], [1, 1])
     counters = engine.counters(channels, 16)
     self.assertEqual(counters['global_fragment0_averagings'], 1)
     self.assertEqual(counters['global_averagings'], 2)
@@ -319,17 +343,8 @@ class ConfigTest(parameterized.TestCase):
       (dict(fragments=(1, 9)), 'level 1 averages every 8 steps, too few '
        'for 9 fragments'),
       (dict(fragments=(1, 0)), 'must be a tuple of integers >= 1'),
-      (dict(fragments=(1, 2), compress=('none', 'int8')),
-       'hier.fragments with hier.compress is not designed yet'),
-      (dict(fragments=(1, 2), delay=(0, 1)),
-       'hier.fragments with hier.delay is not designed yet'),
       (dict(fragments=(1, 2), algorithm='asgd'),
        "hier.algorithm='asgd' has no averaging levels to fragment"),
-      (dict(fragments=(1, 2), period_schedule='adaptive'),
-       "hier.fragments with hier.period_schedule='adaptive' is not"),
-      (dict(fragments=(1, 2), outer_lr=0.7,
-            outer_lr_schedule='cosine'),
-       "hier.outer_lr_schedule='cosine' with a fragmented outermost"),
   )
   def test_bad_settings_are_one_line_errors(self, hier, message):
     configs.assert_refused(self, message, k1=4, k2=2, **hier)
@@ -339,6 +354,13 @@ class ConfigTest(parameterized.TestCase):
     config.hier.update(levels=((2, 2), (4, 4), (8, 8)), fragments=(2, 1, 4),
                        outer_lr=0.7, outer_warmup=2, sync_warmup_steps=3)
     config_keys.validate(config)
+    # With periods that change and a cosine outer lr (each fragment's
+    # outer steps count on it; `exchange_test.EverythingAtOnceTest`).
+    for period_schedule in ('step', 'adaptive'):
+      config.hier.update(period_schedule=period_schedule,
+                         outer_lr_schedule=('cosine' if period_schedule ==
+                                            'step' else 'constant'))
+      config_keys.validate(config)
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import numpy as np
 
 from hier_avg import config_keys, train
 from hier_avg.algorithms import hierarchical
+from hier_avg.core import events
 from hier_avg.core import periods
 from hier_avg.core.hierarchy import Hierarchy
 from hier_avg.core.periods import AdaptivePeriods, Phase, StepPeriods
@@ -276,19 +277,9 @@ class StepOracleTest(absltest.TestCase):
 
   def test_matches_the_reference_given_the_same_levels(self):
     # Levels (4, 2), (8, 4), W = 2; x2 from step 5 (-> 6), x1 from 11
-    # (-> 14), written out here apart from the schedule's arithmetic.
+    # (-> 14).
     warmup, steps = 2, 18
     starts = ((2, 1), (6, 2), (14, 1))
-
-    def level_at(t):
-      if t <= warmup:
-        return 1
-      start, m = [p for p in starts if p[0] < t][-1]
-      offset = t - start
-      if offset % (4 * m) == 0:
-        return 1
-      return 0 if offset % (2 * m) == 0 else None
-
     data = engines.tiny_data()
     learner = engines.make_learner('bn', data, nesterov=True)
     engine = engines.make_levels_engine(learner, _hierarchy(warmup), (2, 4))
@@ -302,7 +293,7 @@ class StepOracleTest(absltest.TestCase):
     final = engines.run_engine(engine, data, sampler, steps, state=init)
     reference.run(learner, ref_learners, reference.nested_levels(
         8, ((4, 2), (8, 4))), ('params', 'batch_stats'), data.train_images,
-                  data.train_labels, sampler, steps, level_at=level_at,
+                  data.train_labels, sampler, steps, phases=starts,
                   sync_warmup=warmup)
     got = engines.learner_states(final)
     for i in range(8):
@@ -386,6 +377,29 @@ class AdaptiveRunTest(absltest.TestCase):
     chex.assert_trees_all_equal(
         outputs.final_model(resumed),
         outputs.final_model(straight))
+
+  def test_phases_start_after_whole_outermost_periods_with_fragments(self):
+    # The global level in 2 fragments (after 1 and 2 of each period of 2
+    # at x1), compressed with error feedback: a phase may start only
+    # after its last fragment, never half way through a period.
+    config = _adaptive_config(64)
+    config.hier.update(fragments=(1, 2), compress=('none', 'int8'),
+                       error_feedback=(False, True))
+    summary = train.train_and_evaluate(config, tempfile.mkdtemp())
+    phases = summary['period_phases']
+    self.assertGreater(len(phases), 1)
+    for (start, multiplier), (after, _) in zip(phases, phases[1:]):
+      self.assertEqual((after - start) % (2 * multiplier), 0, phases)
+    # The counters are the events of those phases.
+    schedule = Hierarchy.from_config(config.hier).schedule().with_fragments(
+        (1, 2)).with_periods(periods.PeriodController(
+            [Phase(*p) for p in phases]))
+    for name, count in schedule.counts(64).items():
+      self.assertEqual(summary[f'{name}_averagings'], count, name)
+    self.assertEqual(sum(len(events.applied_after(schedule, t))
+                         for t in range(1, 65)),
+                     summary['local_averagings'] +
+                     summary['global_averagings'])
 
 
 if __name__ == '__main__':

@@ -90,10 +90,6 @@ def make(learner: Learner, topology: Topology, staleness: int,
           state.stale, state.params))
     return new, loss
 
-  def after_round(state: TrainState, level):
-    del level  # ASGD communicates inside every step, not after rounds.
-    return state, {}
-
   def channels(state: TrainState) -> dict[str, communication.Channel]:
     """Per step each learner sends one gradient (the size of its model)."""
     one = communication.one_learner(state.params, nblock)
@@ -105,6 +101,6 @@ def make(learner: Learner, topology: Topology, staleness: int,
 
   return Algorithm(
       description=f'simulated ASGD with staleness {tau}',
-      schedule=Schedule(()), local_step=local_step, after_round=after_round,
+      schedule=Schedule(()), local_step=local_step,
       channels=channels, event_counts=lambda steps: {EXCHANGE: steps},
       extra_state=('stale',) if tau else (), extend_state=extend_state)

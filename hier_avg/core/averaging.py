@@ -242,13 +242,13 @@ def compressed_collectives_per_event(tree, axes: tuple[str, ...],
   return dtypes * (inside + between)
 
 
-def compressed_bytes_per_learner(tree_one_learner, kind: str) -> int:
-  """Bytes of one compressed payload of `tree`: per dtype, its floating
-  leaves side by side (blocks run across leaves)."""
+def value_groups(tree_one_learner) -> list[tuple[int, int]]:
+  """(values, bytes per value) of each buffer an averaging of `tree`
+  packs: per dtype, its floating leaves side by side."""
   leaves = jax.tree.leaves(tree_one_learner)
-  return sum(compression.payload_bytes(sum(leaves[i].size for i in indices),
-                                       kind)
-             for indices in _dtype_groups(leaves).values())
+  return [(sum(leaves[i].size for i in indices),
+           leaves[indices[0]].dtype.itemsize)
+          for indices in _dtype_groups(leaves).values()]
 
 
 def collectives_per_event(tree, axes: tuple[str, ...],

@@ -85,11 +85,10 @@ def describe(tree, count: int) -> list[str]:
   return lines
 
 
-def check(fragments: Sequence[int], periods: Sequence[int],
-          compress: Sequence[str] = (), delays: Sequence[int] = ()
-          ) -> list[str]:
+def check(fragments: Sequence[int], periods: Sequence[int]) -> list[str]:
   """Problems with `hier.fragments` for levels of `periods` (innermost
-  first), as lines for a UserError ([] when fine)."""
+  first), as lines for a UserError ([] when fine). Compression and delays
+  compose with fragments (`core/exchange.py`)."""
   if not fragments:
     return []
   if len(fragments) != len(periods):
@@ -103,14 +102,4 @@ def check(fragments: Sequence[int], periods: Sequence[int],
           f'hier.fragments={tuple(fragments)}: level {i} averages every '
           f'{period} steps, too few for {count} fragments at steps of their '
           f'own; give it at most {period}.')
-  if any(count > 1 for count in fragments):
-    if any(kind != 'none' for kind in compress):
-      problems.append(
-          'hier.fragments with hier.compress is not designed yet (a '
-          "fragment's anchor would move leaf by leaf); leave one of them "
-          'empty.')
-    if any(delays):
-      problems.append(
-          'hier.fragments with hier.delay is not designed yet; leave one of '
-          'them empty.')
   return problems

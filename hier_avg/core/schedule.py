@@ -6,18 +6,13 @@ every K1*K2 steps). Periods nest (each divides the next), and when several
 levels fall on the same step the widest one wins: a global averaging replaces
 the local one of that step. A third level (pods of nodes) is one more entry.
 
-A level may average late (`Level.delay` tau, `hier.delay`): its averaging
-after step H averages the models of step H - tau (the snapshot), and its
-collective runs while the learners take steps H - tau + 1 ... H. Every
-round says where such a window opens or closes in it (`Round.snapshot`,
-`Round.delayed`); a round cut inside a window (a log, an evaluation, a
-memory cap) leaves the pending averaging in the state for the round that
-closes it.
-
-A level may average its parameters in fragments (`Level.fragments` F,
-`hier.fragments`, `core/fragments.py`): fragment f after step
-floor(T (f + 1) / F) of each period. Rounds then also end at those steps,
-and each round lists the fragments averaged after it (`Round.fragments`).
+A level may average late (`Level.delay` tau, `hier.delay`) and in
+fragments of its parameters (`Level.fragments` F, `hier.fragments`,
+`core/fragments.py`); what each averaging does, and when, are its events
+(`core/events.py`): the rounds end where events apply and list those they
+start and apply, and the counters count them. The periods may change over
+training in phases (`core/periods.py`), which every answer reads as they
+are when asked.
 """
 
 import bisect
@@ -25,6 +20,7 @@ import dataclasses
 import math
 from typing import Iterator, Sequence
 
+from hier_avg.core import events as events_lib
 from hier_avg.core import fragments as fragments_lib
 from hier_avg.core.periods import Phase, PeriodController
 from hier_avg.core.topology import LOCAL, NODE
@@ -47,28 +43,22 @@ class Level:
 
 @dataclasses.dataclass(frozen=True)
 class Round:
-  """Local steps `[first, first + length)`, then `level`'s averaging.
+  """Local steps `[first, first + length)`, then the averaging events
+  applied after its last step (`applies`, innermost first; `level` is the
+  widest of them, None for none).
 
-  With a delayed level (`Level.delay` tau > 0) averaging after step H, the
-  round holding step H - tau takes the snapshot: after `snapshot` of its
-  steps it starts `delayed`'s averaging of the models as they are then
-  (the collective), and its remaining steps do not depend on it. The
-  round that ends at H (`level == delayed`) applies it; if a cut falls
-  between, the snapshot's round keeps the pending averaging in the state
-  and the closing round (`snapshot` None) reads it from there. `delayed`
-  is None for every round that neither opens nor closes a window (the
-  warmup's averagings are never late).
+  A late event (`Level.delay` tau > 0) starts tau steps before it applies:
+  `starts` lists, by the steps of the round taken before it, the events
+  whose collective starts then, on the models as they are (the steps
+  after do not depend on it). One that applies in a later round is kept
+  in the state in between. Warmup rounds (`synchronous`) have no events:
+  their steps average the gradients.
   """
   first: int
   length: int
   level: Level | None
-  snapshot: int | None = None     # Steps before the snapshot, in [0, length).
-  delayed: Level | None = None    # The delayed level it opens or closes.
-  # With fragmented levels (`Schedule.fragmented`): the parameter
-  # fragments each level averages after the round, innermost first
-  # (`Schedule.fragment_events`); `level` then averages the other parts
-  # and applies its policy. () otherwise.
-  fragments: tuple[tuple[Level, tuple[int, ...]], ...] = ()
+  applies: tuple[events_lib.Event, ...] = ()
+  starts: tuple[tuple[int, tuple[events_lib.Event, ...]], ...] = ()
   # A step of the synchronous warmup (`Schedule.sync_warmup`): synchronous
   # SGD, every gradient averaged over all learners before the update, so
   # `level` (the outermost) finds the models already equal.
@@ -77,12 +67,6 @@ class Round:
   @property
   def end(self) -> int:
     return self.first + self.length
-
-  @property
-  def measured(self) -> Level | None:
-    """The level whose measures (drift, ...) the round's outputs carry:
-    the widest averaging fragments, or `level`."""
-    return self.fragments[-1][0] if self.fragments else self.level
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,11 +97,9 @@ class Schedule:
       assert outer.period % inner.period == 0, (inner, outer)
       assert set(inner.axes) <= set(outer.axes), (inner, outer)
     for level in self.levels:
-      assert 0 <= level.delay < self.levels[0].period, level
+      assert 0 <= level.delay < level.period, level
       assert 1 <= level.fragments <= level.period, level
     assert self.phases[0].start == self.sync_warmup, self.phases
-    assert not (self.fragmented and self.periods is not None), (
-        'fragments with changing periods')
 
   def with_delays(self, delays: Sequence[int]) -> 'Schedule':
     """The same levels, each late by its entry of `delays` (innermost
@@ -140,36 +122,7 @@ class Schedule:
         for level, value in zip(self.levels, values)))
 
   @property
-  def fragmented(self) -> bool:
-    """Whether some level averages its parameters in fragments."""
-    return any(level.fragments > 1 for level in self.levels)
-
-  def fragment_events(self, step: int) -> tuple[tuple[Level, tuple[int, ...]],
-                                                 ...]:
-    """The parameter fragments each level averages after step `step`
-    (1-based), innermost first: `(level, fragment indices)` for every
-    level with one due, down from the widest to the first that averages
-    its whole model (which replaces the levels inside it). The warmup's
-    steps average every fragment of the outermost level."""
-    if not self.levels:
-      return ()
-    if step <= self.sync_warmup:
-      top = self.levels[-1]
-      return ((top, tuple(range(top.fragments))),)
-    done = step - self.sync_warmup
-    events = []
-    for level in reversed(self.levels):
-      due = tuple(f for f, offset in enumerate(fragments_lib.offsets(
-          level.period, level.fragments))
-                  if done % level.period == offset % level.period)
-      if due:
-        events.append((level, due))
-      if len(due) == level.fragments:
-        break
-    return tuple(reversed(events))
-
-  @property
-  def delayed(self) -> bool:
+  def has_late_levels(self) -> bool:
     """Whether some level averages late."""
     return any(level.delay for level in self.levels)
 
@@ -184,7 +137,7 @@ class Schedule:
       return (Phase(self.sync_warmup, 1),)
     return self.periods.phases
 
-  def _phase_of(self, step: int) -> Phase:
+  def phase_of(self, step: int) -> Phase:
     """The phase step `step` (1-based) belongs to (the first for the
     warmup's steps)."""
     phases = self.phases
@@ -192,30 +145,37 @@ class Schedule:
     return phases[max(0, bisect.bisect_left(starts, step) - 1)]
 
   def level_after(self, step: int) -> Level | None:
-    """The averaging done after local step `step` (1-based), or None."""
+    """The widest level averaging after local step `step` (1-based), or
+    None (the outermost for the warmup's steps)."""
     if step <= self.sync_warmup and self.levels:
       return self.levels[-1]
-    phase = self._phase_of(step)
-    for level in reversed(self.levels):
-      if (step - phase.start) % (level.period * phase.multiplier) == 0:
-        return level
-    return None
+    applied = events_lib.applied_after(self, step)
+    return applied[-1].level if applied else None
+
+  def ends_outermost_period(self, round_: Round) -> bool:
+    """Whether `round_` ends with the outermost level's whole averaging
+    (its last fragment's event, or a warmup step), where a new phase of
+    periods may start."""
+    top = self.levels[-1] if self.levels else None
+    return round_.level == top and top is not None and (
+        round_.synchronous or any(event.level == top and event.closes_period
+                                  for event in round_.applies))
 
   def _next_averaging(self, step: int) -> int:
-    """The first step after `step` that ends with an averaging."""
+    """The first step after `step` that ends with an averaging event
+    (phases start at the outermost level's averagings, so the next one is
+    in the phase of `step + 1`)."""
     if not self.levels:
       return math.inf
     if step < self.sync_warmup:
       return step + 1
-    if self.fragmented:  # One phase from W (`__post_init__`).
-      done = step - self.sync_warmup
-      return self.sync_warmup + min(
-          done + (offset - done - 1) % level.period + 1
-          for level in self.levels
-          for offset in fragments_lib.offsets(level.period, level.fragments))
-    phase = self._phase_of(step + 1)
-    k = self.shortest_period * phase.multiplier
-    return phase.start + ((step - phase.start) // k + 1) * k
+    phase = self.phase_of(step + 1)
+    done = step - phase.start
+    return phase.start + min(
+        done + (offset - done - 1) % period + 1
+        for level in self.levels
+        for period in [level.period * phase.multiplier]
+        for offset in fragments_lib.offsets(period, level.fragments))
 
   def rounds(self, start: int, stop: int,
              cut_every: Sequence[int] = ()) -> Iterator[Round]:
@@ -237,33 +197,18 @@ class Schedule:
     cuts = [p for p in cut_every if p > 0]
     step = start
     while step < stop:
-      k = self.shortest_period * self._phase_of(step + 1).multiplier
+      k = self.shortest_period * self.phase_of(step + 1).multiplier
       dividing = [p for p in cuts if k % p == 0]
       periods = [p for p in cuts if k % p] + (
           [math.gcd(*dividing)] if dividing else [])
       end = min([stop, self._next_averaging(step)] +
                 [(step // p + 1) * p for p in periods])
       yield Round(step, end - step, self.level_after(end),
-                  *self._window(step, end),
-                  fragments=(self.fragment_events(end) if self.fragmented
-                             else ()),
+                  events_lib.applied_after(self, end),
+                  tuple((s - step, started) for s in range(step, end)
+                        if (started := events_lib.started_after(self, s))),
                   synchronous=bool(self.levels) and end <= self.sync_warmup)
       step = end
-
-  def _window(self, step: int, end: int) -> tuple[int | None, Level | None]:
-    """`(snapshot, delayed)` of the round `[step, end)` (`Round`)."""
-    after = self._next_averaging(step)
-    if not self.delayed or after == math.inf:
-      return None, None
-    level = self.level_after(after)
-    if after <= self.sync_warmup or not level.delay:
-      return None, None
-    snapshot = after - level.delay  # The step after which it is taken.
-    if step <= snapshot < end:
-      return snapshot - step, level
-    if end == after:
-      return None, level  # Taken before this round, kept in the state.
-    return None, None
 
   @property
   def shortest_period(self) -> int:
@@ -306,56 +251,36 @@ class Schedule:
     return f'{levels}; periods {self.periods.rule}'
 
   def counts(self, steps: int) -> dict[str, int]:
-    """Averagings of each level done in the first `steps` steps.
+    """Averaging events of each level in the first `steps` steps (and of
+    each fragment f of a fragmented level, `<level>_fragment<f>`).
 
-    A step divisible by an outer period counts for the outer level only;
-    each warmup step counts for the outermost. Each phase counts from its
-    start (where the phase before ended in an outermost averaging).
-
-    With fragments, a fragmented level's count is that of its fragment
-    events, and `<level>_fragment<f>` counts fragment f's.
+    Per phase (counted from its start; `Schedule.phases`), fragment f of
+    a level of period T (times the phase's multiplier) applies once at
+    its offset o_f in each period (`fragments.offsets`), except that the
+    last one (o = T) is hidden wherever a wider level of one fragment
+    averages the whole model. Each warmup step counts one event of every
+    fragment of the outermost level.
     """
-    if self.fragmented:
-      return self._fragment_counts(steps)
+    counts = {}
     warmup = min(steps, self.sync_warmup)
-    counts = {level.name: 0 for level in self.levels}
     phases = self.phases
-    for phase, after in zip(phases, phases[1:] + (None,)):
-      end = steps if after is None else min(steps, after.start)
-      n = max(0, end - phase.start)
-      for i, level in enumerate(self.levels):
-        counts[level.name] += n // (level.period * phase.multiplier)
-        if i + 1 < len(self.levels):
-          counts[level.name] -= n // (self.levels[i + 1].period *
-                                      phase.multiplier)
-    if self.levels:
-      counts[self.levels[-1].name] += warmup
-    return counts
-
-
-  def _fragment_counts(self, steps: int) -> dict[str, int]:
-    """`counts` of a fragmented schedule: the events repeat every
-    outermost period after the warmup."""
-    counts = {level.name: 0 for level in self.levels}
-    for level in self.levels:
+    for i, level in enumerate(self.levels):
+      wider = [l.period for l in self.levels[i + 1:] if l.fragments == 1]
+      per_fragment = [warmup if level is self.levels[-1] else 0] * (
+          level.fragments)
+      for phase, after in zip(phases, phases[1:] + (None,)):
+        n = max(0, (steps if after is None else min(steps, after.start)) -
+                phase.start)
+        period = level.period * phase.multiplier
+        for f, offset in enumerate(fragments_lib.offsets(period,
+                                                         level.fragments)):
+          per_fragment[f] += (n - offset + period) // period
+        if wider:
+          per_fragment[-1] -= n // (min(wider) * phase.multiplier)
+      counts[level.name] = sum(per_fragment)
       if level.fragments > 1:
-        counts.update({f'{level.name}_fragment{f}': 0
-                       for f in range(level.fragments)})
-
-    def add(step, times=1):
-      for level, due in self.fragment_events(step):
-        counts[level.name] += times * len(due)
-        if level.fragments > 1:
-          for f in due:
-            counts[f'{level.name}_fragment{f}'] += times
-
-    warmup = min(steps, self.sync_warmup)
-    if warmup:
-      add(1, warmup)
-    period = self.levels[-1].period
-    periods, rest = divmod(steps - warmup, period)
-    for done in range(1, period + 1):
-      add(self.sync_warmup + done, periods + (done <= rest))
+        counts.update({f'{level.name}_fragment{f}': count
+                       for f, count in enumerate(per_fragment)})
     return counts
 
 
@@ -366,10 +291,23 @@ def hier_schedule(k1: int, k2: int) -> Schedule:
 
 
 
-def check_delays(delays, mixes, periods, compress=()) -> list[str]:
+def check_delays(delays, mixes, periods, fragments=(),
+                 least_decided_multiplier=None) -> list[str]:
   """Problems with `hier.delay` / `hier.delay_mix` for levels of `periods`
-  (innermost first) compressed as `compress`, as lines for a UserError
-  ([] when fine)."""
+  (innermost first) in `fragments` (F per level; empty: one), as lines
+  for a UserError ([] when fine).
+
+  A level's averaging must apply before its next one starts (one in
+  flight per level and fragment), so each delay is below its own level's
+  period. Any other level may average inside the window; each learner
+  keeps what it did since the snapshot, those averagings included.
+  Compression, fragments and phases of periods known up front compose
+  with it (`core/exchange.py`). Periods decided while training
+  (`least_decided_multiplier`: the smallest multiplier such a phase may
+  take; None: none are) start a phase at an outermost averaging, so a
+  late event applying in it must also start in it: tau below the
+  phase's first event, floor(T m / F) steps in.
+  """
   depth = len(periods)
   problems = []
   for key, values in (('hier.delay', delays), ('hier.delay_mix', mixes)):
@@ -381,19 +319,22 @@ def check_delays(delays, mixes, periods, compress=()) -> list[str]:
   if problems:
     return problems
   taus = tuple(delays) or (0,) * depth
-  for i, tau in enumerate(taus):
-    if tau >= periods[0]:
+  counts = tuple(fragments) or (1,) * depth
+  for i, (tau, period, count) in enumerate(zip(taus, periods, counts)):
+    if tau >= period:
       problems.append(
           f'hier.delay={tuple(delays)}: level {i} is {tau} step(s) late but '
-          f'some level averages every {periods[0]} steps; each delay must be '
-          'below the narrowest period, so that no other averaging falls '
-          'inside its window; lower it.')
-  for i, (tau, kind) in enumerate(zip(taus, compress)):
-    if tau and kind != 'none':
+          f'averages every {period} steps, so its next averaging would start '
+          'before this one applied; give it less than its period.')
+    elif (least_decided_multiplier is not None and
+          tau >= period * least_decided_multiplier // count):
+      first = period * least_decided_multiplier // count
       problems.append(
-          f'hier.delay is {tau} for level {i} whose hier.compress is '
-          f'{kind!r}: late averaging of compressed changes is not designed '
-          "yet; set one of them to 0 / 'none' for that level.")
+          f'hier.delay={tuple(delays)}: level {i} is {tau} step(s) late, '
+          f'but a phase of adaptive periods may average it {first} step(s) '
+          'after the phase starts, which is decided only then: give it a '
+          f'delay below {first}, fewer fragments, or a larger '
+          'hier.adaptive_min.')
   for i, (tau, mix) in enumerate(zip(taus, mixes)):
     if not tau and mix:
       problems.append(

@@ -30,12 +30,13 @@ class TrainState(flax.struct.PyTreeNode):
   # steps, a ring buffer with leaves grid_shape + (tau,) + leaf_shape (step
   # t reads and then overwrites slot t % tau). None otherwise.
   stale: Any = None
-  # With compressed averaging (`core/compression.py`): {'anchor': {level:
-  # the model its group last held in common}, 'residual': {level: what
-  # compression lost, float32, where error feedback is on}}, per learner;
-  # with delayed averaging (`hier.delay`) also 'delayed': {level: the
-  # pending late averaging taken at its snapshot (`algorithms/
-  # hierarchical.py`)}. None without either.
+  # What the levels' exchanges keep (`core/exchange.py`), per learner:
+  # with compressed averaging (`core/compression.py`) 'anchor': {level: the
+  # model its group last held in common} and 'residual': {level: what
+  # compression lost, float32, where error feedback is on}; with delayed
+  # averaging (`hier.delay`) 'inflight': {level or level_fragment<f>: the
+  # event started and not yet applied (`exchange.InFlight`)}. None without
+  # either.
   comm: Any = None
 
 

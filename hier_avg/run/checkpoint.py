@@ -10,6 +10,7 @@ and atomic (orbax writes into a temporary folder and renames it when
 complete, so a half-written checkpoint is never picked up).
 """
 
+import hashlib
 import os
 import shutil
 
@@ -121,6 +122,16 @@ def _abstract(state: TrainState):
       _saveable(state))
 
 
+def state_layout(state: TrainState) -> str:
+  """A short digest of the state's leaves (path, shape, dtype): what a
+  checkpoint must match to restore into `state`. The learner grid fixes
+  the shapes, not the devices, so resumable changes keep it."""
+  leaves = jax.tree_util.tree_flatten_with_path(_saveable(state))[0]
+  text = ';'.join(f'{jax.tree_util.keystr(path)}:{x.shape}:{x.dtype}'
+                  for path, x in leaves)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def _report_unreadable(directory: str, step: int, why: str) -> None:
   logging.warning('checkpoint %s/%d is unreadable (%s); trying an older '
                   'one.', directory, step, why)
@@ -160,6 +171,7 @@ class Checkpoints:
     """
     self._manager.check_for_errors()
     step = int(record['step'])
+    record = {**record, 'state_layout': state_layout(state)}
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(_saveable(state)),
         record=ocp.args.JsonSave(record)), force=True)
@@ -189,6 +201,13 @@ class Checkpoints:
         _report_unreadable(self.directory, step, problem)
         continue
       check_record(record)
+      layout = record.get('state_layout')
+      if layout is not None and layout != state_layout(like):
+        raise UserError(
+            f'checkpoint {self.directory}/{step} holds a training state laid '
+            'out differently from the one this version of hier_avg trains '
+            'with this config; finish that run with the version that wrote '
+            'it, or move the workdir away to start over.')
       try:
         state = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(_abstract(like))))['state']
@@ -203,8 +222,10 @@ class Checkpoints:
     if steps:
       raise UserError(
           f'no checkpoint in {self.directory} can be read (steps '
-          f'{", ".join(map(str, steps))}); move the folder away to start '
-          'over, or restore it from a backup.')
+          f'{", ".join(map(str, steps))}: damaged, or written by an older '
+          'version of hier_avg with another state layout); move the folder '
+          'away to start over, restore it from a backup, or finish the run '
+          'with the version that wrote it.')
     return None
 
   def move_aside(self, steps) -> None:

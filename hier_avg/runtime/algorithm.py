@@ -12,7 +12,8 @@ from typing import Any, Callable
 
 import jax
 
-from hier_avg.core.schedule import Level, Schedule
+from hier_avg.core.events import Event
+from hier_avg.core.schedule import Schedule
 from hier_avg.core.state import TrainState
 from hier_avg.runtime.communication import Channel
 
@@ -25,48 +26,42 @@ def _unchanged(state: TrainState) -> TrainState:
 class Algorithm:
   """An algorithm as functions of a device's block of learners.
 
-  `local_step` and `after_round` run inside `shard_map`: their `state` holds
-  the device's block of learners (leading grid axes) and the replicated
-  step, and they may use collectives over the mesh axes.
+  The step functions and the events' run inside `shard_map`: their `state`
+  holds the device's block of learners (leading grid axes) and the
+  replicated step, and they may use collectives over the mesh axes.
   """
   description: str
-  # When averaging happens: a round ends at every averaging, which
-  # `after_round` receives as its level (None: a round cut elsewhere).
+  # When averaging happens: its events (`core/events.py`) end the rounds.
   schedule: Schedule
   # (state, batch) -> (state, [block...] losses): one step of every
   # learner of the block; batch is ([block..., B, H, W, C], [block..., B]).
   local_step: Callable[[TrainState, Any], tuple[TrainState, jax.Array]]
-  # (state, level or None[, delayed][, fragments=][, synchronous=]) ->
-  # (state, measures):
-  # measures maps names ('drift', ...) to per-learner [block...] values of
-  # this round's averaging, returned to the host like the losses ({}:
-  # none). With `delayed` True the level's averaging is a late one
-  # (`Level.delay`): it applies the pending averaging that `keep` left in
-  # the state. `fragments` (`Round.fragments`, fragmented levels only):
-  # the parameter fragments averaged after the round; `level` then
-  # averages the other parts. `synchronous` (`Round.synchronous`): after a
-  # `sync_step`, whose models and optimizer states are equal already.
-  after_round: Callable[..., tuple[TrainState, dict[str, jax.Array]]]
   # (whole state, outside `shard_map`) -> what one event of each of the
   # algorithm's communication channels costs, by channel name.
   channels: Callable[[TrainState], dict[str, Channel]]
   # steps -> events of each channel, by name, in the first `steps` steps.
   event_counts: Callable[[int], dict[str, int]]
-  # (state, batch) -> (state, losses): one step of synchronous SGD (the
-  # warmup's, `Round.synchronous`): every learner's gradient averaged over
-  # all learners before its update. None: no warmup supported.
+  # The synchronous warmup (`Round.synchronous`; None: not supported):
+  # (state, batch) -> (state, losses), one step of synchronous SGD, every
+  # learner's gradient averaged over all learners before its update; and
+  # (state) -> (state, measures), the outermost level's averaging after it.
   sync_step: (Callable[[TrainState, Any], tuple[TrainState, jax.Array]]
               | None) = None
+  after_sync: Callable[[TrainState], tuple[TrainState, dict]] | None = None
+  # An averaging event (`Event`): (state, event[, before]) -> record, its
+  # collective on the models as they are (a pure function of the state:
+  # steps after it do not wait for it; its measures of `before`'s);
+  # (state, event, record) -> (state, measures), its result applied,
+  # measures mapping names ('drift', ...) to per-learner [block...]
+  # values; (state, event, record) -> state, a started event kept across
+  # a round's end, and (state, event) -> record, read back.
+  start: Callable[[TrainState, Event], Any] | None = None
+  apply: Callable[[TrainState, Event, Any],
+                  tuple[TrainState, dict[str, jax.Array]]] | None = None
+  keep: Callable[[TrainState, Event, Any], TrainState] | None = None
+  kept: Callable[[TrainState, Event], Any] | None = None
   # Optional `TrainState` fields this algorithm fills ('outer', 'stale',
   # 'comm'), and the function that fills them from the fresh state (inside
   # jit).
   extra_state: tuple[str, ...] = ()
   extend_state: Callable[[TrainState], TrainState] = _unchanged
-  # Delayed averaging (schedules with `Level.delay`; None: not supported).
-  # (state, level) -> pending: the level's averaging of the learners'
-  # models as they are now, its collective included. A pure function of
-  # the state: the steps that follow it in the round do not wait for it.
-  snapshot: Callable[[TrainState, Level], Any] | None = None
-  # (state, level, pending) -> state: the pending averaging kept in the
-  # state, for the `after_round(..., delayed=True)` that applies it.
-  keep: Callable[[TrainState, Level, Any], TrainState] | None = None

@@ -18,6 +18,7 @@ from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from hier_avg.core.learner import Learner
+from hier_avg.core.events import Event
 from hier_avg.core.schedule import Level, Round, Schedule
 from hier_avg.core.state import TrainState, state_specs
 from hier_avg.core.topology import Topology
@@ -62,15 +63,24 @@ class Engine:
   def state_bytes_per_device(self, image_shape) -> int:
     """What the state of every learner takes on one device, found without
     allocating it (shapes only)."""
+    return sum(self.state_bytes_by_part(image_shape).values())
+
+  def state_bytes_by_part(self, image_shape) -> dict[str, int]:
+    """`state_bytes_per_device` per field of the state (and per entry of
+    `comm`: 'comm/anchor', ...)."""
     shapes = jax.eval_shape(self._init(0, image_shape))
-
-    def on_one_device(sharding, part) -> int:
-      return sum(math.prod(sharding.shard_shape(leaf.shape)) *
-                 leaf.dtype.itemsize for leaf in jax.tree.leaves(part))
-
-    # The shardings are one per field of the state (a prefix of it).
-    return sum(jax.tree.leaves(jax.tree.map(
-        on_one_device, self._state_shardings, shapes)))
+    found = {}
+    for name, sharding in vars(self._state_shardings).items():
+      part = getattr(shapes, name)
+      if part is None:
+        continue
+      # The shardings are one per field of the state (a prefix of it).
+      pieces = (part.items() if name == 'comm' else [(None, part)])
+      for key, piece in pieces:
+        found[name if key is None else f'{name}/{key}'] = sum(
+            math.prod(sharding.shard_shape(leaf.shape)) * leaf.dtype.itemsize
+            for leaf in jax.tree.leaves(piece))
+    return found
 
   def _init(self, seed: int, image_shape):
     """The function that makes the initial state."""
@@ -102,64 +112,46 @@ class Engine:
   # ---- Rounds ---------------------------------------------------------
 
   def train_round(self, level: Level | None, length: int,
-                  streamed: bool = False, snapshot: int | None = None,
-                  delayed: Level | None = None, fragments=(),
-                  synchronous: bool = False):
-    """The compiled round `(state, *inputs) -> (state, outputs)`.
-
-    A round is `length` local steps on every learner (one program, so the
-    host dispatches once per round, not once per step) followed by the
-    algorithm's `after_round(level)`. `inputs` are `(images, labels,
-    indices)` for a data set resident on the devices
-    (`topology.put_replicated`, `topology.put_round_indices`), or the
-    round's `(images, labels)` minibatches when `streamed`
-    (`topology.put_round_batches` for a streamed set,
-    `topology.put_round_gathered` for one kept in host memory).
-    `outputs['loss']` is every learner's minibatch loss per step, [length,
-    grid...], sharded: the mean over learners is left to the host, so
-    rounds without averaging need no collective at all. The algorithm's
-    measures of the round's averaging (`outputs['drift']`, ...) come as
-    [1, grid...] the same way. Compiled once per (level, length, streamed)
-    and delayed-averaging window.
-
-    `snapshot`, `delayed` (`Round`): after `snapshot` steps the round
-    starts `delayed`'s late averaging of the models as they are then (its
-    collective); the steps after it run on a state that does not hold its
-    result, so nothing in them waits for it. A round that ends with
-    `delayed`'s averaging applies it then; one cut before keeps it in the
-    state (`Algorithm.keep`), and the round that ends with the averaging
-    (`snapshot` None) applies it from there.
-
-    `fragments` (`Round.fragments`): the parameter fragments each level
-    averages after the round, with fragmented levels (`hier.fragments`).
-    `synchronous` (`Round.synchronous`): the steps are the warmup's
-    synchronous SGD (`Algorithm.sync_step`).
-    """
-    key = _program_key(level, length, streamed, snapshot, delayed,
-                       fragments, synchronous)
-    if key not in self._rounds:
-      self._rounds[key] = self._build_round(level, streamed, snapshot,
-                                            delayed, fragments, synchronous)
-    return self._rounds[key]
+                  streamed: bool = False):
+    """The compiled round of `length` local steps that ends with `level`'s
+    whole-model averaging (None: none): `round_program` of that round."""
+    applies = () if level is None else (Event(level, 0, length, length),)
+    return self.round_program(Round(0, length, level, applies), streamed)
 
   def round_program(self, round_: Round, streamed: bool = False):
-    """`train_round` for `round_`."""
-    return self.train_round(round_.level, round_.length, streamed,
-                            round_.snapshot, round_.delayed, round_.fragments,
-                            round_.synchronous)
+    """The compiled program `(state, *inputs) -> (state, outputs)` of a
+    round like `round_` (`Round`: its steps, the events it starts and
+    applies).
+
+    A round is its local steps on every learner (one program, so the host
+    dispatches once per round, not once per step), the events it starts
+    between them (each on the models as they are then: the steps after do
+    not depend on it, so its collective may run during them) and the
+    events it applies after them. `inputs` are `(images, labels, indices)`
+    for a data set resident on the devices (`topology.put_replicated`,
+    `topology.put_round_indices`), or the round's `(images, labels)`
+    minibatches when `streamed` (`topology.put_round_batches` for a
+    streamed set, `topology.put_round_gathered` for one kept in host
+    memory). `outputs['loss']` is every learner's minibatch loss per step,
+    [length, grid...], sharded: the mean over learners is left to the
+    host, so rounds without averaging need no collective at all. The
+    measures of the round's widest averaging (`outputs['drift']`, ...)
+    come as [1, grid...] the same way. Compiled once per `_program_key`.
+    """
+    key = _program_key(round_, streamed)
+    if key not in self._rounds:
+      self._rounds[key] = self._build_round(round_, streamed)
+    return self._rounds[key]
 
   @property
   def compiled_rounds(self) -> tuple:
-    """Keys (level name, length[, ('delay', level name, snapshot)][,
-    ('fragments', (level name, fragments)...)][, 'streamed']) of the
-    rounds built so far."""
+    """Keys (`_program_key`) of the rounds built so far."""
     return tuple(self._rounds)
 
   @staticmethod
   def programs_of(rounds, streamed: bool = False) -> set:
     """The keys (as `compiled_rounds`) of the programs `rounds` run."""
-    return {_program_key(r.level, r.length, streamed, r.snapshot, r.delayed,
-                         r.fragments, r.synchronous) for r in rounds}
+    return {_program_key(r, streamed) for r in rounds}
 
   def run_round(self, state: TrainState, round_: Round, inputs,
                 streamed: bool = False):
@@ -167,37 +159,30 @@ class Engine:
 
     XLA:CPU collectives across fake devices can deadlock when several
     rounds with a collective are in flight, so on CPU this waits for every
-    round that ends in an averaging or takes a snapshot for a late one.
-    The one place that knows it: the
-    train loop, the tests and the benchmarks all run rounds through here.
+    round that has one. The one place that knows it: the train loop, the
+    tests and the benchmarks all run rounds through here.
     """
     state, outputs = self.round_program(round_, streamed)(state, *inputs)
-    collective = (round_.level is not None or round_.snapshot is not None
-                  or bool(round_.fragments))
+    collective = bool(round_.level or round_.applies or round_.starts)
     if collective and self.topology.platform == 'cpu':
       jax.block_until_ready(state)
     return state, outputs
 
-  def _build_round(self, level: Level | None, streamed: bool,
-                   snapshot: int | None = None, delayed: Level | None = None,
-                   fragments=(), synchronous: bool = False):
+  def _build_round(self, round_: Round, streamed: bool):
     """One round as a sharded, jitted function of the whole learner grid."""
     algorithm, step_loop = self.algorithm, self.execution.step_loop
-    if delayed is not None:
-      assert algorithm.snapshot is not None, (
-          f'{algorithm.description} cannot average late')
-    if synchronous:
+    if round_.synchronous:
       assert algorithm.sync_step is not None, (
           f'{algorithm.description} has no synchronous warmup')
 
     def steps(state, batches):
-      step = algorithm.sync_step if synchronous else algorithm.local_step
+      step = (algorithm.sync_step if round_.synchronous
+              else algorithm.local_step)
       if step_loop == 'scan':
         return lax.scan(step, state, batches)
       losses = []
       for k in range(batches[1].shape[0]):
-        state, loss = step(
-            state, jax.tree.map(lambda x, k=k: x[k], batches))
+        state, loss = step(state, jax.tree.map(lambda x, k=k: x[k], batches))
         losses.append(loss)
       return state, jnp.stack(losses)
 
@@ -209,32 +194,9 @@ class Engine:
         # resident data set inside the scan made XLA:CPU copy it every step.
         images, labels, indices_K = inputs
         batches = (images[indices_K], labels[indices_K])
-      if snapshot is None:
-        state, losses = steps(state, batches)
-      else:
-        # The late averaging's collective sits between the two parts; the
-        # second part runs on `state`, which does not hold its result, so
-        # a scheduler may run the collective during those steps.
-        losses = []
-        if snapshot:
-          state, first = steps(state, jax.tree.map(lambda x: x[:snapshot],
-                                                   batches))
-          losses.append(first)
-        pending = algorithm.snapshot(state, delayed)
-        state, rest = steps(state, jax.tree.map(lambda x: x[snapshot:],
-                                                batches))
-        losses = jnp.concatenate(losses + [rest])
-        state = algorithm.keep(state, delayed, pending)
-      if delayed is not None and level is not None:
-        state, measures = algorithm.after_round(state, level, True)
-      elif synchronous:
-        state, measures = algorithm.after_round(state, level,
-                                                synchronous=True)
-      elif fragments:
-        state, measures = algorithm.after_round(state, level,
-                                                fragments=fragments)
-      else:
-        state, measures = algorithm.after_round(state, level)
+      state, losses, started = _steps_and_starts(
+          algorithm, round_, state, batches, steps)
+      state, measures = _applies(algorithm, round_, state, started)
       # Every output has a leading axis (steps, or the one averaging) so
       # that all shard like a round's inputs.
       return state, {'loss': losses,
@@ -252,16 +214,59 @@ class Engine:
                                   self.topology.round_sharding()))
 
 
-def _program_key(level: Level | None, length: int, streamed: bool,
-                 snapshot: int | None, delayed: Level | None,
-                 fragments, synchronous: bool = False) -> tuple:
-  """What tells one compiled round program from another."""
-  key = (None if level is None else level.name, length)
-  if delayed is not None:
-    key += (('delay', delayed.name, snapshot),)
-  if fragments:
-    key += (('fragments',) + tuple((l.name, due) for l, due in fragments),)
-  if synchronous:
+def _steps_and_starts(algorithm: Algorithm, round_: Round, state, batches,
+                      steps):
+  """The round's steps, with its events started between them: (state,
+  losses, {slot: (event, record)})."""
+  started, losses, done = {}, [], 0
+  for at, events in round_.starts:
+    if at > done:
+      state, part = steps(state, jax.tree.map(lambda x: x[done:at], batches))
+      losses.append(part)
+      done = at
+    for event in events:
+      started[event.slot] = (event, algorithm.start(state, event))
+  if done < round_.length:
+    state, part = steps(state, jax.tree.map(lambda x: x[done:], batches))
+    losses.append(part)
+  return state, jnp.concatenate(losses), started
+
+
+def _applies(algorithm: Algorithm, round_: Round, state, started):
+  """The round's events applied, innermost first; those started and not
+  applied kept in the state. (state, measures of the widest level)."""
+  measures, before = {}, state
+  if round_.synchronous:
+    state, measures = algorithm.after_sync(state)
+  for event in round_.applies:
+    if event.late:
+      record = (started.pop(event.slot)[1] if event.slot in started
+                else algorithm.kept(state, event))
+    else:
+      record = algorithm.start(state, event, before)
+    state, found = algorithm.apply(state, event, record)
+    if event.level == round_.applies[-1].level:
+      measures = {name: measures[name] + value if name in measures else
+                  value for name, value in found.items()}
+  for event, record in started.values():
+    state = algorithm.keep(state, event, record)
+  return state, measures
+
+
+def _program_key(round_: Round, streamed: bool) -> tuple:
+  """What tells one compiled round program from another: (level name,
+  length[, its events where they are not the level's whole-model
+  averaging][, 'synchronous'][, 'streamed'])."""
+  key = (None if round_.level is None else round_.level.name, round_.length)
+  plain = (() if round_.level is None else
+           (Event(round_.level, 0, round_.end, round_.end),))
+  if round_.starts or tuple((e.level, e.fragment, e.late)
+                            for e in round_.applies) != tuple(
+                                (e.level, e.fragment, e.late) for e in plain):
+    key += (('events', tuple((e.slot, e.late) for e in round_.applies),
+             tuple((at, tuple(e.slot for e in events))
+                   for at, events in round_.starts)),)
+  if round_.synchronous:
     key += ('synchronous',)
   if streamed:
     key += ('streamed',)

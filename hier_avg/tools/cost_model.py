@@ -36,6 +36,7 @@ import math
 from typing import Callable, Sequence
 
 from hier_avg.core import compression
+from hier_avg.core import exchange
 from hier_avg.core import fragments as fragments_lib
 from hier_avg.core import schedule as schedule_lib
 from hier_avg.core.hierarchy import Hierarchy, per_level
@@ -444,13 +445,10 @@ def predict(cluster: AnyCluster, algorithm: Algorithm, num_learners: int,
     # reduces in float32 inside its inner groups, then exchanges one
     # payload per inner group (core/compression.py): a learner's share.
     share = model_bytes / count
-    if kind == 'none':
-      nbytes, event_s = share, allreduce_s(cluster, size, share)
-      peak = share
-    else:
-      peak = compression.payload_bytes(round(share / 4), kind)
-      nbytes = peak / inner + (share if inner > 1 else 0)
-      event_s = compressed_allreduce_s(cluster, size, inner, share, peak)
+    moved = exchange.event_bytes([(share / 4, 4)], kind, inner)
+    nbytes, peak = moved.inside + moved.between, moved.payload
+    event_s = (allreduce_s(cluster, size, share) if kind == 'none' else
+               compressed_allreduce_s(cluster, size, inner, share, peak))
     nbytes, peak = (nbytes, peak) if size > 1 else (0.0, 0.0)
     events = counts[name]
     # The warmup's averagings (the outermost level's) are never late.

@@ -169,15 +169,24 @@ def make_asgd_engine(learner, topology, staleness, pack='auto'):
 def guard_retraces(engine, steps, cut_every=()):
   """Makes tracing any round of the first `steps` steps twice fail.
 
-  Every distinct (level, length) round may be traced once; `after_round`
-  runs once per trace, so `chex.assert_max_traces` on it counts traces.
+  Every distinct round program (`Engine.programs_of`) may be traced once;
+  each trace of a round calls the algorithm's `local_step` (or the warmup's
+  `sync_step`) once per step it unrolls (once per part with a scan), so
+  `chex.assert_max_traces` on them counts traces.
   """
-  kinds = {(r.level, r.length, r.snapshot, r.delayed, r.fragments)
-           for r in engine.schedule.rounds(0, steps, cut_every)}
+  rounds = list(engine.schedule.rounds(0, steps, cut_every))
+  programs = {engine.programs_of([r]).pop(): r for r in rounds}
+  scan = engine.execution.step_loop == 'scan'
+  calls = {False: 0, True: 0}
+  for r in programs.values():
+    calls[r.synchronous] += (len(r.starts) + 1) if scan else r.length
   chex.clear_trace_counter()
-  engine.algorithm = dataclasses.replace(
-      engine.algorithm, after_round=chex.assert_max_traces(
-          engine.algorithm.after_round, n=len(kinds)))
+  replaced = {'local_step': chex.assert_max_traces(
+      engine.algorithm.local_step, n=max(1, calls[False]))}
+  if engine.algorithm.sync_step is not None:
+    replaced['sync_step'] = chex.assert_max_traces(
+        engine.algorithm.sync_step, n=max(1, calls[True]))
+  engine.algorithm = dataclasses.replace(engine.algorithm, **replaced)
 
 
 def run_engine(engine, data, sampler, steps, seed=0, state=None,

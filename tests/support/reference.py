@@ -123,55 +123,9 @@ def _squared_distance(a, b):
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def _drift(learners, levels, level, step):
-  """One averaging's (step, level index, drift, spread), written out."""
-  params = [l['params'] for l in learners]
-
-  def mean_of(group):
-    return jax.tree.map(lambda *xs: np.mean(
-        [np.asarray(x, np.float64) for x in xs], 0), *[params[i]
-                                                       for i in group])
-
-  def group_of(groups, i):
-    return next(g for g in groups if i in g)
-
-  means = {g: mean_of(g) for g in level.groups}
-  drift = np.mean([_squared_distance(p, means[group_of(level.groups, i)])
-                   for i, p in enumerate(params)])
-  spread = None
-  if level is levels[-1] and len(levels) > 1:
-    inner = {g: mean_of(g) for g in levels[-2].groups}
-    spread = np.mean([_squared_distance(
-        inner[group_of(levels[-2].groups, i)],
-        means[group_of(level.groups, i)]) for i in range(len(params))])
-  return step, levels.index(level), drift, spread
-
-
 # Blockwise kinds as the engine's (hier_avg/core/compression.py): values
 # per scale, and the largest integer sent.
 BLOCKS = {'int8': (256, 127), 'int4': (64, 7)}
-
-
-def _float_buffer(tree):
-  """A tree's floating leaves side by side, in tree order, float32."""
-  return np.concatenate([np.asarray(x, np.float32).ravel()
-                         for x in jax.tree.leaves(tree)
-                         if np.issubdtype(np.asarray(x).dtype, np.floating)])
-
-
-def _unbuffer(buffer, like):
-  """`_float_buffer`'s inverse: `buffer` cut into `like`'s float leaves."""
-  leaves, treedef = jax.tree.flatten(like)
-  out, start = [], 0
-  for x in leaves:
-    x = np.asarray(x)
-    if np.issubdtype(x.dtype, np.floating):
-      out.append(buffer[start:start + x.size].reshape(x.shape).astype(
-          x.dtype))
-      start += x.size
-    else:
-      out.append(x)
-  return jax.tree.unflatten(treedef, out)
 
 
 def compress_values(x, kind):
@@ -194,95 +148,6 @@ def compress_values(x, kind):
   return out
 
 
-class RefCompression:
-  """Compressed averaging per level, written out: each learner's anchor
-  (its group's last common parameters) and error-feedback residual.
-
-  A level's groups are made of the groups one level in (single learners
-  at the innermost); each inner group's float32 mean change since the
-  anchor (plus its residual) is compressed, the level takes the float32
-  mean of what they read as, compresses that mean again, and every
-  learner of the group becomes anchor + what that reads as.
-  """
-
-  def __init__(self, learners, kinds, feedback=None):
-    self.kinds = list(kinds)
-    self.feedback = list(feedback or [False] * len(kinds))
-    self.anchors = [[_float_buffer(l['params']) for l in learners]
-                    for _ in kinds]
-    self.residuals = [[np.zeros_like(a) for a in anchors]
-                      for anchors in self.anchors]
-
-  def average(self, learners, index, groups, inner_groups=None):
-    """Level `index` averages `groups` of `learners`' params (in place);
-    `inner_groups`: the level one in's groups (None: single learners)."""
-    kind = self.kinds[index]
-    inner_groups = inner_groups or [(i,) for i in range(len(learners))]
-    for group in groups:
-      read = []
-      for inner in [g for g in inner_groups if g[0] in group]:
-        mean = np.mean([_float_buffer(learners[i]['params']).astype(
-            np.float64) for i in inner], 0).astype(np.float32)
-        change = mean - self.anchors[index][inner[0]]
-        if self.feedback[index]:
-          change = change + self.residuals[index][inner[0]]
-        values = compress_values(change, kind)
-        if self.feedback[index]:
-          for i in inner:
-            self.residuals[index][i] = change - values
-        read.append(values.astype(np.float64))
-      mean = compress_values(np.mean(read, 0).astype(np.float32), kind)
-      model = self.anchors[index][group[0]] + mean
-      for i in group:
-        learners[i]['params'] = _unbuffer(model, learners[i]['params'])
-
-  def after_event(self, learners, index, common=None):
-    """Level `index` (and every level inside it) now holds common models;
-    `common`: per learner, the common model its groups restart from
-    (default: its parameters)."""
-    models = common or [l['params'] for l in learners]
-    for k in range(index + 1):
-      self.anchors[k] = [_float_buffer(m) for m in models]
-
-
-def _stream(learners, levels, fragments, due, outers, drift, step):
-  """The fragment averagings `due` ((level index, fragments) pairs) after
-  `step`, leaf by leaf: each leaf takes its widest due level's group mean
-  (and with `outers` at the outermost, that fragment's outer step)."""
-  if not due:
-    return
-  owner = {}  # Leaf index -> (level index, fragment) averaging it.
-  for index, fs in due:
-    for f in fs:
-      for leaf in fragments[index][f]:
-        if leaf not in owner or owner[leaf][0] < index:
-          owner[leaf] = (index, f)
-  widest = max(index for index, _ in due)
-  leaves = [jax.tree.leaves(l['params']) for l in learners]
-  if drift is not None:
-    mine = sorted(leaf for leaf, (index, _) in owner.items()
-                  if index == widest)
-    drift.append(_drift([{'params': [x[i] for i in mine]} for x in leaves],
-                        levels, levels[widest], step))
-  new = [list(x) for x in leaves]
-  for leaf, (index, _) in owner.items():
-    for group in levels[index].groups:
-      mean = np.mean([np.asarray(leaves[i][leaf], np.float64)
-                      for i in group], 0)
-      for i in group:
-        new[i][leaf] = mean.astype(np.asarray(leaves[i][leaf]).dtype)
-  if outers is not None:
-    top = len(levels) - 1
-    for f in sorted({f for index, f in owner.values() if index == top}):
-      mine = fragments[top][f]
-      stepped = outers[f].step([new[0][i] for i in mine])
-      for x in new:
-        for i, value in zip(mine, stepped):
-          x[i] = value
-  for l, x in zip(learners, new):
-    l['params'] = jax.tree.unflatten(jax.tree.structure(l['params']), x)
-
-
 def _average_parts(learners, level, parts, reset_opt_state):
   """Each group of `level` takes its mean of `parts`; then, with
   `reset_opt_state`, the optimizer's floating state is zeroed."""
@@ -303,174 +168,12 @@ def _zero_floats(tree):
                                                   np.floating) else x, tree)
 
 
-def _f64(tree):
-  return jax.tree.map(lambda x: np.asarray(x, np.float64), tree)
-
-
-def _cast_like(tree, like):
-  return jax.tree.map(lambda x, l: np.asarray(x).astype(np.asarray(l).dtype),
-                      tree, like)
-
-
-def run(learner: Learner, learners: list[dict], levels, average, images,
-        labels, sampler, steps: int, first_step: int = 0, outer=None,
-        reset_opt_state=False, sync_warmup=0, drift=None, level_at=None,
-        compression=None, delay=None, delay_mix=None, snapshots=None,
-        fragments=None, fragment_outers=None):
-  """Trains `learners` (dicts of params/batch_stats/opt_state/rng) in place.
-
-  `reset_opt_state`: the optimizer's floating state (momentum) of every
-  learner in an averaged group is zeroed after the averaging.
-  `sync_warmup` W: steps 1..W are synchronous SGD (`_warmup_step`), each
-  counted as the outermost level's averaging; periods count from W after
-  that. `drift`: a list that gets, per averaging,
-  `(step, level index, drift, spread)`: the mean over learners of the
-  squared distance of their parameters from their group's mean, and (at
-  the outermost level, else None) of their next-level group's mean from
-  the global mean, before averaging, in float64. `level_at`: a function
-  of the step t (1-based) giving the index into `levels` of the averaging
-  after it, or None; it replaces the periods (steps 1..`sync_warmup` stay
-  the warmup's).
-  `compression`: a `RefCompression`; its levels of kind other than 'none'
-  average the parameters through it.
-  `delay`: per level, tau: the level's averaging after step H (past the
-  warmup) averages each group's parameters of step H - tau, and learner j
-  becomes `mean_group(x_j,H-tau) + (x_j,H - x_j,H-tau)`, or with
-  `delay_mix` alpha for the level (per level, None: keep the progress)
-  `(1 - alpha) mean_group(x_j,H-tau) + alpha x_j,H`; with `outer` at the
-  outermost level, the outer step takes the snapshot's mean in place of
-  the mean. The other averaged parts average at H; the drift is the
-  snapshot's. `snapshots` (a dict, level index -> per-learner parameters
-  of step H - tau) carries open windows into a later call (a resumed
-  run).
-  `fragments`: per level, its parameter fragments as tuples of leaf
-  indices (in `jax.tree.leaves` order); fragment f of a level of period T
-  and F fragments averages after the steps done with (done - W) % T ==
-  floor(T (f + 1) / F) % T (every warmup step: all of the outermost's);
-  each leaf takes the mean of the widest level due on it, and the other
-  averaged parts follow the whole periods. `fragment_outers`: with
-  `fragments`, one `RefOuterSGD` per fragment of the outermost level (over
-  a list of its leaves), in place of `outer`. The drift is the widest
-  due level's, over the leaves it averages.
-  Returns the list of per-learner, per-step losses.
-  """
-  delay = list(delay or [0] * len(levels))
-  delay_mix = list(delay_mix or [None] * len(levels))
-  snapshots = {} if snapshots is None else snapshots
-
-  def due_after(done):
-    """The levels that average after step `done`."""
-    if level_at is not None:
-      index = level_at(done)
-      return [] if index is None else [levels[index]]
-    if done <= sync_warmup:
-      return levels[-1:]
-    return [lvl for lvl in levels if (done - sync_warmup) % lvl.period == 0]
-
-  def fragments_due(done):
-    """(level index, fragment indices) pairs due after step `done`."""
-    if done <= sync_warmup:
-      return [(len(levels) - 1, tuple(range(len(fragments[-1]))))]
-    pairs = []
-    for index, (level, parts) in enumerate(zip(levels, fragments)):
-      count, period = len(parts), level.period
-      fs = tuple(f for f in range(count) if (done - sync_warmup) % period ==
-                 (period * (f + 1) // count) % period)
-      if fs:
-        pairs.append((index, fs))
-    return pairs
-
-  step_fn = jax.jit(learner.step)
-  losses = []
-  for t in range(first_step, first_step + steps):
-    done = t + 1
-    if done <= sync_warmup:
-      losses.append(_warmup_step(learner, learners, levels, average, images,
-                                 labels, sampler, t, outer, drift,
-                                 compression, fragments, fragment_outers))
-      continue
-    indices = sampler.indices(t)
-    row = []
-    for p, l in enumerate(learners):
-      key = step_key(l['rng'], t)
-      l['params'], l['batch_stats'], l['opt_state'], loss = step_fn(
-          l['params'], l['batch_stats'], l['opt_state'], key,
-          images[indices[p]], labels[indices[p]])
-      row.append(float(loss))
-    losses.append(row)
-    # Snapshots for the late averagings whose window opens here.
-    for index, tau in enumerate(delay):
-      ahead = due_after(done + tau)
-      if (tau and done + tau > sync_warmup and ahead and
-          levels.index(ahead[-1]) == index):
-        snapshots[index] = [jax.tree.map(np.copy, l['params'])
-                            for l in learners]
-    due = due_after(done)
-    if fragments is not None:
-      _stream(learners, levels, fragments, fragments_due(done),
-              fragment_outers, drift, done)
-      if due:
-        _average_parts(learners, due[-1], [p for p in average
-                                           if p != 'params'],
-                       reset_opt_state)
-      continue
-    if due:
-      level = due[-1]  # Levels go narrow to wide: the widest wins.
-      index = levels.index(level)
-      late = delay[index] and done > sync_warmup
-      if late:
-        snapshot = snapshots.pop(index)
-        if drift is not None:
-          drift.append(_drift([{'params': p} for p in snapshot], levels,
-                              level, done))
-        common = [None] * len(learners)
-        for group in level.groups:
-          mean = _group_mean(snapshot, group)
-          if outer is not None and level is levels[-1]:
-            mean = outer.step(mean)
-          for i in group:
-            common[i] = mean
-            mix = delay_mix[index]
-            if mix is None:
-              new = jax.tree.map(lambda m, x, s: m + (x - s), _f64(mean),
-                                 _f64(learners[i]['params']),
-                                 _f64(snapshot[i]))
-            else:
-              new = jax.tree.map(lambda m, x: (1 - mix) * m + mix * x,
-                                 _f64(mean), _f64(learners[i]['params']))
-            learners[i]['params'] = _cast_like(new, snapshot[i])
-        _average_parts(learners, level, [p for p in average
-                                         if p != 'params'], reset_opt_state)
-        if compression is not None:
-          compression.after_event(learners, index, common)
-        continue
-      if drift is not None:
-        drift.append(_drift(learners, levels, level, done))
-      parts = list(average)
-      if (compression is not None and 'params' in parts and
-          compression.kinds[index] != 'none'):
-        compression.average(learners, index, level.groups,
-                            levels[index - 1].groups if index else None)
-        parts.remove('params')
-      _average_parts(learners, level, parts, reset_opt_state)
-      if outer is not None and level is levels[-1]:
-        new = outer.step(learners[0]['params'])
-        for l in learners:
-          l['params'] = new
-      if compression is not None:
-        compression.after_event(learners, index)
-  return losses
-
-
-def _warmup_step(learner, learners, levels, average, images, labels,
-                 sampler, t, outer, drift, compression, fragments,
-                 fragment_outers):
+def _warmup_step(learner, learners, images, labels, sampler, t):
   """Step t of the synchronous warmup, written out: post-local SGD's
   synchronous SGD. Every learner's gradient at its (common) model, the
   float64 mean of them applied by every learner's own optimizer (so the
-  optimizer states stay equal too); then the outermost level's averaging
-  of the other parts (no reset: synchronous SGD keeps its momentum), its
-  outer step, and a zero drift. Returns the step's losses."""
+  optimizer states stay equal too). Returns the step's losses; the
+  averaging after it is `RefExchange.after_warmup_step`."""
   grad_fn = jax.jit(learner.loss_and_grads)
   apply_fn = jax.jit(learner.apply_gradients)
   indices = sampler.indices(t)
@@ -484,26 +187,6 @@ def _warmup_step(learner, learners, levels, average, images, labels,
   mean = _group_mean(grads, range(len(learners)))
   for l in learners:
     l['params'], l['opt_state'] = apply_fn(l['params'], l['opt_state'], mean)
-  top = levels[-1]
-  _average_parts(learners, top, [p for p in average
-                                 if p not in ('params', 'opt_state')], False)
-  if drift is not None:
-    drift.append(_drift(learners, levels, top, t + 1))
-  if fragment_outers is not None:
-    new = list(jax.tree.leaves(learners[0]['params']))
-    for f, mine in enumerate(fragments[-1]):
-      for i, value in zip(mine, fragment_outers[f].step(
-          [new[i] for i in mine])):
-        new[i] = value
-    model = jax.tree.unflatten(jax.tree.structure(learners[0]['params']), new)
-    for l in learners:
-      l['params'] = model
-  elif outer is not None:
-    model = outer.step(learners[0]['params'])
-    for l in learners:
-      l['params'] = model
-  if compression is not None:
-    compression.after_event(learners, len(levels) - 1)
   return row
 
 
@@ -561,3 +244,303 @@ def run_asgd(learner: Learner, params, batch_stats, opt_state, rngs, images,
       params, opt_state = apply_fn(params, opt_state, g)
     batch_stats = _group_mean(stats, range(len(rngs)))
   return params, batch_stats, opt_state
+
+
+class RefExchange:
+  """Every level's averaging written out as events, leaf by leaf.
+
+  Level i of period T, F fragments (`fragments[i]`: tuples of leaf
+  indices in `jax.tree.leaves` order) and delay tau: fragment f's event
+  applies after the steps `done` with (done - W) % T == floor(T (f + 1) /
+  F) % T (W: `sync_warmup`); with `phases` ((start, m) pairs, the first
+  at W), done counts from the start of the last phase that starts before
+  it and every period is m T. Levels are looked at from the widest in, and
+  a level with every fragment due hides those inside it. Events applying
+  after one step apply innermost first.
+
+  An event starts tau steps before it applies (0: on time), on the models
+  then (the snapshot). Per group of level i: on time or late, the group's
+  float64 mean of the fragment's leaves; for a compressed level (`compress`
+  per level: 'none', 'bfloat16', 'int8', 'int4'), per inner group (level i
+  - 1's groups, single learners at the innermost) its float32 mean's change
+  since the level's anchor plus (`error_feedback`) its residual,
+  compressed, the float32 mean of what those read as compressed again,
+  added to the anchor. Its measures: the mean over learners of the
+  squared distance of the fragment's leaves from the group's mean (the
+  drift) and, at the outermost level of several, of their inner group's
+  mean from it (the spread); on time, of the models before the step's
+  events. When it applies, at the outermost level with an outer optimizer
+  (`outer`, a `RefOuterSGD` over the whole model, or `outers`, one per
+  fragment over a list of its leaves), that fragment's outer step on the
+  mean gives the result; the event applies as the result (on time), the
+  result plus the progress
+  since the snapshot (late), or torchft's mix `(1 - alpha) result +
+  alpha now` (`delay_mix` alpha per level); every compressed level at or
+  inside level i restarts its anchor there; with the level's last
+  fragment its other parts (`average` less the parameters) are averaged
+  and, with `reset_opt_state`, the optimizer's floating state is zeroed.
+
+  The exchange carries anchors, residuals, outer states and events in
+  flight from one `run_exchange` call to the next (a resumed run).
+  """
+
+  def __init__(self, learners, levels, average, sync_warmup=0, compress=(),
+               error_feedback=(), delay=(), delay_mix=(), fragments=None,
+               outers=None, outer=None, reset_opt_state=False,
+               phases=None):
+    depth = len(levels)
+    leaves = len(jax.tree.leaves(learners[0]['params']))
+    self.levels, self.average, self.warmup = levels, average, sync_warmup
+    self.kinds = list(compress or ['none'] * depth)
+    self.feedback = list(error_feedback or [False] * depth)
+    self.taus = list(delay or [0] * depth)
+    self.mixes = list(delay_mix or [None] * depth)
+    self.parts = fragments or [(tuple(range(leaves)),)] * depth
+    assert outer is None or outers is None
+    self.outers = [outer] if outer is not None else outers
+    # A whole-model outer optimizer steps on the parameters' tree.
+    self.outer_tree = (jax.tree.structure(outer.anchor)
+                       if outer is not None else None)
+    self.reset = reset_opt_state
+    self.phases = phases or [(sync_warmup, 1)]
+    self.anchors = {i: [_leaves_f32(l['params']) for l in learners]
+                    for i, kind in enumerate(self.kinds) if kind != 'none'}
+    self.residuals = {i: [[np.zeros_like(x) for x in anchors[0]]
+                          for _ in learners]
+                      for i, anchors in self.anchors.items()}
+    self.inflight = {}
+
+  @property
+  def top(self) -> int:
+    return len(self.levels) - 1
+
+  def due(self, done):
+    """(level index, fragment) pairs applying after step `done`,
+    innermost first."""
+    if done <= self.warmup:
+      return []
+    start, m = [p for p in self.phases if p[0] < done][-1]
+    pairs = []
+    for i in reversed(range(len(self.levels))):
+      period, count = self.levels[i].period * m, len(self.parts[i])
+      fs = [f for f in range(count) if (done - start) % period ==
+            (period * (f + 1) // count) % period]
+      pairs += [(i, f) for f in reversed(fs)]
+      if len(fs) == count:
+        break
+    return pairs[::-1]
+
+  def after_step(self, learners, done, drift=None):
+    """Applies the events due after step `done`, then starts the late
+    events whose window opens there; `drift` gets the step's measures
+    (`run`)."""
+    applied = self.due(done)
+    before = [jax.tree.map(np.copy, l['params']) for l in learners]
+    measures = {}
+    for i, f in applied:
+      if self.taus[i]:
+        record = self.inflight.pop((i, f))
+      else:
+        record = self._start(learners, i, f, before)
+      measures[i, f] = record['measures']
+      self._apply(learners, i, f, record)
+      if f == len(self.parts[i]) - 1:
+        _average_parts(learners, self.levels[i],
+                       [p for p in self.average if p != 'params'],
+                       self.reset)
+    if drift is not None and applied:
+      widest = max(i for i, _ in applied)
+      found = [measures[i, f] for i, f in applied if i == widest]
+      drift.append((done, widest, sum(m[0] for m in found),
+                    None if found[0][1] is None else
+                    sum(m[1] for m in found)))
+    self.start_late(learners, done)
+
+  def after_warmup_step(self, learners, done, drift=None):
+    """The outermost level's averaging after a synchronous step: models
+    and optimizer states are equal already; the other averaged parts
+    average (no reset: synchronous SGD keeps its momentum), each fragment
+    takes its outer step, the anchors restart, the measures are zero."""
+    _average_parts(learners, self.levels[-1],
+                   [p for p in self.average if p not in ('params',
+                                                         'opt_state')],
+                   False)
+    if self.outers is not None:
+      new = list(jax.tree.leaves(learners[0]['params']))
+      for f, mine in enumerate(self.parts[-1]):
+        for k, value in zip(mine, self._outer_step(f, [new[k]
+                                                        for k in mine])):
+          new[k] = value
+      model = jax.tree.unflatten(jax.tree.structure(learners[0]['params']),
+                                 new)
+      for l in learners:
+        l['params'] = model
+    for anchors in self.anchors.values():
+      anchors[:] = [_leaves_f32(l['params']) for l in learners]
+    if drift is not None:
+      drift.append((done, self.top, 0.0,
+                    0.0 if len(self.levels) > 1 else None))
+
+  def start_late(self, learners, done):
+    """Starts the late events whose window opens after step `done` (0:
+    before the first step)."""
+    for i, tau in enumerate(self.taus):
+      if tau:
+        for j, f in self.due(done + tau):
+          if j == i:
+            self.inflight[(i, f)] = self._start(learners, i, f)
+
+  def _leaves(self, learners, i, f):
+    return [[np.array(jax.tree.leaves(l['params'])[k])
+             for k in self.parts[i][f]] for l in learners]
+
+  def _start(self, learners, i, f, before=None):
+    """The event's result per learner from the models as they are now;
+    its measures of `before` (default: now)."""
+    now = self._leaves(learners, i, f)
+    measured = now if before is None else self._leaves(
+        [{'params': p} for p in before], i, f)
+    target, received, residuals = [None] * len(learners), {}, {}
+    inner = (self.levels[i - 1].groups if i else
+             tuple((j,) for j in range(len(learners))))
+    for group in self.levels[i].groups:
+      if self.kinds[i] == 'none':
+        mean = [_group_mean([x[k] for x in now], group)
+                for k in range(len(now[0]))]
+      else:
+        mean = self._compressed(now, i, f, group, inner, residuals)
+      for j in group:
+        received[j], target[j] = mean, mean
+    return {'target': target, 'snapshot': now, 'residuals': residuals,
+            'measures': self._measures(measured, received, i)}
+
+  def _outer_step(self, f, mean):
+    if self.outer_tree is None:
+      return self.outers[f].step(mean)
+    return jax.tree.leaves(self.outers[f].step(
+        jax.tree.unflatten(self.outer_tree, mean)))
+
+  def _measures(self, measured, received, i):
+    """(drift, spread) of one event: mean over learners of squared
+    distances from the mean they receive (spread: None unless level i is
+    the outermost of several)."""
+    count = len(measured)
+    drift = sum(_squared_distance(measured[j], received[j])
+                for j in range(count)) / count
+    if i != self.top or i == 0:
+      return drift, None
+    spread = 0.0
+    for group in self.levels[i - 1].groups:
+      inner = [_group_mean([measured[j][k] for j in range(count)], group)
+               for k in range(len(measured[0]))]
+      spread += sum(_squared_distance(inner, received[j]) for j in group)
+    return drift, spread / count
+
+  def _compressed(self, now, i, f, group, inner, residuals):
+    kind, read, leaves = self.kinds[i], [], self.parts[i][f]
+    anchor = np.concatenate([self.anchors[i][group[0]][k].ravel()
+                             for k in leaves])
+    for members in [g for g in inner if g[0] in group]:
+      mean = np.mean([np.concatenate([x.ravel().astype(np.float64)
+                                      for x in now[j]]) for j in members],
+                     0).astype(np.float32)
+      change = mean - anchor
+      if self.feedback[i]:
+        change = change + np.concatenate(
+            [self.residuals[i][members[0]][k].ravel()
+             for k in leaves])
+      values = compress_values(change, kind)
+      for j in members:
+        residuals[j] = change - values
+      read.append(values.astype(np.float64))
+    new = anchor + compress_values(np.mean(read, 0).astype(np.float32), kind)
+    return _cut(new, now[group[0]])
+
+  def _apply(self, learners, i, f, record):
+    leaves = self.parts[i][f]
+    tau, mix = self.taus[i], self.mixes[i]
+    if self.outers is not None and i == self.top:  # One group: all.
+      stepped = self._outer_step(f, record['target'][0])
+      record = {**record, 'target': [stepped] * len(learners)}
+    for j, l in enumerate(learners):
+      flat, treedef = jax.tree.flatten(l['params'])
+      target = record['target'][j]
+      for n, k in enumerate(leaves):
+        x = np.asarray(flat[k], np.float64)
+        t = np.asarray(target[n], np.float64)
+        if tau and mix is None:
+          value = t + (x - np.asarray(record['snapshot'][j][n], np.float64))
+        elif tau:
+          value = (1 - mix) * t + mix * x
+        else:
+          value = t
+        flat[k] = value.astype(np.asarray(flat[k]).dtype)
+      l['params'] = jax.tree.unflatten(treedef, flat)
+      for level, anchors in self.anchors.items():
+        if level <= i:
+          for n, k in enumerate(leaves):
+            anchors[j][k] = np.asarray(target[n], np.float32)
+      if record['residuals'] and self.feedback[i]:
+        offsets = np.cumsum([0] + [self.residuals[i][j][k].size
+                                   for k in leaves])
+        for n, k in enumerate(leaves):
+          self.residuals[i][j][k] = record['residuals'][j][
+              offsets[n]:offsets[n + 1]].reshape(
+                  self.residuals[i][j][k].shape)
+
+
+def _leaves_f32(tree):
+  return [np.asarray(x, np.float32) for x in jax.tree.leaves(tree)]
+
+
+def _cut(vector, like):
+  """`vector` cut into arrays shaped and typed as the list `like`."""
+  out, start = [], 0
+  for x in like:
+    out.append(vector[start:start + x.size].reshape(x.shape).astype(
+        x.dtype))
+    start += x.size
+  return out
+
+
+def run(learner: Learner, learners: list[dict], levels, average, images,
+        labels, sampler, steps: int, drift=None, **options):
+  """Trains `learners` (dicts of params/batch_stats/opt_state/rng) in
+  place for `steps` steps from the first, every averaging done by a
+  `RefExchange(learners, levels, average, **options)`. Returns the
+  per-step, per-learner losses; `drift` gets each step's averaging's
+  (step, level index, drift, spread) (`RefExchange`; the widest level's
+  events of the step, their sums)."""
+  exchange = RefExchange(learners, levels, average, **options)
+  return run_exchange(learner, learners, exchange, images, labels, sampler,
+                      steps, drift=drift)
+
+
+def run_exchange(learner: Learner, learners: list[dict],
+                 exchange: RefExchange, images, labels, sampler, steps: int,
+                 first_step: int = 0, drift=None):
+  """`run` with a given exchange, which carries what the levels keep (and
+  the events in flight) into a later call from `first_step`. Steps
+  1..W (`sync_warmup`) are synchronous SGD (`_warmup_step`)."""
+  step_fn = jax.jit(learner.step)
+  losses = []
+  if first_step == 0:
+    exchange.start_late(learners, 0)
+  for t in range(first_step, first_step + steps):
+    done = t + 1
+    if done <= exchange.warmup:
+      losses.append(_warmup_step(learner, learners, images, labels,
+                                 sampler, t))
+      exchange.after_warmup_step(learners, done, drift)
+      exchange.start_late(learners, done)
+    else:
+      indices = sampler.indices(t)
+      row = []
+      for p, l in enumerate(learners):
+        l['params'], l['batch_stats'], l['opt_state'], loss = step_fn(
+            l['params'], l['batch_stats'], l['opt_state'],
+            step_key(l['rng'], t), images[indices[p]], labels[indices[p]])
+        row.append(float(loss))
+      losses.append(row)
+      exchange.after_step(learners, done, drift)
+  return losses
