@@ -26,7 +26,7 @@ def _unchanged(state: TrainState) -> TrainState:
 class Algorithm:
   """An algorithm as functions of a device's block of learners.
 
-  The step functions and the events' run inside `shard_map`: their `state`
+  The step and event functions run inside `shard_map`: their `state`
   holds the device's block of learners (leading grid axes) and the
   replicated step, and they may use collectives over the mesh axes.
   """
