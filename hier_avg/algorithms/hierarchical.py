@@ -95,7 +95,7 @@ class _Steps:
 
   @property
   def nblock(self) -> int:
-    return len(self.topology.axis_names)
+    return self.exchange.nblock
 
   def local(self, state: TrainState, batch):
     def one(params, batch_stats, opt_state, rng, batch):
@@ -135,8 +135,8 @@ class _Steps:
     parts average, and every fragment's event takes its outer step and
     restarts the anchors from the common model. The drift is zero."""
     exchange, top = self.exchange, self.exchange.outermost
-    rest = {p: getattr(state, p) for p in exchange.policy.averaged_parts
-            if p not in ('params', 'opt_state')}
+    rest = {p: v for p, v in exchange.rest_of(state).items()
+            if p != 'opt_state'}
     state = state.replace(**averaging.average_block(rest, top.axes,
                                                     self.topology))
     for f in range(top.fragments):

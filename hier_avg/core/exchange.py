@@ -164,7 +164,7 @@ class Exchange:
     elif event.closes_period and not event.late:
       # The other parts with the parameters: one collective per dtype.
       mean, rest = averaging.average_block(
-          (now, self._rest(state)), axes, self.topology, again=True)
+          (now, self.rest_of(state)), axes, self.topology, again=True)
     else:
       mean = averaging.average_block(now, axes, self.topology, again=True)
     measured = now if before is None else self.leaves_of(before.params,
@@ -205,7 +205,7 @@ class Exchange:
       rest = record.rest
       if rest is None:
         # An inner level's event of this step may have averaged them.
-        rest = averaging.average_block(self._rest(state), event.level.axes,
+        rest = averaging.average_block(self.rest_of(state), event.level.axes,
                                        self.topology, again=True)
       state = self.policy.after_averaging(state.replace(**rest))
     return state, record.measures
@@ -220,7 +220,7 @@ class Exchange:
       state = self._install_outer(state, event, outer_state)
     return self._restart_anchors(state, event, target, residual)
 
-  def _rest(self, state: TrainState) -> dict:
+  def rest_of(self, state: TrainState) -> dict:
     """The averaged parts other than the parameters."""
     return {p: getattr(state, p) for p in self.policy.averaged_parts
             if p != 'params'}
