@@ -6,9 +6,10 @@ P = 8 learners packed on one device (the `:cpu` preset's groups of 4,
 K1 = 4, K2 = 4), CIFAR-10 shapes. Rows add, on the global level, a
 Nesterov outer optimizer, int8 compression with error feedback, and a
 delay of one step; the columns are what each part of the state takes
-(`Engine.state_bytes_by_part`, shapes only: nothing is allocated). Every
-part is stored per learner today, so the outer state and the anchors,
-which all learners of a group hold identically, count 8 times.
+(`Engine.state_bytes_by_part`, shapes only: nothing is allocated). What
+a group's learners hold alike (the outer state, the anchors, residuals
+and a late event's mean) counts once per group on the device
+(`core/state.py:Shared`), the rest once per learner.
 """
 
 import common  # pylint: disable=unused-import  # Sets the fake devices.

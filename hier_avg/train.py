@@ -173,8 +173,10 @@ def _fresh_or_resumed(engine, checkpoints, config, agreed, image_shape):
                                    agreed['outer_horizon'],
                                    checkpoints.directory)
 
-  restored = checkpoints.restore(state, check)
-  return (state, None) if restored is None else restored
+  restored = checkpoints.restore(engine.portable(state), check)
+  if restored is None:
+    return state, None
+  return engine.from_portable(restored[0]), restored[1]
 
 
 class _Loop:
@@ -330,7 +332,7 @@ class _Loop:
     if self.periods is not None:
       self._hand_losses_to_periods()
       record['periods'] = self.periods.record()
-    self.checkpoints.save(state, record)
+    self.checkpoints.save(self.engine.portable(state), record)
 
 
 def _levels(hier_config, schedule, num_steps: int) -> dict:

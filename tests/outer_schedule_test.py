@@ -184,7 +184,7 @@ class EngineTest(absltest.TestCase):
         self.engine, self.data, self.sampler, STEPS, 5,
         self.create_tempdir().full_path)
     counts = [np.asarray(x) for x in jax.tree.leaves(
-        part.outer['opt_state']) if np.asarray(x).dtype == np.int32]
+        part.outer.value['opt_state']) if np.asarray(x).dtype == np.int32]
     self.assertNotEmpty(counts)
     for count in counts:
       np.testing.assert_array_equal(count, 2)

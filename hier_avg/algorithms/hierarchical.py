@@ -139,13 +139,15 @@ class _Steps:
             if p != 'opt_state'}
     state = state.replace(**averaging.average_block(rest, top.axes,
                                                     self.topology))
+    chain = exchange.chain(top)
     for f in range(top.fragments):
       event = Event(top, f, 0, 0)
+      now = exchange.leaves_of(state.params, event)
       target, outer_state = exchange.outer_step(
-          state, event, exchange.leaves_of(state.params, event))
+          state, event, exchange.kept_once(now, top.axes).value)
       state = exchange.settle(state.replace(params=exchange.with_leaves(
-          state.params, event, target)), event, target,
-                              outer_state=outer_state)
+          state.params, event, chain.merge(target, now, None, False))),
+                              event, target, outer_state=outer_state)
     zeros = jnp.zeros(state.rng.shape, jnp.float32)  # One a learner.
     return state, {name: zeros for name in exchange.measure_names(top)}
 

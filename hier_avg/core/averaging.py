@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from hier_avg.core import compression
+from hier_avg.core.state import first
 from hier_avg.core.topology import Topology
 
 
@@ -120,17 +121,18 @@ def average_compressed(tree, anchor, residual, axes: tuple[str, ...],
 
   Args:
     tree: the learners' parameters (floating leaves are averaged).
-    anchor: the group's last common model, like `tree` (equal within the
-      group).
-    residual: float32 residuals like `tree` (error feedback: one per inner
-      group, equal within it), or None.
+    anchor: the group's last common model, like `tree` with size 1 along
+      the level's axes (one copy of the group's, `state.Shared`).
+    residual: float32 residuals like `tree` with size 1 along the inner
+      groups' axes (error feedback: one per inner group), or None.
     axes: the level's grid axes.
     inner_axes: the grid axes of the inner groups that reduce in float32
       first (the level one in; () for the innermost: groups of one).
     topology: the learner grid and mesh.
     kind: a `compression.COMPRESSIONS` kind other than 'none'.
   Returns:
-    (averaged tree, new residuals or None).
+    (the groups' new models, shaped like `anchor`; new residuals, like
+    `residual`, or None).
   """
   nblock, inner_dims, inner_mesh = _level_dims(inner_axes, topology)
   _, between_dims, between_mesh = _level_dims(_between(axes, inner_axes),
@@ -148,7 +150,7 @@ def average_compressed(tree, anchor, residual, axes: tuple[str, ...],
   for dtype, flat in flats.items():
     n = flat.shape[-1]
     pad = -n % (shards * pieces * compression.block_size(kind))
-    one = lambda x: _padded(_first(x, inner_dims).astype(jnp.float32), pad)
+    one = lambda x: _padded(first(x, inner_dims).astype(jnp.float32), pad)
     # Inside: the group's mean change, its shards scattered over the
     # group's devices (each device's learners summed first).
     change = (_padded(flat.astype(jnp.float32).mean(
@@ -162,13 +164,14 @@ def average_compressed(tree, anchor, residual, axes: tuple[str, ...],
     payload = compression.quantize(change, kind)
     if residuals is not None:
       kept[dtype] = _gathered(change - compression.dequantize(
-          payload, kind, change.shape[-1]), inner_mesh, n, flat.shape)
+          payload, kind, change.shape[-1]), inner_mesh, n,
+                              residuals[dtype].shape)
     mean = _exchange(payload, kind, change.shape[-1], between_dims,
                      between_mesh, pieces)
-    mean = _gathered(mean, inner_mesh, n, flat.shape)
+    mean = _gathered(mean, inner_mesh, n, anchors[dtype].shape)
     means[dtype] = (anchors[dtype].astype(jnp.float32) + mean).astype(dtype)
-  averaged = jax.tree.unflatten(
-      treedef, _split_by_dtype(means, leaves, groups, nblock))
+  averaged = jax.tree.unflatten(treedef, _split_by_dtype(
+      means, jax.tree.leaves(anchor), groups, nblock))
   if residual is None:
     return averaged, None
   residual_leaves = jax.tree.leaves(residual)
@@ -205,14 +208,6 @@ def _exchange(payload, kind: str, n: int, between_dims, between_mesh,
     wire = {name: lax.all_gather(x, between_mesh[0], axis=x.ndim - 1,
                                  tiled=True) for name, x in wire.items()}
   return compression.dequantize(compression.from_wire(wire, kind), kind, n)
-
-
-def _first(x, dims):
-  """`x` with only index 0 kept along `dims` (kept as size-1 axes): one
-  copy of what every learner of an inner group holds alike."""
-  index = tuple(slice(0, 1) if d in dims else slice(None)
-                for d in range(x.ndim))
-  return x[index]
 
 
 def _padded(x, pad: int):

@@ -37,7 +37,7 @@ from hier_avg.core import fragments as fragments_lib
 from hier_avg.core.events import Event
 from hier_avg.core.policies import AveragingPolicy
 from hier_avg.core.schedule import Level, Schedule
-from hier_avg.core.state import TrainState
+from hier_avg.core.state import Shared, TrainState, is_shared, shared
 from hier_avg.core.topology import Topology
 from hier_avg.runtime import execution
 
@@ -69,11 +69,13 @@ def event_bytes(groups, kind: str, inner: int) -> EventBytes:
 
 class InFlight(flax.struct.PyTreeNode):
   """An event started and not yet applied: leaves of its fragment,
-  block-shaped like the parameters."""
-  target: Any           # The group's mean (the outer step comes at apply).
+  block-shaped like the parameters, or kept once where a group holds
+  them alike (`Shared`)."""
+  target: Shared        # The group's mean (the outer step comes at apply).
   snapshot: Any         # The learners' leaves at the start.
   measures: Any         # Drift (and spread), one value a learner.
-  residual: Any = None  # Error feedback's new residual, all leaves.
+  residual: Shared | None = None  # Error feedback's new residual, all
+                                  # leaves, one per inner group.
   rest: Any = None      # The other parts' means, where averaged with it.
 
 
@@ -87,7 +89,8 @@ class LevelChain:
   delay_mix: float | None = None  # None: keep the progress when late.
 
   def merge(self, target, now, snapshot, late: bool):
-    """The learners' leaves after an event applies."""
+    """The learners' leaves after an event applies (`target`: the group's
+    new leaves, kept once)."""
     if not late:
       return target
     if self.delay_mix is None:
@@ -132,15 +135,25 @@ class Exchange:
              for x in jax.tree.leaves(params)]
     return fragments_lib.partition(sizes, level.fragments)
 
+  def kept_once(self, tree, axes) -> Shared:
+    """`tree`, equal along grid `axes`, kept once along them."""
+    return shared(tree, axes, self.topology.axis_names)
+
   def leaves_of(self, tree, event: Event) -> list:
+    """The event's leaves of `tree` (or of a `Shared` one's copy)."""
+    tree = tree.value if is_shared(tree) else tree
     leaves = jax.tree.leaves(tree)
     return [leaves[i] for i in self.parts(tree, event.level)[event.fragment]]
 
   def with_leaves(self, tree, event: Event, new):
-    """`tree` with the event's leaves replaced by `new`."""
+    """`tree` (or a `Shared` one) with the event's leaves replaced by
+    `new`, each broadcast to the leaf's shape: a group's copy given to
+    each learner, or to each group inside it that keeps one."""
+    if is_shared(tree):
+      return tree.replace(value=self.with_leaves(tree.value, event, new))
     leaves, treedef = jax.tree.flatten(tree)
     for i, leaf in zip(self.parts(tree, event.level)[event.fragment], new):
-      leaves[i] = leaf
+      leaves[i] = jnp.broadcast_to(leaf, leaves[i].shape)
     return jax.tree.unflatten(treedef, leaves)
 
   # ---- An event --------------------------------------------------------
@@ -161,6 +174,8 @@ class Exchange:
           now, self.leaves_of(comm['anchor'][event.level.name], event),
           None if feedback is None else self.leaves_of(feedback, event),
           axes, chain.inner_axes, self.topology, chain.compress)
+      if residual is not None:
+        residual = Shared(residual, chain.inner_axes)
     elif event.closes_period and not event.late:
       # The other parts with the parameters: one collective per dtype.
       mean, rest = averaging.average_block(
@@ -169,12 +184,14 @@ class Exchange:
       mean = averaging.average_block(now, axes, self.topology, again=True)
     measured = now if before is None else self.leaves_of(before.params,
                                                          event)
-    return InFlight(mean, now, self._measures(measured, mean, event.level),
-                    residual, rest)
+    target = self.kept_once(mean, axes)
+    return InFlight(target, now, self._measures(measured, target.value,
+                                                event.level), residual, rest)
 
   def outer_step(self, state: TrainState, event: Event, mean):
-    """`mean` through the outer optimizer where the event has one:
-    (the group's new leaves, the fragment's new outer state or None)."""
+    """`mean` (the group's mean, kept once) through the outer optimizer
+    where the event has one: (the group's new leaves, kept once; the
+    fragment's new outer state or None)."""
     if self.outer_tx is None or event.level != self.outermost:
       return mean, None
     treedef = None
@@ -196,7 +213,7 @@ class Exchange:
     # The outer step waits for the apply: its state is the fragment's own
     # and nothing else changes it in between, so a late event keeps only
     # the mean in flight.
-    target, outer_state = self.outer_step(state, event, record.target)
+    target, outer_state = self.outer_step(state, event, record.target.value)
     merged = chain.merge(target, now, record.snapshot, event.late)
     state = self.settle(state.replace(params=self.with_leaves(
         state.params, event, merged)), event, target, record.residual,
@@ -212,10 +229,10 @@ class Exchange:
 
   def settle(self, state: TrainState, event: Event, target,
              residual=None, outer_state=None) -> TrainState:
-    """What the levels keep after the event: its outer state, the
-    anchors restarted from its result `target`, its residual (installed
-    at the apply, not the start: with a scan of the steps between, the
-    state they carry must not wait for the collective)."""
+    """What the levels keep after the event: its outer state, the anchors
+    restarted from its result `target` (the group's leaves, kept once),
+    its residual (installed at the apply, not the start: with a scan of
+    the steps between, the state they carry must not wait for it)."""
     if outer_state is not None:
       state = self._install_outer(state, event, outer_state)
     return self._restart_anchors(state, event, target, residual)
@@ -251,16 +268,15 @@ class Exchange:
     return any(c.level.fragments > 1 for c in self.chains)
 
   def _outer_of(self, state, event):
-    if self.outer_fragments:
-      return state.outer[event.fragment]
-    return state.outer
+    kept = state.outer.value
+    return kept[event.fragment] if self.outer_fragments else kept
 
   def _install_outer(self, state, event, outer_state):
-    if not self.outer_fragments:
-      return state.replace(outer=outer_state)
-    states = list(state.outer)
-    states[event.fragment] = outer_state
-    return state.replace(outer=tuple(states))
+    if self.outer_fragments:
+      states = list(state.outer.value)
+      states[event.fragment] = outer_state
+      outer_state = tuple(states)
+    return state.replace(outer=Shared(outer_state, self.outermost.axes))
 
   def _restart_anchors(self, state, event, common, residual):
     """Every compressed level at or inside the event's restarts its
@@ -278,7 +294,7 @@ class Exchange:
     if residual is not None and event.level.name in comm['residual']:
       comm['residual'] = {**comm['residual'], event.level.name:
                           self.with_leaves(comm['residual'][
-                              event.level.name], event, residual)}
+                              event.level.name], event, residual.value)}
     return state.replace(comm=comm)
 
   def keep(self, state: TrainState, event: Event,
@@ -291,25 +307,29 @@ class Exchange:
     return state.comm['inflight'][event.slot]
 
   def init(self, state: TrainState) -> TrainState:
-    """The fresh state with room for what the levels keep."""
+    """The fresh state (every learner's model equal) with room for what
+    the levels keep, each part once per group that holds it alike."""
     if self.outer_tx is not None:
       init = functools.partial(outer.init, self.outer_tx)
+      top = self.outermost
+      common = self.kept_once(state.params, top.axes).value
       if self.outer_fragments:
-        leaves = jax.tree.leaves(state.params)
-        state = state.replace(outer=tuple(
-            execution.map_block(init, 'vmap', self.nblock,
-                                [leaves[i] for i in indices])
-            for indices in self.parts(state.params, self.outermost)))
+        leaves = jax.tree.leaves(common)
+        kept = tuple(execution.map_block(init, 'vmap', self.nblock,
+                                         [leaves[i] for i in indices])
+                     for indices in self.parts(common, top))
       else:
-        state = state.replace(outer=execution.map_block(
-            init, 'vmap', self.nblock, state.params))
+        kept = execution.map_block(init, 'vmap', self.nblock, common)
+      state = state.replace(outer=Shared(kept, top.axes))
     comm = {}
     if self.compressed:
       zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32),
                            state.params)
-      comm['anchor'] = {c.level.name: state.params for c in self.compressed}
-      comm['residual'] = {c.level.name: zeros for c in self.compressed
-                          if c.error_feedback}
+      comm['anchor'] = {c.level.name: self.kept_once(state.params,
+                                                     c.level.axes)
+                        for c in self.compressed}
+      comm['residual'] = {c.level.name: self.kept_once(zeros, c.inner_axes)
+                          for c in self.compressed if c.error_feedback}
     late = [c for c in self.chains if c.level.delay]
     if late:
       comm['inflight'] = {}
@@ -321,14 +341,12 @@ class Exchange:
 
   def _room(self, state, event) -> InFlight:
     """Zeros shaped as what `start` makes for `event`."""
-    return jax.tree.map(jnp.zeros_like, self._shape_of(state, event))
-
-  def _shape_of(self, state, event):
     now = self.leaves_of(state.params, event)
-    scalars = jnp.zeros(state.rng.shape, jnp.float32)
-    residual = None
-    chain = self.chain(event.level)
+    chain, residual = self.chain(event.level), None
     if chain.compress != 'none' and chain.error_feedback:
-      residual = [jnp.zeros(x.shape, jnp.float32) for x in now]
-    return InFlight(now, now, {name: scalars for name in
-                               self.measure_names(event.level)}, residual)
+      residual = self.kept_once([x.astype(jnp.float32) for x in now],
+                                chain.inner_axes)
+    return jax.tree.map(jnp.zeros_like, InFlight(
+        self.kept_once(now, event.level.axes), now,
+        {name: jnp.zeros(state.rng.shape, jnp.float32)
+         for name in self.measure_names(event.level)}, residual))

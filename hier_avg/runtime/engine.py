@@ -20,7 +20,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 from hier_avg.core.learner import Learner
 from hier_avg.core.events import Event
 from hier_avg.core.schedule import Level, Round, Schedule
-from hier_avg.core.state import TrainState, state_specs
+from hier_avg.core.state import Shared, TrainState, is_shared
+from hier_avg.core.state import state_specs
 from hier_avg.core.topology import Topology
 from hier_avg.runtime.communication import Channel, counters
 from hier_avg.runtime.algorithm import Algorithm
@@ -45,6 +46,7 @@ class Engine:
     self._state_shardings = jax.tree.map(
         lambda spec: NamedSharding(topology.mesh, spec), self._state_specs)
     self._rounds = {}
+    self._conversions = {}
 
   @property
   def schedule(self) -> Schedule:
@@ -93,12 +95,66 @@ class Engine:
           self.learner.init(init_key, image_shape))
       ids = jnp.arange(self.topology.num_learners)
       rng = jax.vmap(jax.random.fold_in, (None, 0))(data_key, ids)
-      return self.algorithm.extend_state(TrainState(
+      return self._one_per_device(self.algorithm.extend_state(TrainState(
           step=jnp.zeros((), jnp.int32), params=params,
           batch_stats=batch_stats, opt_state=opt_state,
-          rng=rng.reshape(grid)))
+          rng=rng.reshape(grid))))
 
     return init
+
+  # ---- Leaves kept once per group (`Shared`) ----------------------------
+  #
+  # The engine stores a `Shared` leaf once per device (the mesh's size
+  # along its axes, sharded like the learners: each device's block keeps
+  # one copy); checkpoints hold it once per group (size 1 along its axes,
+  # replicated over them), which restores on any mesh.
+
+  def _one_per_device(self, state):
+    """`state` (outside `shard_map`) with its `Shared` leaves from once
+    per group to once per device."""
+    names, mesh = self.topology.axis_names, self.topology.mesh_shape
+
+    def per_device(shared_leaf: Shared):
+      return jax.tree.map(lambda x: jnp.broadcast_to(x, tuple(
+          m if a in shared_leaf.axes else n
+          for a, m, n in zip(names, mesh, x.shape)) + x.shape[len(names):]),
+                          shared_leaf)
+    return _map_shared(per_device, state)
+
+  def _regrouped(self, state, portable: bool):
+    """`state` with its `Shared` leaves once per group (`portable`) or
+    once per device. Each device's block is the same in both (its copy);
+    only the arrays' global shape and sharding change, so this moves
+    nothing between devices."""
+    leaves, treedef = jax.tree.flatten(state, is_leaf=is_shared)
+    where = [i for i, x in enumerate(leaves) if is_shared(x)]
+    if not where:
+      return state
+    shared = [leaves[i] for i in where]
+    if portable not in self._conversions:
+      names = self.topology.axis_names
+      specs = lambda per_group: [jax.tree.map(lambda _, s=s: PartitionSpec(
+          *(None if per_group and a in s.axes else a for a in names)), s)
+                                 for s in shared]
+      # The copies are equal across the group's devices (unchecked: what
+      # makes them equal is the algorithm's averaging).
+      self._conversions[portable] = jax.jit(jax.shard_map(
+          lambda x: x, mesh=self.topology.mesh,
+          in_specs=(specs(not portable),), out_specs=specs(portable),
+          check_vma=False))
+    for i, leaf in zip(where, self._conversions[portable](shared)):
+      leaves[i] = leaf
+    return jax.tree.unflatten(treedef, leaves)
+
+  def portable(self, state: TrainState) -> TrainState:
+    """`state` as checkpoints hold it: `Shared` leaves once per group, so
+    that it restores on another mesh."""
+    return self._regrouped(state, True)
+
+  def from_portable(self, state: TrainState) -> TrainState:
+    """A `portable` state (restored on this engine's mesh) stored as the
+    rounds take it."""
+    return self._regrouped(state, False)
 
   def communication(self, state: TrainState) -> dict[str, Channel]:
     """What one event of each of the algorithm's channels costs."""
@@ -212,6 +268,12 @@ class Engine:
     return jax.jit(mapped, donate_argnums=0,
                    out_shardings=(self._state_shardings,
                                   self.topology.round_sharding()))
+
+
+def _map_shared(fn, tree):
+  """`tree` with each `Shared` subtree replaced by `fn` of it."""
+  return jax.tree.map(lambda x: fn(x) if is_shared(x) else x, tree,
+                      is_leaf=is_shared)
 
 
 def _steps_and_starts(algorithm: Algorithm, round_: Round, state, batches,

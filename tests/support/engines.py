@@ -11,6 +11,7 @@ import optax
 
 from hier_avg.data import datasets
 from hier_avg.core import optim
+from hier_avg.core import state as state_lib
 from hier_avg.data import sampling
 from hier_avg.algorithms import asgd, hierarchical
 from hier_avg.core.policies import AveragingPolicy
@@ -248,6 +249,7 @@ def make_sampler(data, num_learners, batch_size=4, mode='partition', seed=0):
 def learner_states(state, grid_ndim=2):
   """Engine state -> list of per-learner dicts of numpy trees."""
   n = state.rng.size
+  state = state_lib.per_learner(state, state.rng.shape)
   names = ('params', 'batch_stats', 'opt_state', 'rng') + (
       ('outer',) if state.outer is not None else ())
   parts = {p: reference.per_learner(getattr(state, p), grid_ndim, n)
@@ -274,7 +276,7 @@ def straight_and_resumed(engine, data, sampler, steps: int, stop: int,
   part = run_engine(engine, data, sampler, stop, cut_every=(stop,),
                     calls=resumed_calls)
   restored = checkpoint_round_trip(
-      part, stop, engine.init_state(1, data.image_shape), directory)
+      engine, part, stop, engine.init_state(1, data.image_shape), directory)
   resumed = run_engine(engine, data, sampler, steps - stop, state=restored,
                        first_step=stop, cut_every=(stop,),
                        calls=resumed_calls)
@@ -282,12 +284,16 @@ def straight_and_resumed(engine, data, sampler, steps: int, stop: int,
   return straight, part, resumed
 
 
-def checkpoint_round_trip(state, step: int, fresh, directory: str):
-  """`state`, saved as the checkpoint of `step` in `directory` and restored
-  into the structure (and shardings) of `fresh`, as a resumed run gets it."""
+def checkpoint_round_trip(engine, state, step: int, fresh, directory: str,
+                          restore_with=None):
+  """`state` of `engine`, saved as the checkpoint of `step` in `directory`
+  and restored into the structure (and shardings) of `fresh`, as a resumed
+  run of `restore_with` (default: `engine`; one on another mesh, say) gets
+  it."""
+  restore_with = restore_with or engine
   ckpts = checkpoint.Checkpoints(directory, keep=1)
-  ckpts.save(state, {'step': step, 'fingerprint': {}})
+  ckpts.save(engine.portable(state), {'step': step, 'fingerprint': {}})
   ckpts.wait()
-  restored, _ = ckpts.restore(fresh)
+  restored, _ = ckpts.restore(restore_with.portable(fresh))
   ckpts.close()
-  return restored
+  return restore_with.from_portable(restored)
