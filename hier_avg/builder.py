@@ -4,12 +4,14 @@ The one builder the train loop, the benchmarks and the notebooks share, so
 a benchmark measures exactly what a run trains.
 """
 
+import dataclasses
+
 from absl import logging
 import jax
 import optax
 
 from hier_avg import algorithms, models
-from hier_avg.core import fragments, optim
+from hier_avg.core import fragments, membership, optim
 from hier_avg.core.hierarchy import Hierarchy
 from hier_avg.core.learner import Learner
 from hier_avg.core.topology import Topology
@@ -104,9 +106,14 @@ def build_engine(config, data, topology: Topology, num_steps: int,
   learner = Learner(model, tx, data.mean, data.std, augment_on_device)
   params = _check_model_takes(learner, data.image_shape, config.model.name)
   _list_fragments(params, config.hier.fragments, config.model.name)
-  algorithm = algorithms.from_config(config.hier, learner, topology,
-                                     run.learner_loop, num_steps,
-                                     steps_per_epoch)
+  members = membership.from_config(config.faults, config.hier, num_steps)
+  if members is not None:
+    logging.info('hier_avg: simulated outages (learner, first step, last '
+                 'step), given and drawn: %s', [
+                     dataclasses.astuple(o) for o in members.outages])
+  algorithm = algorithms.from_config(
+      config.hier, learner, topology, run.learner_loop, num_steps,
+      steps_per_epoch, members)
   logging.info('hier_avg: learners %s-packed, %s convolutions, %s rounds, '
                '%s compute', run.learner_loop, conv, run.step_loop,
                config.model.dtype)

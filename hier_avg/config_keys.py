@@ -31,6 +31,7 @@ from hier_avg.kinds import is_integer, is_number
 from hier_avg.core import compression
 from hier_avg.core import fragments
 from hier_avg.core import hierarchy
+from hier_avg.core import membership
 from hier_avg.core import optim
 from hier_avg.core import outer
 from hier_avg.core import periods
@@ -159,6 +160,14 @@ def booleans_tuple(name, value) -> str | None:
             'e.g. (False, True).')
 
 
+def outages_check(name, value) -> str | None:
+  try:
+    membership.parse_outages(value)
+  except (TypeError, ValueError) as e:
+    return f'{name}={value!r}: {e}; give a tuple of such triples.'
+  return None
+
+
 def power_of_two(name, value) -> str | None:
   if not (is_integer(value) and value >= 1 and value & (value - 1) == 0):
     return f'{name}={value!r} must be a power of two (1, 2, 4, 8, ...).'
@@ -193,6 +202,8 @@ SECTIONS = {
     'opt': 'Each learner\'s optimizer (SGD) and learning-rate schedule.',
     'train': 'Length, evaluation, logging and checkpoint cadence.',
     'mesh': 'How the learner grid is laid onto devices.',
+    'faults': 'Simulated failures: learners that are down for a while, and '
+              'how the hierarchy averages and heals without them.',
     'runtime': 'How rounds are compiled: the same results (to float32 '
                'rounding), other speed.',
 }
@@ -292,6 +303,17 @@ KEYS = (
         "T (torchft's convention); other averaged parts go with the last. "
         'Each F at most its period; composes with hier.compress and '
         'hier.delay. Empty: 1 everywhere.', integers_tuple(1)),
+    Key('hier.min_members', (),
+        'Per level, innermost first (as hier.compress): the fewest members '
+        'of a group that must be up for its averaging to happen; with '
+        'fewer, the group skips it and its members keep their models '
+        '(counted in <level>_skipped). Empty: 1 everywhere.',
+        integers_tuple(1)),
+    Key('hier.weighting', 'uniform',
+        "With simulated outages, how a group weighs its members up: "
+        "'uniform' (torchft: the plain mean over them) or 'samples' "
+        '(hivemind, OpenDiLoCo: by the steps each took since the group\'s '
+        'last averaging).', one_of(*membership.WEIGHTINGS)),
     Key('hier.algorithm', 'hier',
         "'hier': Hier-AVG (K-AVG and sync SGD as special cases); 'asgd': "
         'simulated asynchronous SGD (hier_avg/algorithms/asgd.py), whose '
@@ -409,6 +431,28 @@ KEYS = (
         in_epochs=True),
     Key('opt.decay_factor', 0.1, '...by this factor.', number(0)),
     # train
+    Key('faults.outages', (),
+        'Simulated outages, (learner, first_step, last_step) each: the '
+        'learner (grid id, 0..P-1) takes no step from first_step to '
+        'last_step inclusive (1-based) and is left out of every averaging '
+        'after one of them; groups average over their members up '
+        '(hier_avg/core/membership.py). Empty: none.', outages_check),
+    Key('faults.node_mtbf_steps', 0.0,
+        'Mean up steps between failures of each node (the groups one level '
+        'inside the outermost; single learners for one level), drawn from '
+        'an exponential with faults.seed; 0: none. Each failure takes the '
+        'node down for faults.node_downtime_steps; the drawn outages are '
+        'logged and in summary.json. A failure that would leave no learner '
+        'up is not drawn.', number(0)),
+    Key('faults.node_downtime_steps', 0,
+        'Steps a failed node stays down (0: no drawn failures).',
+        integer(0)),
+    Key('faults.seed', 0, 'Seed of the drawn node failures.', integer(0)),
+    Key('faults.heal', 'nearest',
+        "A learner coming back: 'nearest' takes the current mean of its "
+        'innermost group with a learner up (or the next level out), with '
+        "the parts hier.opt_state/batch_stats average; 'stale' keeps its "
+        'old model.', one_of(*membership.HEALS)),
     Key('train.epochs', 100.0, 'Length in epochs (when steps is 0).',
         number(0), resumable=True, in_epochs=True),
     Key('train.steps', 0, 'Local steps per learner; 0: use epochs.',
@@ -539,6 +583,8 @@ def _relations(config) -> None:
           f'{hier.adaptive_max}].')
   if hier.algorithm == 'asgd':
     _asgd_relations(hier)
+  problems = membership.check(config.faults, hier)
+  require(not problems, problems[0] if problems else '')
   model = config.model
   require(model.stem == 'cifar' or model.name in models.STEM_MODELS,
           f'model.stem={model.stem!r} applies to '

@@ -209,8 +209,12 @@ class _Loop:
     first_step = int(state.step)
     channels = engine.communication(state)
     rows = self.writer.rows
-    progress = Progress(feed.examples_per_step, self.final_loss,
-                        wall_s_before=rows[-1]['wall_s'] if rows else 0.0)
+    membership = engine.algorithm.membership
+    progress = Progress(
+        feed.examples_per_step, self.final_loss,
+        wall_s_before=rows[-1]['wall_s'] if rows else 0.0,
+        up_at=None if membership is None else
+        lambda step: membership.up(step - 1, 1)[0])
     cut_every = self.cadence.cut_every + tuple(
         engine.schedule.fit_cap(cap)
         for cap in (engine.max_round_length, feed.max_round_length))
@@ -258,6 +262,8 @@ class _Loop:
         **_levels(self.config.hier, engine.schedule, num_steps),
         'wall_s': progress.wall_s,
         **engine.counters(channels, num_steps),
+        **({} if membership is None else {'outages': [
+            [o.learner, o.first, o.last] for o in membership.outages]}),
         'topology': engine.topology.describe(),
         'config': self.config.to_dict(),
     }

@@ -213,3 +213,31 @@ class ResumeTest(parameterized.TestCase):
 
 if __name__ == '__main__':
   absltest.main()
+
+
+class OutageResumeTest(absltest.TestCase):
+
+  def test_sigkill_inside_an_outage_then_resume_is_bit_identical(self):
+    # Learner 3 down for steps 6..14, so the kill (at step 10) and the
+    # checkpoint the run resumes from fall inside its outage; who is up
+    # comes back from the checkpoint.
+    run = [a for a in RUN if 'sync_warmup' not in a] + [
+        '--config.faults.outages=((3, 6, 14), (5, 2, 4))']
+    root = self.create_tempdir().full_path
+    reference_dir, workdir = (os.path.join(root, 'reference'),
+                              os.path.join(root, 'run'))
+    want = calls(finish(launcher.start(reference_dir, *run)))
+    proc = launcher.start(workdir, *run)
+    self.assertLess(stop_at(proc, workdir, 10, signal.SIGKILL), 14)
+    launcher.finish(proc)
+    stderr = finish(launcher.start(workdir, *run))
+    resumed_at = int(_RESUMED.search(stderr).group(1))
+    self.assertGreater(resumed_at, 5)
+    self.assertEqual(calls(stderr), [c for c in want if c[0] >= resumed_at])
+    self.assertEqual(final_model_bytes(workdir),
+                     final_model_bytes(reference_dir))
+    self.assertEqual(outputs.summary(workdir)['lost_learner_steps'], 12)
+    self.assertEqual(
+        [(r['step'], r['train_loss']) for r in outputs.metrics_rows(workdir)],
+        [(r['step'], r['train_loss'])
+         for r in outputs.metrics_rows(reference_dir)])

@@ -10,6 +10,7 @@ import dataclasses
 from hier_avg.algorithms import asgd, hierarchical
 from hier_avg.core import outer, periods
 from hier_avg.core.learner import Learner
+from hier_avg.core.membership import Membership
 from hier_avg.core.policies import AveragingPolicy
 from hier_avg.core.hierarchy import Hierarchy
 from hier_avg.core.topology import Topology
@@ -44,10 +45,11 @@ def outer_steps(hier_config, num_steps: int,
 
 
 def from_config(hier_config, learner: Learner, topology: Topology,
-                learner_loop: str, num_steps: int,
-                steps_per_epoch: int) -> Algorithm:
+                learner_loop: str, num_steps: int, steps_per_epoch: int,
+                membership: Membership | None = None) -> Algorithm:
   """The `hier` section's algorithm on `topology`, for a run of
-  `num_steps` local steps (an outer lr schedule spans its outer steps)."""
+  `num_steps` local steps (an outer lr schedule spans its outer steps),
+  with `membership`'s simulated outages (`core/membership.py`)."""
   if hier_config.algorithm == 'asgd':
     return asgd.make(learner, topology, hier_config.staleness, learner_loop)
   hierarchy = Hierarchy.from_config(hier_config)
@@ -58,7 +60,7 @@ def from_config(hier_config, learner: Learner, topology: Topology,
       AveragingPolicy.from_config(hier_config), outer_tx, learner_loop,
       hier_config.measure_drift, hier_config.measure_spread,
       hier_config.compress, hier_config.error_feedback, hier_config.delay,
-      hier_config.delay_mix, hier_config.fragments)
+      hier_config.delay_mix, hier_config.fragments, membership)
   unused = (' (hier.levels replaces hier.group_size, hier.k1 and hier.k2: '
             'unused)' if hier_config.levels else '')
   late = (f'; late by {tuple(hier_config.delay)} step(s) per level'
@@ -66,6 +68,9 @@ def from_config(hier_config, learner: Learner, topology: Topology,
   streamed = (f'; parameters in {tuple(hier_config.fragments)} fragments '
               'per level' if any(f > 1 for f in hier_config.fragments)
               else '')
+  if membership is not None:
+    streamed += (f'; {len(membership.outages)} simulated outage(s), heal '
+                 f'{membership.heal!r}')
   return dataclasses.replace(
       algorithm,
       description=f'{hierarchy.describe()}{late}{streamed}{unused}')

@@ -20,10 +20,12 @@ import optax
 from hier_avg.core import averaging, hierarchy
 from hier_avg.core.events import Event
 from hier_avg.core import exchange as exchange_lib
-from hier_avg.core.exchange import Exchange, LevelChain
+from hier_avg.core.exchange import Exchange, LevelChain, Measures
 from hier_avg.core.learner import Learner, step_key
+from hier_avg.core.membership import Membership
 from hier_avg.core.periods import PeriodController
 from hier_avg.core.policies import AveragingPolicy
+from hier_avg.core.presence import Presence
 from hier_avg.core.schedule import Schedule
 from hier_avg.core.state import TrainState
 from hier_avg.core.topology import NODE, Topology
@@ -41,7 +43,8 @@ def make(learner: Learner, topology: Topology, schedule: Schedule,
          spread: bool = False, compress: Sequence[str] = (),
          error_feedback: Sequence[bool] = (), delay: Sequence[int] = (),
          delay_mix: Sequence[float] = (),
-         fragments: Sequence[int] = ()) -> Algorithm:
+         fragments: Sequence[int] = (),
+         membership: Membership | None = None) -> Algorithm:
   """Hier-AVG with `schedule`'s levels on `topology`'s learner grid.
 
   Per level, innermost first (empty: the plain level): `compress` 'none',
@@ -49,17 +52,25 @@ def make(learner: Learner, topology: Topology, schedule: Schedule,
   `delay` tau (`hier.delay`), `delay_mix` alpha (torchft's rule; None:
   keep the progress), `fragments` F (`core/fragments.py`). `outer_tx`:
   the outer optimizer at the outermost level, or None. `drift` / `spread`:
-  measure each averaging (`averaging.squared_distances`).
+  measure each averaging (`averaging.squared_distances`). `membership`:
+  simulated outages and the rules of averaging without everyone
+  (`core/membership.py`), or None.
   """
   schedule = schedule.with_delays(delay).with_fragments(fragments)
   exchange = _exchange(schedule, topology, policy, outer_tx, drift, spread,
                        compress, error_feedback, delay_mix)
+  if membership is not None:
+    exchange = dataclasses.replace(exchange, presence=Presence(
+        topology, schedule.levels, membership, policy))
   steps = _Steps(learner, topology, learner_loop, exchange)
   extra = (('outer',) if outer_tx is not None else ()) + (
-      ('comm',) if exchange.compressed or schedule.has_late_levels else ())
+      ('comm',) if exchange.compressed or schedule.has_late_levels else ()
+  ) + (('members',) if membership is not None else ())
   return Algorithm(
       description=schedule.describe(), schedule=schedule,
-      local_step=steps.local, sync_step=steps.synchronous,
+      local_step=(steps.local if membership is None
+                  else exchange.presence.step(steps.local)),
+      sync_step=steps.synchronous, membership=membership,
       after_sync=steps.after_synchronous, start=exchange.start,
       apply=exchange.apply, keep=exchange.keep, kept=exchange.kept,
       channels=functools.partial(_channels, exchange),
@@ -80,8 +91,8 @@ def _exchange(schedule, topology, policy, outer_tx, drift, spread, compress,
                  mix if level.delay else None)
       for i, (level, kind, on, mix) in enumerate(zip(levels, kinds,
                                                      feedback, mixes)))
-  return Exchange(schedule, chains, topology, policy, outer_tx, drift,
-                  spread)
+  return Exchange(schedule, chains, topology, policy, outer_tx,
+                  Measures(topology, levels, drift, spread))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +160,7 @@ class _Steps:
           state.params, event, chain.merge(target, now, None, False))),
                               event, target, outer_state=outer_state)
     zeros = jnp.zeros(state.rng.shape, jnp.float32)  # One a learner.
-    return state, {name: zeros for name in exchange.measure_names(top)}
+    return state, {name: zeros for name in exchange.measures.names(top)}
 
 
 def _channels(exchange: Exchange,

@@ -102,6 +102,36 @@ def average_block(tree, axes: tuple[str, ...], topology: Topology,
   return jax.tree.unflatten(treedef, _split_by_dtype(means, leaves, groups, nblock))
 
 
+def average_present(tree, weights, axes: tuple[str, ...],
+                    topology: Topology):
+  """Each group's weighted mean over `axes`: `weights` [block...] (0 for a
+  learner left out; 1 each for a plain mean over those present) weigh
+  each learner's floating leaves. Returns (the means, broadcast to every
+  learner of the group; the total weight of each learner's group,
+  [block...]). A group of total 0 gets zeros (its learners keep their
+  own, `core/presence.py`).
+
+  One all-reduce per dtype for the sums and one for the totals.
+  """
+  nblock, block_dims, _ = _level_dims(axes, topology)
+  # Every axis of the level, size-1 ones too: psum needs them typed alike.
+  mesh_axes = tuple(a for a in topology.axis_names if a in axes)
+  leaves, treedef = jax.tree.flatten(tree)
+  groups = _dtype_groups(leaves)
+  count = lax.psum(weights.astype(jnp.float32).sum(
+      axis=block_dims, keepdims=True), mesh_axes)
+  means = {}
+  for dtype, flat in _concatenate_by_dtype(leaves, groups, nblock).items():
+    w = weights.astype(flat.dtype)[..., None]
+    total = lax.psum((flat * w).sum(axis=block_dims, keepdims=True),
+                     mesh_axes)
+    mean = total / jnp.maximum(count, 1).astype(flat.dtype)[..., None]
+    means[dtype] = jnp.broadcast_to(mean, flat.shape)
+  return (jax.tree.unflatten(treedef,
+                             _split_by_dtype(means, leaves, groups, nblock)),
+          jnp.broadcast_to(count, weights.shape))
+
+
 def average_compressed(tree, anchor, residual, axes: tuple[str, ...],
                        inner_axes: tuple[str, ...], topology: Topology,
                        kind: str):

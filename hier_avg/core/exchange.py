@@ -7,7 +7,9 @@ on the event's leaves (one fragment of the parameters):
     anchor    a compressed level sends the change since its groups' last
               common model (the anchor), plus its residual;
     reduce    the group mean: a float32 all-reduce, or the compressed
-              exchange between inner groups (`averaging.average_compressed`);
+              exchange between inner groups (`averaging.average_compressed`),
+              or with simulated outages the mean over the members up
+              (`core/presence.py`);
   in flight   what the start made (`InFlight`), kept in the state when a
               round ends before the event applies;
   apply (after step `event.apply`):
@@ -19,7 +21,8 @@ on the event's leaves (one fragment of the parameters):
               mix alpha;
     then the anchors of this level and those inside it restart from the
     result, its residual and outer state are installed, and with the
-    level's last fragment its other parts average and its policy acts.
+    level's last fragment its other parts average and its policy acts;
+    with outages, the learners that did not average keep what they had.
 """
 
 import dataclasses
@@ -36,6 +39,7 @@ from hier_avg.core import averaging, compression, outer
 from hier_avg.core import fragments as fragments_lib
 from hier_avg.core.events import Event
 from hier_avg.core.policies import AveragingPolicy
+from hier_avg.core.presence import Presence
 from hier_avg.core.schedule import Level, Schedule
 from hier_avg.core.state import Shared, TrainState, is_shared, shared
 from hier_avg.core.topology import Topology
@@ -77,6 +81,7 @@ class InFlight(flax.struct.PyTreeNode):
   residual: Shared | None = None  # Error feedback's new residual, all
                                   # leaves, one per inner group.
   rest: Any = None      # The other parts' means, where averaged with it.
+  present: Any = None   # With outages: who averaged (`Presence.average`).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +105,39 @@ class LevelChain:
 
 
 @dataclasses.dataclass(frozen=True)
+class Measures:
+  """What each event measures of the learners' models (`drift`: their
+  squared distances from the group's mean; `spread`: at the outermost of
+  several levels, their inner groups' means' from it), [block...] each."""
+  topology: Topology
+  levels: tuple[Level, ...]  # Innermost first.
+  drift: bool = False
+  spread: bool = False
+
+  def names(self, level: Level) -> tuple[str, ...]:
+    return ((('drift',) if self.drift else ()) +
+            (('spread',) if self._spread_at(level) else ()))
+
+  def _spread_at(self, level: Level) -> bool:
+    return (self.spread and len(self.levels) > 1 and
+            level.name == self.levels[-1].name)
+
+  def of(self, now, mean, level: Level) -> dict:
+    """The measures of `now` (a fragment's leaves) against the group's
+    `mean` (kept once)."""
+    nblock = len(self.topology.axis_names)
+    found = {}
+    if self.drift:
+      found['drift'] = averaging.squared_distances(now, mean, nblock)
+    if self._spread_at(level):
+      group_means = averaging.average_block(
+          now, self.levels[-2].axes, self.topology, again=True)
+      found['spread'] = averaging.squared_distances(group_means, mean,
+                                                    nblock)
+    return found
+
+
+@dataclasses.dataclass(frozen=True)
 class Exchange:
   """Every level's chain on one topology, and what they keep."""
   schedule: Schedule
@@ -107,8 +145,8 @@ class Exchange:
   topology: Topology
   policy: AveragingPolicy
   outer_tx: optax.GradientTransformation | None
-  drift: bool
-  spread: bool
+  measures: Measures
+  presence: Presence | None = None  # With simulated outages.
 
   @property
   def nblock(self) -> int:
@@ -166,7 +204,7 @@ class Exchange:
     chain = self.chain(event.level)
     now = self.leaves_of(state.params, event)
     axes = event.level.axes
-    rest, residual = None, None
+    rest, residual, present = None, None, None
     if chain.compress != 'none':
       comm = state.comm
       feedback = comm['residual'].get(event.level.name)
@@ -176,6 +214,9 @@ class Exchange:
           axes, chain.inner_axes, self.topology, chain.compress)
       if residual is not None:
         residual = Shared(residual, chain.inner_axes)
+    elif self.presence is not None:
+      (mean, rest), present = self.presence.average(state, (now, self.rest_of(
+          state) if event.closes_period else {}), event.level)
     elif event.closes_period and not event.late:
       # The other parts with the parameters: one collective per dtype.
       mean, rest = averaging.average_block(
@@ -185,8 +226,9 @@ class Exchange:
     measured = now if before is None else self.leaves_of(before.params,
                                                          event)
     target = self.kept_once(mean, axes)
-    return InFlight(target, now, self._measures(measured, target.value,
-                                                event.level), residual, rest)
+    return InFlight(target, now, self.measures.of(measured, target.value,
+                                                  event.level), residual,
+                    rest, present)
 
   def outer_step(self, state: TrainState, event: Event, mean):
     """`mean` (the group's mean, kept once) through the outer optimizer
@@ -208,7 +250,7 @@ class Exchange:
   def apply(self, state: TrainState, event: Event, record: InFlight):
     """The event's result merged into the learners' models; (state,
     measures)."""
-    chain = self.chain(event.level)
+    chain, before = self.chain(event.level), state
     now = self.leaves_of(state.params, event)
     # The outer step waits for the apply: its state is the fragment's own
     # and nothing else changes it in between, so a late event keeps only
@@ -225,6 +267,9 @@ class Exchange:
         rest = averaging.average_block(self.rest_of(state), event.level.axes,
                                        self.topology, again=True)
       state = self.policy.after_averaging(state.replace(**rest))
+    if record.present is not None:
+      state = self.presence.keep_absent(record.present, state, before,
+                                        event.level)
     return state, record.measures
 
   def settle(self, state: TrainState, event: Event, target,
@@ -241,23 +286,6 @@ class Exchange:
     """The averaged parts other than the parameters."""
     return {p: getattr(state, p) for p in self.policy.averaged_parts
             if p != 'params'}
-
-  def _measures(self, now, mean, level: Level) -> dict:
-    found = {}
-    if self.drift:
-      found['drift'] = averaging.squared_distances(now, mean, self.nblock)
-    if (self.spread and level == self.outermost and
-        len(self.chains) > 1):
-      group_means = averaging.average_block(
-          now, self.chains[-2].level.axes, self.topology, again=True)
-      found['spread'] = averaging.squared_distances(group_means, mean,
-                                                    self.nblock)
-    return found
-
-  def measure_names(self, level: Level) -> tuple[str, ...]:
-    return ((('drift',) if self.drift else ()) +
-            (('spread',) if self.spread and level == self.outermost and
-             len(self.chains) > 1 else ()))
 
   # ---- What the levels keep ---------------------------------------------
 
@@ -309,6 +337,8 @@ class Exchange:
   def init(self, state: TrainState) -> TrainState:
     """The fresh state (every learner's model equal) with room for what
     the levels keep, each part once per group that holds it alike."""
+    if self.presence is not None:
+      state = self.presence.init(state)
     if self.outer_tx is not None:
       init = functools.partial(outer.init, self.outer_tx)
       top = self.outermost
@@ -349,4 +379,4 @@ class Exchange:
     return jax.tree.map(jnp.zeros_like, InFlight(
         self.kept_once(now, event.level.axes), now,
         {name: jnp.zeros(state.rng.shape, jnp.float32)
-         for name in self.measure_names(event.level)}, residual))
+         for name in self.measures.names(event.level)}, residual))

@@ -39,6 +39,9 @@ class TrainState(flax.struct.PyTreeNode):
   # 'inflight': {level or level_fragment<f>: the event started and not
   # yet applied (`exchange.InFlight`)}. None without either.
   comm: Any = None
+  # With simulated outages (`core/membership.py`): {'up': [grid] bool,
+  # whether each learner took the last step}. None without.
+  members: Any = None
 
 
 class Shared(flax.struct.PyTreeNode):
@@ -52,7 +55,8 @@ class Shared(flax.struct.PyTreeNode):
   grid's leading axes with size 1 along `axes` in each device's block;
   as a whole array, one copy per device (the mesh's size along `axes`,
   the engine's stored form) or one per group (size 1: what `shared` makes
-  and checkpoints hold, so that a run resumes on any mesh).
+  and checkpoints hold, so that a run resumes on any mesh;
+  `runtime/shared_layout.py`).
   """
   value: Any
   axes: tuple[str, ...] = flax.struct.field(pytree_node=False)
@@ -97,12 +101,13 @@ def state_specs(learner_spec, replicated_spec,
                 extra: Sequence[str] = ()) -> TrainState:
   """PartitionSpecs for a `TrainState` (a pytree prefix of it).
 
-  `extra`: the optional fields ('outer', 'stale', 'comm') the algorithm
-  fills; they shard like the learners, the others stay None.
+  `extra`: the optional fields ('outer', 'stale', 'comm', 'members') the
+  algorithm fills; they shard like the learners, the others stay None.
   """
   return TrainState(step=replicated_spec, params=learner_spec,
                     batch_stats=learner_spec, opt_state=learner_spec,
                     rng=learner_spec,
                     outer=learner_spec if 'outer' in extra else None,
                     stale=learner_spec if 'stale' in extra else None,
-                    comm=learner_spec if 'comm' in extra else None)
+                    comm=learner_spec if 'comm' in extra else None,
+                    members=learner_spec if 'members' in extra else None)

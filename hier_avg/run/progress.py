@@ -89,9 +89,13 @@ class Progress:
   """Losses and training time since the last row, and in all."""
 
   def __init__(self, images_per_step: int, final_loss: LossWindow,
-               wall_s_before: float = 0.0):
+               wall_s_before: float = 0.0, up_at=None):
+    """`up_at(step)`: which learners (grid ids, [P] bool) took the step,
+    where some may not (simulated outages: a learner down has no loss);
+    None: all."""
     self.images_per_step = images_per_step
     self.final_loss = final_loss
+    self.up_at = up_at
     # A resumed run's clock goes on from its checkpoint's row.
     self._start = time.perf_counter() - wall_s_before
     self._pending = []  # (first step, [length, grid...] losses) per round.
@@ -125,6 +129,9 @@ class Progress:
         raise TrainingDiverged(
             f'training diverged: non-finite loss at step {step} (learner '
             f'{bad[0]}); lower opt.lr or add opt.warmup_epochs.')
+    if self.up_at is not None:  # A learner down has no loss (it reads 0).
+      losses = [(step, loss[self.up_at(step)]) for step, loss in losses]
+    for step, loss in losses:
       self.final_loss.add(step, loss)
     self.train_s += segment_s
     images = self.images_per_step * len(losses)

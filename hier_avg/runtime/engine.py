@@ -17,16 +17,17 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from hier_avg.core import membership as membership_lib
 from hier_avg.core.learner import Learner
 from hier_avg.core.events import Event
 from hier_avg.core.schedule import Level, Round, Schedule
-from hier_avg.core.state import Shared, TrainState, is_shared
-from hier_avg.core.state import state_specs
+from hier_avg.core.state import TrainState, state_specs
 from hier_avg.core.topology import Topology
 from hier_avg.runtime.communication import Channel, counters
 from hier_avg.runtime.algorithm import Algorithm
 from hier_avg.runtime.eval_kernels import EvalKernels
 from hier_avg.runtime.execution import Execution
+from hier_avg.runtime.shared_layout import SharedLayout
 
 
 class Engine:
@@ -46,7 +47,7 @@ class Engine:
     self._state_shardings = jax.tree.map(
         lambda spec: NamedSharding(topology.mesh, spec), self._state_specs)
     self._rounds = {}
-    self._conversions = {}
+    self._layout = SharedLayout(topology)
 
   @property
   def schedule(self) -> Schedule:
@@ -95,66 +96,21 @@ class Engine:
           self.learner.init(init_key, image_shape))
       ids = jnp.arange(self.topology.num_learners)
       rng = jax.vmap(jax.random.fold_in, (None, 0))(data_key, ids)
-      return self._one_per_device(self.algorithm.extend_state(TrainState(
+      return self._layout.one_per_device(self.algorithm.extend_state(TrainState(
           step=jnp.zeros((), jnp.int32), params=params,
           batch_stats=batch_stats, opt_state=opt_state,
           rng=rng.reshape(grid))))
 
     return init
 
-  # ---- Leaves kept once per group (`Shared`) ----------------------------
-  #
-  # The engine stores a `Shared` leaf once per device (the mesh's size
-  # along its axes, sharded like the learners: each device's block keeps
-  # one copy); checkpoints hold it once per group (size 1 along its axes,
-  # replicated over them), which restores on any mesh.
-
-  def _one_per_device(self, state):
-    """`state` (outside `shard_map`) with its `Shared` leaves from once
-    per group to once per device."""
-    names, mesh = self.topology.axis_names, self.topology.mesh_shape
-
-    def per_device(shared_leaf: Shared):
-      return jax.tree.map(lambda x: jnp.broadcast_to(x, tuple(
-          m if a in shared_leaf.axes else n
-          for a, m, n in zip(names, mesh, x.shape)) + x.shape[len(names):]),
-                          shared_leaf)
-    return _map_shared(per_device, state)
-
-  def _regrouped(self, state, portable: bool):
-    """`state` with its `Shared` leaves once per group (`portable`) or
-    once per device. Each device's block is the same in both (its copy);
-    only the arrays' global shape and sharding change, so this moves
-    nothing between devices."""
-    leaves, treedef = jax.tree.flatten(state, is_leaf=is_shared)
-    where = [i for i, x in enumerate(leaves) if is_shared(x)]
-    if not where:
-      return state
-    shared = [leaves[i] for i in where]
-    if portable not in self._conversions:
-      names = self.topology.axis_names
-      specs = lambda per_group: [jax.tree.map(lambda _, s=s: PartitionSpec(
-          *(None if per_group and a in s.axes else a for a in names)), s)
-                                 for s in shared]
-      # The copies are equal across the group's devices (unchecked: what
-      # makes them equal is the algorithm's averaging).
-      self._conversions[portable] = jax.jit(jax.shard_map(
-          lambda x: x, mesh=self.topology.mesh,
-          in_specs=(specs(not portable),), out_specs=specs(portable),
-          check_vma=False))
-    for i, leaf in zip(where, self._conversions[portable](shared)):
-      leaves[i] = leaf
-    return jax.tree.unflatten(treedef, leaves)
-
   def portable(self, state: TrainState) -> TrainState:
-    """`state` as checkpoints hold it: `Shared` leaves once per group, so
-    that it restores on another mesh."""
-    return self._regrouped(state, True)
+    """`state` as checkpoints hold it (`SharedLayout.portable`)."""
+    return self._layout.portable(state)
 
   def from_portable(self, state: TrainState) -> TrainState:
     """A `portable` state (restored on this engine's mesh) stored as the
     rounds take it."""
-    return self._regrouped(state, False)
+    return self._layout.from_portable(state)
 
   def communication(self, state: TrainState) -> dict[str, Channel]:
     """What one event of each of the algorithm's channels costs."""
@@ -162,8 +118,17 @@ class Engine:
 
   def counters(self, channels: dict[str, Channel],
                steps: int) -> dict[str, int]:
-    """The communication counters of the first `steps` steps."""
-    return counters(channels, self.algorithm.event_counts(steps))
+    """The communication counters of the first `steps` steps (and what
+    simulated outages cost, `membership.counters`)."""
+    found = counters(channels, self.algorithm.event_counts(steps))
+    membership = self.algorithm.membership
+    if membership is not None:
+      grid = dict(zip(self.topology.axis_names, self.topology.grid_shape))
+      sizes = [math.prod(grid[a] for a in level.axes)
+               for level in self.schedule.levels]
+      found.update(membership_lib.counters(membership, self.schedule, sizes,
+                                           steps))
+    return found
 
   # ---- Rounds ---------------------------------------------------------
 
@@ -218,11 +183,27 @@ class Engine:
     round that has one. The one place that knows it: the train loop, the
     tests and the benchmarks all run rounds through here.
     """
-    state, outputs = self.round_program(round_, streamed)(state, *inputs)
+    state, outputs = self.round_program(round_, streamed)(
+        state, *inputs, *self._membership_inputs(round_))
     collective = bool(round_.level or round_.applies or round_.starts)
     if collective and self.topology.platform == 'cpu':
       jax.block_until_ready(state)
     return state, outputs
+
+  def _membership_inputs(self, round_: Round) -> tuple:
+    """Who is up at each of the round's steps, as the round program takes
+    it (`core/membership.py`): () without simulated outages."""
+    membership = self.algorithm.membership
+    if membership is None:
+      return ()
+    arrays = membership_lib.round_arrays(membership, round_.first,
+                                         round_.length)
+    grid = (round_.length,) + self.topology.grid_shape
+    per_learner = [jax.make_array_from_callback(
+        grid, self.topology.round_sharding(),
+        lambda index, a=a: a.reshape(grid)[index]) for a in arrays[:2]]
+    return (*per_learner, jax.device_put(
+        arrays[2], self.topology.replicated_sharding()))
 
   def _build_round(self, round_: Round, streamed: bool):
     """One round as a sharded, jitted function of the whole learner grid."""
@@ -242,7 +223,12 @@ class Engine:
         losses.append(loss)
       return state, jnp.stack(losses)
 
+    members = () if algorithm.membership is None else (
+        (self.topology.round_spec,) * 2 + (PartitionSpec(),))
+
     def block_round(state, *inputs):
+      inputs, membership = inputs[:len(inputs) - len(members)], inputs[
+          len(inputs) - len(members):]
       if streamed:
         batches = inputs
       else:
@@ -250,6 +236,7 @@ class Engine:
         # resident data set inside the scan made XLA:CPU copy it every step.
         images, labels, indices_K = inputs
         batches = (images[indices_K], labels[indices_K])
+      batches = tuple(batches) + tuple(membership)
       state, losses, started = _steps_and_starts(
           algorithm, round_, state, batches, steps)
       state, measures = _applies(algorithm, round_, state, started)
@@ -263,17 +250,11 @@ class Engine:
                   (PartitionSpec(), PartitionSpec(), round_spec))
     mapped = jax.shard_map(
         block_round, mesh=self.topology.mesh,
-        in_specs=(self._state_specs,) + data_specs,
+        in_specs=(self._state_specs,) + data_specs + members,
         out_specs=(self._state_specs, round_spec))
     return jax.jit(mapped, donate_argnums=0,
                    out_shardings=(self._state_shardings,
                                   self.topology.round_sharding()))
-
-
-def _map_shared(fn, tree):
-  """`tree` with each `Shared` subtree replaced by `fn` of it."""
-  return jax.tree.map(lambda x: fn(x) if is_shared(x) else x, tree,
-                      is_leaf=is_shared)
 
 
 def _steps_and_starts(algorithm: Algorithm, round_: Round, state, batches,

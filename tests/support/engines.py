@@ -122,7 +122,7 @@ def make_levels_engine(learner, hierarchy, mesh=None,
                        pack='auto', outer_tx=None, reset_opt_state=False,
                        drift=True, spread=False, compress=(),
                        error_feedback=(), delay=(), delay_mix=(),
-                       fragments=()):
+                       fragments=(), membership=None):
   """A Hier-AVG engine of `hierarchy`'s levels; `mesh`: devices per grid
   axis (None: as many as fit); `average`: the averaged parts of the state."""
   grid = hierarchy.grid_shape
@@ -136,7 +136,7 @@ def make_levels_engine(learner, hierarchy, mesh=None,
   algorithm = hierarchical.make(learner, topology, hierarchy.schedule(),
                                 policy, outer_tx, run.learner_loop, drift,
                                 spread, compress, error_feedback, delay,
-                                delay_mix, fragments)
+                                delay_mix, fragments, membership)
   return Engine(learner, topology, algorithm, run)
 
 
@@ -215,7 +215,7 @@ def run_engine(engine, data, sampler, steps, seed=0, state=None,
     else:
       inputs = (images, labels, engine.topology.put_round_indices(
           sampler, round_.first, round_.length))
-    state, _ = engine.round_program(round_, streamed)(state, *inputs)
+    state, _ = engine.run_round(state, round_, inputs, streamed)
     jax.block_until_ready(state)
   return state
 

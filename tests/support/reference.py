@@ -54,12 +54,16 @@ def per_learner(state_tree, grid_ndim, num_learners):
   return [jax.tree.map(lambda x, i=i: x[i], flat) for i in range(num_learners)]
 
 
-def _group_mean(trees, group):
+def _group_mean(trees, group, weights=None):
+  """The float64 mean of `trees[i]` over `group`, each weighted by
+  `weights[i]` (None: equally)."""
+  w = np.array([1.0 if weights is None else weights[i] for i in group])
   def mean(*leaves):
     if not np.issubdtype(np.asarray(leaves[0]).dtype, np.floating):
       return leaves[0]
     stacked = np.stack([np.asarray(x, np.float64) for x in leaves])
-    return stacked.mean(0).astype(np.asarray(leaves[0]).dtype)
+    return (np.tensordot(w, stacked, axes=1) / w.sum()).astype(
+        np.asarray(leaves[0]).dtype)
   return jax.tree.map(mean, *[trees[i] for i in group])
 
 
@@ -148,17 +152,20 @@ def compress_values(x, kind):
   return out
 
 
-def _average_parts(learners, level, parts, reset_opt_state):
-  """Each group of `level` takes its mean of `parts`; then, with
-  `reset_opt_state`, the optimizer's floating state is zeroed."""
-  for part in parts:
-    for group in level.groups:
-      mean = _group_mean([l[part] for l in learners], group)
-      for i in group:
+def _average_parts(learners, level, parts, reset_opt_state, members=None,
+                   weights=None):
+  """Each group of `level` (its `members`: {group: the learners that
+  average}, default all) takes its mean of `parts` (weighted by
+  `weights`, per learner; None: equally); then, with `reset_opt_state`,
+  the optimizer's floating state is zeroed."""
+  members = members or {group: group for group in level.groups}
+  for who in filter(None, members.values()):
+    for part in parts:
+      mean = _group_mean([l[part] for l in learners], who, weights)
+      for i in who:
         learners[i][part] = mean
-  if reset_opt_state:
-    for group in level.groups:
-      for i in group:
+    if reset_opt_state:
+      for i in who:
         learners[i]['opt_state'] = _zero_floats(learners[i]['opt_state'])
 
 
@@ -280,6 +287,14 @@ class RefExchange:
   fragment its other parts (`average` less the parameters) are averaged
   and, with `reset_opt_state`, the optimizer's floating state is zeroed.
 
+  With outages (`outages`: (learner, first step, last step) each, that
+  learner down for those steps inclusive), an event after step H averages
+  over each group's learners up at H, if there are at least `min_members`
+  (per level; default 1) of them, and only they take the result (the
+  outer step is taken only if the group averaged). With `weighting`
+  'samples' each member weighs as many as the steps it took since its
+  group (of that level) last averaged, or since the start.
+
   The exchange carries anchors, residuals, outer states and events in
   flight from one `run_exchange` call to the next (a resumed run).
   """
@@ -287,7 +302,8 @@ class RefExchange:
   def __init__(self, learners, levels, average, sync_warmup=0, compress=(),
                error_feedback=(), delay=(), delay_mix=(), fragments=None,
                outers=None, outer=None, reset_opt_state=False,
-               phases=None):
+               phases=None, outages=(), min_members=(), heal='nearest',
+               weighting='uniform'):
     depth = len(levels)
     leaves = len(jax.tree.leaves(learners[0]['params']))
     self.levels, self.average, self.warmup = levels, average, sync_warmup
@@ -309,6 +325,59 @@ class RefExchange:
                           for _ in learners]
                       for i, anchors in self.anchors.items()}
     self.inflight = {}
+    self.outages, self.heal = tuple(outages), heal
+    self.minimum = list(min_members or [1] * depth)
+    self.weighting = weighting
+    # Per level, the steps each learner took since its group averaged.
+    self.since = [[0] * len(learners) for _ in levels]
+
+  def count_step(self, done):
+    for per_level in self.since:
+      for j in range(len(per_level)):
+        per_level[j] += self.up(j, done)
+
+  def weights(self, i):
+    return self.since[i] if self.weighting == 'samples' else None
+
+  def restart_counts(self, i, who, group):
+    """Level i's `group` averaged (its members up: `who`): the step counts
+    of its learners restart at level i and inside it."""
+    if who:
+      for inner in range(i + 1):
+        for j in group:
+          self.since[inner][j] = 0
+
+  def up(self, j, done) -> bool:
+    """Whether learner j takes step `done` (1-based)."""
+    return not any(o[0] == j and o[1] <= done <= o[2] for o in self.outages)
+
+  def heal_returning(self, learners, done):
+    """Learners up at step `done` and down at the one before take (heal
+    'nearest') the float64 mean of the averaged parts over the learners
+    of their innermost group up at both steps, or of the next level out
+    where there is none; a reset optimizer state starts from zero."""
+    if self.heal != 'nearest' or done == 1:
+      return
+    live = [self.up(j, done) and self.up(j, done - 1)
+            for j in range(len(learners))]
+    back = [j for j in range(len(learners))
+            if self.up(j, done) and not self.up(j, done - 1)]
+    for j in back:
+      for level in self.levels:
+        group = next(g for g in level.groups if j in g)
+        who = [k for k in group if live[k]]
+        if who:
+          for part in self.average:
+            learners[j][part] = _group_mean([l[part] for l in learners], who)
+          break
+      if self.reset:
+        learners[j]['opt_state'] = _zero_floats(learners[j]['opt_state'])
+
+  def members(self, group, i, done):
+    """The learners of `group` of level i that average after step `done`:
+    those up, if at least the level's minimum; () otherwise."""
+    who = tuple(j for j in group if self.up(j, done))
+    return who if len(who) >= self.minimum[i] else ()
 
   @property
   def top(self) -> int:
@@ -341,13 +410,18 @@ class RefExchange:
       if self.taus[i]:
         record = self.inflight.pop((i, f))
       else:
-        record = self._start(learners, i, f, before)
+        record = self._start(learners, i, f, before, done)
       measures[i, f] = record['measures']
       self._apply(learners, i, f, record)
       if f == len(self.parts[i]) - 1:
         _average_parts(learners, self.levels[i],
                        [p for p in self.average if p != 'params'],
-                       self.reset)
+                       self.reset, {g: self.members(g, i, done)
+                                    for g in self.levels[i].groups},
+                       self.weights(i))
+      if self.outages:
+        for group in self.levels[i].groups:
+          self.restart_counts(i, self.members(group, i, done), group)
     if drift is not None and applied:
       widest = max(i for i, _ in applied)
       found = [measures[i, f] for i, f in applied if i == widest]
@@ -394,9 +468,10 @@ class RefExchange:
     return [[np.array(jax.tree.leaves(l['params'])[k])
              for k in self.parts[i][f]] for l in learners]
 
-  def _start(self, learners, i, f, before=None):
-    """The event's result per learner from the models as they are now;
-    its measures of `before` (default: now)."""
+  def _start(self, learners, i, f, before=None, done=None):
+    """The event's result per learner from the models as they are now
+    (None for a learner that does not take it); its measures of `before`
+    (default: now; None with outages)."""
     now = self._leaves(learners, i, f)
     measured = now if before is None else self._leaves(
         [{'params': p} for p in before], i, f)
@@ -404,15 +479,17 @@ class RefExchange:
     inner = (self.levels[i - 1].groups if i else
              tuple((j,) for j in range(len(learners))))
     for group in self.levels[i].groups:
+      who = group if done is None else self.members(group, i, done)
       if self.kinds[i] == 'none':
-        mean = [_group_mean([x[k] for x in now], group)
-                for k in range(len(now[0]))]
+        mean = [_group_mean([x[k] for x in now], who, self.weights(i))
+                for k in range(len(now[0]))] if who else None
       else:
         mean = self._compressed(now, i, f, group, inner, residuals)
-      for j in group:
+      for j in who:
         received[j], target[j] = mean, mean
     return {'target': target, 'snapshot': now, 'residuals': residuals,
-            'measures': self._measures(measured, received, i)}
+            'measures': (self._measures(measured, received, i)
+                         if not self.outages else None)}
 
   def _outer_step(self, f, mean):
     if self.outer_tree is None:
@@ -459,12 +536,16 @@ class RefExchange:
   def _apply(self, learners, i, f, record):
     leaves = self.parts[i][f]
     tau, mix = self.taus[i], self.mixes[i]
-    if self.outers is not None and i == self.top:  # One group: all.
-      stepped = self._outer_step(f, record['target'][0])
-      record = {**record, 'target': [stepped] * len(learners)}
+    taking = [t for t in record['target'] if t is not None]
+    if self.outers is not None and i == self.top and taking:  # One group.
+      stepped = self._outer_step(f, taking[0])
+      record = {**record, 'target': [None if t is None else stepped
+                                     for t in record['target']]}
     for j, l in enumerate(learners):
       flat, treedef = jax.tree.flatten(l['params'])
       target = record['target'][j]
+      if target is None:
+        continue
       for n, k in enumerate(leaves):
         x = np.asarray(flat[k], np.float64)
         t = np.asarray(target[n], np.float64)
@@ -535,12 +616,17 @@ def run_exchange(learner: Learner, learners: list[dict],
       exchange.start_late(learners, done)
     else:
       indices = sampler.indices(t)
+      exchange.heal_returning(learners, done)
       row = []
       for p, l in enumerate(learners):
+        if not exchange.up(p, done):  # Down: no step, its loss reads 0.
+          row.append(0.0)
+          continue
         l['params'], l['batch_stats'], l['opt_state'], loss = step_fn(
             l['params'], l['batch_stats'], l['opt_state'],
             step_key(l['rng'], t), images[indices[p]], labels[indices[p]])
         row.append(float(loss))
       losses.append(row)
+      exchange.count_step(done)
       exchange.after_step(learners, done, drift)
   return losses

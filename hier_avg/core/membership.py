@@ -1,0 +1,239 @@
+"""Who takes each step and who averages: simulated outages of learners.
+
+An outage `(learner, first_step, last_step)` (`faults.outages`) takes the
+learner out for steps `first_step..last_step` inclusive (1-based, as the
+step counter): it takes no step and is left out of every averaging that
+applies after one of those steps. The averaging of a group is then the
+mean over its members present (torchft's `num_participants()`), given to
+them only; a group with fewer members present than its level's minimum
+(`hier.min_members`) skips that averaging, and its members present keep
+their models.
+
+A learner coming back (up at step t, down at t - 1) is healed before its
+step t (`faults.heal`): 'nearest' gives it the current mean of its
+innermost group that has a live member (one up at t - 1 and at t), or of
+the next level out where its whole group was down, with that group's
+mean of each part the averaging policy averages ('stale': it keeps what
+it had when it went down).
+
+Everything here is a function of the step and the outages, known before
+the run: the compiled rounds take it as data (`round_arrays`), so a run
+with one outage and one with twenty compile the same programs, and the
+plain-loop oracle reads the same outages.
+"""
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from hier_avg.core import events
+from hier_avg.core.hierarchy import Hierarchy
+
+HEALS = ('nearest', 'stale')
+# How a group weighs its members present: equally (torchft), or by the
+# samples each processed since the group's last averaging (hivemind).
+WEIGHTINGS = ('uniform', 'samples')
+
+
+@dataclasses.dataclass(frozen=True)
+class Outage:
+  learner: int
+  first: int  # First step it does not take (1-based).
+  last: int   # Last step it does not take.
+
+
+def parse_outages(value) -> tuple[Outage, ...]:
+  """`faults.outages` (a tuple of (learner, first_step, last_step)) as
+  outages; raises ValueError with a one-line reason."""
+  found = []
+  for entry in value:
+    if (not isinstance(entry, (tuple, list)) or len(entry) != 3 or
+        not all(isinstance(v, int) and not isinstance(v, bool)
+                for v in entry)):
+      raise ValueError(f'{entry!r} is not (learner, first_step, last_step), '
+                       'three integers')
+    found.append(Outage(*entry))
+  return tuple(found)
+
+
+def check_outages(outages: Sequence[Outage], num_learners: int) -> list[str]:
+  """Problems with `outages` for a grid of `num_learners`, as lines (one
+  per problem; [] when fine)."""
+  problems = []
+  for o in outages:
+    where = f'faults.outages entry ({o.learner}, {o.first}, {o.last})'
+    if not 0 <= o.learner < num_learners:
+      problems.append(f'{where} names learner {o.learner}, but the learners '
+                      f'are 0..{num_learners - 1}; give an existing id.')
+    elif o.first < 1:
+      problems.append(f'{where} starts at step {o.first}; steps count from '
+                      '1.')
+    elif o.last < o.first:
+      problems.append(f'{where} ends before it starts; give last_step >= '
+                      'first_step.')
+  if problems:
+    return problems
+  # Every learner down at once leaves nobody to train or to heal from.
+  bounds = sorted({o.first for o in outages})
+  for step in bounds:
+    down = {o.learner for o in outages if o.first <= step <= o.last}
+    if len(down) == num_learners:
+      problems.append(
+          f'faults.outages take every learner down at step {step}; leave '
+          'at least one learner up at every step.')
+      break
+  return problems
+
+
+@dataclasses.dataclass(frozen=True)
+class Membership:
+  """Who is up at each step, from the outages; learners by grid id; and
+  the rules of averaging with members missing."""
+  outages: tuple[Outage, ...]
+  num_learners: int
+  heal: str = 'nearest'
+  min_members: tuple[int, ...] = ()  # Per level, innermost first (1 each).
+  weighting: str = 'uniform'         # `WEIGHTINGS`.
+
+  def minimum(self, depth: int) -> int:
+    return self.min_members[depth] if self.min_members else 1
+
+  def up(self, first: int, length: int) -> np.ndarray:
+    """[length, P] bool: whether each learner takes steps first + 1 ..
+    first + length."""
+    steps = np.arange(first + 1, first + length + 1)[:, None]
+    up = np.ones((length, self.num_learners), bool)
+    for o in self.outages:
+      up[:, o.learner] &= ~((o.first <= steps[:, 0]) &
+                            (steps[:, 0] <= o.last))
+    return up
+
+  def returning(self, first: int, length: int) -> np.ndarray:
+    """[length, P] bool: learners up at a step and down at the one before
+    (healed before it; none with `heal='stale'`)."""
+    up = self.up(first - 1, length + 1) if first > 0 else np.concatenate(
+        [np.ones((1, self.num_learners), bool), self.up(0, length)])
+    back = up[1:] & ~up[:-1]
+    return back if self.heal == 'nearest' else np.zeros_like(back)
+
+  def lost_steps(self, steps: int) -> int:
+    """Learner-steps not taken in the first `steps` steps."""
+    return int((~self.up(0, steps)).sum())
+
+
+def counters(membership: Membership, schedule, group_sizes: Sequence[int],
+             steps: int) -> dict[str, int]:
+  """What the outages cost in the first `steps` steps: learner-steps not
+  taken ('lost_learner_steps') and, per level, the group averagings
+  skipped ('<level>_skipped': events after which a group had fewer members
+  up than its minimum; learners by grid id, level i's groups runs of
+  `group_sizes[i]`)."""
+  up = membership.up(0, steps)
+  found = {'lost_learner_steps': int((~up).sum())}
+  found.update({f'{level.name}_skipped': 0 for level in schedule.levels})
+  depth = {level.name: i for i, level in enumerate(schedule.levels)}
+  for step in range(1, steps + 1):
+    for event in events.applied_after(schedule, step):
+      i = depth[event.level.name]
+      present = up[step - 1].reshape(-1, group_sizes[i]).sum(axis=1)
+      found[f'{event.level.name}_skipped'] += int(
+          (present < membership.minimum(i)).sum())
+  return found
+
+
+def round_arrays(membership: Membership, first: int, length: int):
+  """What a round of steps first + 1 .. first + length takes as data:
+  (up [length, P], returning [length, P], any returning [length])."""
+  returning = membership.returning(first, length)
+  return membership.up(first, length), returning, returning.any(axis=1)
+
+
+def check(faults_config, hier_config) -> list[str]:
+  """Problems with the `faults` section and `hier.min_members` for the
+  hierarchy of `hier_config`, as lines; [] when fine. Where outages are
+  not simulated yet (a combination refused) says so here, the one place."""
+  try:
+    outages = parse_outages(faults_config.outages)
+  except ValueError as e:
+    return [f'faults.outages: {e}.']
+  problems = []
+  minimum = tuple(hier_config.min_members)
+  if hier_config.algorithm == 'hier':
+    hierarchy = Hierarchy.from_config(hier_config)
+    sizes = hierarchy.group_sizes
+    if minimum and len(minimum) != len(sizes):
+      problems.append(
+          f'hier.min_members={minimum} has {len(minimum)} entries but the '
+          f'hierarchy has {len(sizes)} levels; give one per level, innermost '
+          'first, or leave it empty.')
+    elif any(m > s for m, s in zip(minimum, sizes)):
+      problems.append(
+          f'hier.min_members={minimum}: a level asks for more members than '
+          f'its groups have ({sizes}); give at most the group size.')
+  drawn = bool(faults_config.node_mtbf_steps and
+               faults_config.node_downtime_steps)
+  if not outages and not drawn:
+    return problems
+  problems += check_outages(outages, hier_config.num_learners)
+  late = any(hier_config.delay)
+  for refused, why in (
+      (hier_config.algorithm != 'hier', f'hier.algorithm='
+       f'{hier_config.algorithm!r} (use \'hier\')'),
+      (any(k != 'none' for k in hier_config.compress), 'hier.compress'),
+      (late, 'hier.delay'),
+      (hier_config.sync_warmup_steps > 0, 'hier.sync_warmup_steps'),
+      (hier_config.period_schedule == 'adaptive',
+       "hier.period_schedule='adaptive'")):
+    if refused:
+      problems.append(f'faults.outages are not simulated with {why} yet; '
+                      'leave one of the two out.')
+  return problems
+
+
+def draw_node_outages(nodes: Sequence[Sequence[int]], mtbf: float,
+                      downtime: int, steps: int, seed: int,
+                      given: Sequence[Outage] = ()) -> tuple[Outage, ...]:
+  """Outages of whole nodes (`nodes`: each node's learner ids) over steps
+  1..`steps`: each node fails after a number of up steps drawn from an
+  exponential of mean `mtbf` (at least 1; its own stream of `seed`) and
+  is down for `downtime` steps. A failure that would leave no learner up
+  (with the others and `given`) is not drawn; the node goes on."""
+  failures = []
+  for n, learners in enumerate(nodes):
+    rng = np.random.default_rng([seed, n])
+    step = 0
+    while True:
+      step += max(1, int(np.ceil(rng.exponential(mtbf))))
+      if step > steps:
+        break
+      failures.append((step, n))
+      step += downtime
+  drawn = []
+  for first, n in sorted(failures):
+    new = [Outage(j, first, first + downtime - 1) for j in nodes[n]]
+    total = sum(len(node) for node in nodes)
+    if not check_outages(tuple(given) + tuple(drawn) + tuple(new), total):
+      drawn += new
+  return tuple(drawn)
+
+
+def from_config(faults_config, hier_config,
+                steps: int) -> Membership | None:
+  """The run's membership over `steps` steps (the outages given and those
+  drawn); None where no outage is simulated (every learner takes every
+  step: the plain programs)."""
+  outages = parse_outages(faults_config.outages)
+  if faults_config.node_mtbf_steps and faults_config.node_downtime_steps:
+    sizes = Hierarchy.from_config(hier_config).group_sizes
+    node = sizes[-2] if len(sizes) > 1 else 1
+    nodes = [range(i, i + node)
+             for i in range(0, hier_config.num_learners, node)]
+    outages += draw_node_outages(
+        nodes, faults_config.node_mtbf_steps,
+        faults_config.node_downtime_steps, steps, faults_config.seed,
+        outages)
+  if not outages:
+    return None
+  return Membership(outages, hier_config.num_learners, faults_config.heal,
+                    tuple(hier_config.min_members), hier_config.weighting)

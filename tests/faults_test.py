@@ -1,0 +1,210 @@
+"""Simulated outages against the plain-loop oracle, on a 3-level hierarchy.
+
+Learners that are down take no step and are left out of every averaging;
+one that comes back is healed from its nearest group with a live member;
+a group below its level's minimum skips the averaging. The engine must
+train what `reference.RefExchange` writes out, and compile the same
+programs however many outages there are.
+"""
+
+import copy
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import jax
+import numpy as np
+import optax
+
+from configs import cifar10
+from hier_avg import config_keys
+from hier_avg.core import membership as membership_lib
+from hier_avg.core.membership import Membership, Outage
+from hier_avg.errors import UserError
+from tests.support import devices
+from tests.support import engines
+from tests.support import reference
+from tests.support import trees
+
+# Pairs of learners, nodes of 4, all 8: periods 2, 4, 8.
+LEVELS = ((2, 2), (4, 4), (8, 8))
+STEPS = 17
+OUTER = (0.7, 0.9)
+
+CASES = (
+    # One learner of a pair down across a pair averaging and a node one.
+    ('one_learner_in_a_group', ((3, 3, 5),), (), 'nearest', False),
+    # A whole node (learners 4..7) down across the global averaging of
+    # step 8: healed from the other node when it comes back at 10.
+    ('a_whole_node_across_the_outermost', tuple(
+        (j, 6, 9) for j in range(4, 8)), (), 'nearest', True),
+    # The same node coming back with its old models.
+    ('a_whole_node_stale', tuple((j, 6, 9) for j in range(4, 8)), (),
+     'stale', False),
+    # A quorum of 4 of 8 at the global level: with 5 down over steps 7..9,
+    # the global averaging of step 8 is skipped.
+    ('a_quorum_skips_an_averaging', tuple((j, 7, 9) for j in range(5)),
+     (1, 2, 4), 'nearest', True),
+    # Sample weights: learner 3 misses step 2 and learner 6 steps 5..6,
+    # so each weighs less in the averagings of its groups after.
+    ('sample_weights', ((3, 2, 2), (6, 5, 6)), (), 'nearest', True,
+     'samples'),
+)
+
+
+def setUpModule():
+  devices.set_up_devices()
+
+
+def _engine_run(outages, min_members=(), heal='nearest', nesterov=False,
+                weighting='uniform'):
+  """(engine, data, learner, sampler, learners at the start, learners
+  after `STEPS` steps) of the engine with `outages`."""
+  data, learner, sampler = engines.bn_setup()
+  membership = Membership(tuple(Outage(*o) for o in outages), 8, heal,
+                          tuple(min_members), weighting)
+  outer_tx = (optax.sgd(OUTER[0], momentum=OUTER[1], nesterov=True)
+              if nesterov else None)
+  engine = engines.make_levels_engine(
+      learner, engines.levels_hierarchy(LEVELS), (2, 2, 2),
+      outer_tx=outer_tx, membership=membership)
+  state = engine.init_state(0, data.image_shape)
+  start = engines.learner_states(state, grid_ndim=3)
+  got = engines.learner_states(
+      engines.run_engine(engine, data, sampler, STEPS, state=state),
+      grid_ndim=3)
+  return engine, data, learner, sampler, start, got
+
+
+def _run(outages, min_members, heal, nesterov, weighting='uniform'):
+  engine, data, learner, sampler, start, got = _engine_run(
+      outages, min_members, heal, nesterov, weighting)
+  ref = copy.deepcopy(start)
+  outer = (reference.RefOuterSGD(*OUTER, True, start[0]['params'])
+           if nesterov else None)
+  reference.run(learner, ref, reference.nested_levels(8, LEVELS),
+                ('params', 'batch_stats'), data.train_images,
+                data.train_labels, sampler, STEPS, outer=outer,
+                outages=outages, min_members=min_members, heal=heal,
+                weighting=weighting)
+  return engine, start, got, ref
+
+
+class OracleTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(*CASES)
+  def test_matches_the_oracle(self, outages, min_members, heal, nesterov,
+                              weighting='uniform'):
+    _, start, got, ref = _run(outages, min_members, heal, nesterov,
+                              weighting)
+    for i, (g, r) in enumerate(zip(got, ref)):
+      with self.subTest(learner=i):
+        for part in ('params', 'batch_stats'):
+          trees.assert_trees_close(g[part], r[part], atol=2e-5)
+    # The outage is seen: the learners differ from a run without one.
+    plain = _engine_run((), nesterov=nesterov)[-1]
+    self.assertFalse(all(np.allclose(a, b) for a, b in zip(
+        _leaves(got[7]['params']), _leaves(plain[7]['params']))))
+
+
+def _leaves(tree):
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+class MembershipTest(absltest.TestCase):
+
+  def test_up_and_returning(self):
+    m = Membership((Outage(1, 2, 3),), 3)
+    np.testing.assert_array_equal(m.up(0, 5)[:, 1], [1, 0, 0, 1, 1])
+    np.testing.assert_array_equal(m.returning(0, 5)[:, 1], [0, 0, 0, 1, 0])
+    # A round that starts where the learner comes back.
+    np.testing.assert_array_equal(m.returning(3, 2)[:, 1], [1, 0])
+    self.assertEqual(m.lost_steps(5), 2)
+    stale = Membership((Outage(1, 2, 3),), 3, 'stale')
+    self.assertFalse(stale.returning(0, 5).any())
+
+  def test_bad_outages_are_one_line_each(self):
+    for outages, says in (
+        (((9, 1, 2),), 'names learner 9'),
+        (((0, 0, 2),), 'count from 1'),
+        (((0, 5, 2),), 'ends before it starts'),
+        (((0, 1, 4), (1, 3, 5)), 'every learner down at step 3')):
+      problems = membership_lib.check_outages(
+          membership_lib.parse_outages(outages), 2)
+      self.assertLen(problems, 1)
+      self.assertIn(says, problems[0])
+      self.assertNotIn('\n', problems[0])
+
+
+class ConfigTest(absltest.TestCase):
+
+  def test_bad_values_are_refused_in_one_line(self):
+    for key, value, says in (
+        ('faults.outages', ((9, 1, 2),), 'names learner 9'),
+        ('faults.outages', ((0, 5, 2),), 'ends before it starts'),
+        ('faults.outages', tuple((j, 3, 4) for j in range(8)),
+         'every learner down'),
+        ('hier.min_members', (5, 1), 'at most the group size'),
+        ('hier.compress', ('none', 'int8'), 'not simulated with '
+         'hier.compress')):
+      config = cifar10.get_config('cpu')
+      config.faults.outages = ((3, 5, 9),)
+      section, name = key.split('.')
+      setattr(config[section], name, value)
+      with self.assertRaisesRegex(UserError, says) as e:
+        config_keys.validate(config)
+      self.assertNotIn('\n', str(e.exception))
+
+  def test_no_outages_is_no_membership(self):
+    config = cifar10.get_config('cpu')
+    self.assertIsNone(membership_lib.from_config(config.faults, config.hier,
+                                                 100))
+
+  def test_drawn_node_failures(self):
+    nodes = [range(0, 4), range(4, 8)]
+    drawn = membership_lib.draw_node_outages(nodes, 20, 5, 200, seed=3)
+    again = membership_lib.draw_node_outages(nodes, 20, 5, 200, seed=3)
+    self.assertEqual(drawn, again)  # Seeded.
+    self.assertNotEqual(drawn, membership_lib.draw_node_outages(
+        nodes, 20, 5, 200, seed=4))
+    self.assertNotEmpty(drawn)
+    for o in drawn:  # Whole nodes, for the downtime, inside the run.
+      self.assertEqual(o.last - o.first, 4)
+      self.assertLessEqual(o.first, 200)
+      node = o.learner // 4
+      self.assertEqual({p.learner for p in drawn if p.first == o.first
+                        and p.learner // 4 == node}, set(nodes[node]))
+    # Never both nodes at once.
+    self.assertEqual(membership_lib.check_outages(drawn, 8), [])
+
+
+class ResumeTest(absltest.TestCase):
+
+  def test_a_resume_inside_an_outage_is_exact(self):
+    # Stopped at step 6, with learner 3 down (steps 3..9) and the node's
+    # averaging of step 4 taken without it: who is up comes back from the
+    # checkpoint, and the run goes on as if never stopped.
+    data, learner, sampler = engines.bn_setup()
+    engine = engines.make_levels_engine(
+        learner, engines.levels_hierarchy(LEVELS), (2, 2, 2),
+        membership=Membership((Outage(3, 3, 9),), 8))
+    straight, part, resumed = engines.straight_and_resumed(
+        engine, data, sampler, STEPS, 6, self.create_tempdir().full_path)
+    self.assertFalse(bool(np.asarray(part.members['up']).reshape(-1)[3]))
+    for name in ('params', 'opt_state', 'batch_stats', 'members'):
+      jax.tree.map(np.testing.assert_array_equal, getattr(resumed, name),
+                   getattr(straight, name))
+
+
+class ProgramsTest(absltest.TestCase):
+
+  def test_twenty_outages_compile_what_one_does(self):
+    counts = []
+    for outages in (((3, 3, 5),),
+                    tuple((j % 8, 1 + j, 2 + j) for j in range(20))):
+      engine = _engine_run(outages)[0]
+      counts.append(len(engine.compiled_rounds))
+    self.assertEqual(counts[0], counts[1])
+
+
+if __name__ == '__main__':
+  absltest.main()
