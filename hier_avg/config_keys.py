@@ -44,6 +44,7 @@ from hier_avg.data import sampling
 from hier_avg.data import streaming
 from hier_avg.errors import UserError, require
 from hier_avg.runtime import execution
+from hier_avg.tools import simulated_clock
 
 # A check takes a key's name and value and returns the one-line message
 # that says what is wrong, or None when the value is fine.
@@ -448,6 +449,24 @@ KEYS = (
         'Steps a failed node stays down (0: no drawn failures).',
         integer(0)),
     Key('faults.seed', 0, 'Seed of the drawn node failures.', integer(0)),
+    Key('faults.speed', 'equal',
+        "Each learner's compute time per step, fixed for the run: 'equal' "
+        "(faults.step_s each), 'lognormal' (faults.step_s times exp of a "
+        'normal of sigma faults.speed_sigma, drawn with faults.seed) or a '
+        'file of one step time (seconds) per learner, one per line. With '
+        'outages or unequal speeds, the metrics get the simulated clock '
+        '(simulated_seconds, goodput; hier_avg/tools/simulated_clock.py).',
+        text),
+    Key('faults.speed_sigma', 0.5, "Sigma of 'lognormal' speeds.",
+        number(0)),
+    Key('faults.step_s', 1.0, 'Simulated compute seconds per step of a '
+        'learner of speed 1.', number(0, strict=True)),
+    Key('faults.link_gbps', (),
+        'Per level, innermost first: the link (Gb/s) its averagings cross '
+        'in the simulated clock, a ring all-reduce of the model among the '
+        'group; empty: averagings take no time.', numbers_tuple),
+    Key('faults.link_latency_us', 5.0, 'Latency per message of those '
+        'links (microseconds).', number(0)),
     Key('faults.heal', 'nearest',
         "A learner coming back: 'nearest' takes the current mean of its "
         'innermost group with a learner up (or the next level out), with '
@@ -583,7 +602,8 @@ def _relations(config) -> None:
           f'{hier.adaptive_max}].')
   if hier.algorithm == 'asgd':
     _asgd_relations(hier)
-  problems = membership.check(config.faults, hier)
+  problems = (membership.check(config.faults, hier) +
+              simulated_clock.check(config.faults, hier))
   require(not problems, problems[0] if problems else '')
   model = config.model
   require(model.stem == 'cifar' or model.name in models.STEM_MODELS,

@@ -31,6 +31,7 @@ from hier_avg.run.metrics import MetricsWriter, read_summary
 from hier_avg.run.progress import LossWindow, Progress, TrainingDiverged
 from hier_avg.run.progress import step_mean_losses
 from hier_avg.runtime import compilation_cache, evaluation, memory
+from hier_avg.tools import simulated_clock
 
 
 # `final_train_loss` is the mean training loss over the last epoch's steps,
@@ -198,6 +199,7 @@ class _Loop:
     self.final_loss = final_loss  # Carried by every checkpoint.
     # The rounds' losses since the last outermost averaging, for `periods`.
     self._period_losses = []
+    self._clock = None  # The simulated clock of every step, from `run`.
 
   def epoch(self, step: int) -> float:
     """Examples seen / N: a pass over the shards may leave some out."""
@@ -208,6 +210,10 @@ class _Loop:
     engine, feed, num_steps = self.engine, self.feed, self.num_steps
     first_step = int(state.step)
     channels = engine.communication(state)
+    self._clock = simulated_clock.from_config(
+        self.config.faults, engine, num_steps, sum(
+            x.nbytes for x in jax.tree.leaves(state.params)) //
+        engine.topology.num_learners)
     rows = self.writer.rows
     membership = engine.algorithm.membership
     progress = Progress(
@@ -262,6 +268,7 @@ class _Loop:
         **_levels(self.config.hier, engine.schedule, num_steps),
         'wall_s': progress.wall_s,
         **engine.counters(channels, num_steps),
+        **self._clock_at(num_steps),
         **({} if membership is None else {'outages': [
             [o.learner, o.first, o.last] for o in membership.outages]}),
         'topology': engine.topology.describe(),
@@ -280,7 +287,8 @@ class _Loop:
     row = dict(step=done, epoch=self.epoch(done), train_loss=loss,
                learning_rate=float(self.lr_schedule(done - 1)),
                images_per_s=rate, **measures,
-               **self.engine.counters(channels, done))
+               **self.engine.counters(channels, done),
+               **self._clock_at(done))
     eta = (self.num_steps - done) * progress.train_s / (done - first_step)
     logging.info('step %d/%d  epoch %.2f  loss %.4f  %.0f images/s  '
                  'ETA %.0fs', done, self.num_steps, self.epoch(done),
@@ -298,6 +306,11 @@ class _Loop:
                    self.last_eval['test_accuracy'],
                    self.last_eval['test_loss'])
     self.writer.write(**row, wall_s=progress.wall_s)
+
+  def _clock_at(self, step: int) -> dict:
+    """The simulated clock after `step` (`tools/simulated_clock.py`); {}
+    where nothing is simulated."""
+    return {} if self._clock is None else self._clock[step - 1]
 
   def _tell_periods(self, round_, outputs) -> None:
     """Tells the period controller each outermost averaging, so that it

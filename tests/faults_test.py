@@ -8,6 +8,7 @@ programs however many outages there are.
 """
 
 import copy
+import dataclasses
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -18,8 +19,10 @@ import optax
 from configs import cifar10
 from hier_avg import config_keys
 from hier_avg.core import membership as membership_lib
+from hier_avg.core import schedule as schedule_lib
 from hier_avg.core.membership import Membership, Outage
 from hier_avg.errors import UserError
+from hier_avg.tools import simulated_clock
 from tests.support import devices
 from tests.support import engines
 from tests.support import reference
@@ -175,6 +178,36 @@ class ConfigTest(absltest.TestCase):
                         and p.learner // 4 == node}, set(nodes[node]))
     # Never both nodes at once.
     self.assertEqual(membership_lib.check_outages(drawn, 8), [])
+
+
+class ClockTest(absltest.TestCase):
+
+  def test_matches_a_hand_count(self):
+    # 4 learners, pairs averaging every 2 steps (0.5 s), all every 4
+    # (1 s); step times 1, 2, 1, 3 s. Learner 3 is down for steps 3..4.
+    clock = simulated_clock.SimulatedClock(
+        np.array([1.0, 2.0, 1.0, 3.0]), (2, 4), (0.5, 1.0))
+    found = clock.run(schedule_lib.hier_schedule(2, 2), 4)
+    # After step 2: [2, 4, 2, 6] -> pairs [4.5, 4.5, 6.5, 6.5]; after 4:
+    # [6.5, 8.5, 8.5, 12.5] -> all 13.5.
+    self.assertEqual(found[1]['simulated_seconds'], 6.5)
+    self.assertEqual(found[3]['simulated_seconds'], 13.5)
+    self.assertAlmostEqual(found[3]['goodput'], 16 / (4 * 13.5))
+    down = dataclasses.replace(clock, membership=Membership(
+        (Outage(3, 3, 4),), 4))
+    found = down.run(schedule_lib.hier_schedule(2, 2), 4)
+    # Steps 3 and 4 without learner 3: [6.5, 8.5, 8.5, 6.5] -> the three
+    # up 9.5; learner 3 keeps its 6.5.
+    self.assertEqual(found[3]['simulated_seconds'], 9.5)
+    self.assertAlmostEqual(found[3]['goodput'], 14 / (4 * 9.5))
+
+  def test_a_speed_file_of_the_wrong_length_is_one_line(self):
+    path = self.create_tempfile(content='1.0\n2.0\n').full_path
+    config = cifar10.get_config('cpu')
+    config.faults.speed = path
+    with self.assertRaisesRegex(UserError, 'has 2 value.* 8 learners') as e:
+      config_keys.validate(config)
+    self.assertNotIn('\n', str(e.exception))
 
 
 class ResumeTest(absltest.TestCase):

@@ -123,12 +123,16 @@ class Engine:
     found = counters(channels, self.algorithm.event_counts(steps))
     membership = self.algorithm.membership
     if membership is not None:
-      grid = dict(zip(self.topology.axis_names, self.topology.grid_shape))
-      sizes = [math.prod(grid[a] for a in level.axes)
-               for level in self.schedule.levels]
-      found.update(membership_lib.counters(membership, self.schedule, sizes,
-                                           steps))
+      found.update(membership_lib.counters(
+          membership, self.schedule, self.level_group_sizes, steps))
     return found
+
+  @property
+  def level_group_sizes(self) -> tuple[int, ...]:
+    """Learners in each group of each level, innermost first."""
+    grid = dict(zip(self.topology.axis_names, self.topology.grid_shape))
+    return tuple(math.prod(grid[a] for a in level.axes)
+                 for level in self.schedule.levels)
 
   # ---- Rounds ---------------------------------------------------------
 
