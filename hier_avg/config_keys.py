@@ -315,6 +315,14 @@ KEYS = (
         "'uniform' (torchft: the plain mean over them) or 'samples' "
         '(hivemind, OpenDiLoCo: by the steps each took since the group\'s '
         'last averaging).', one_of(*membership.WEIGHTINGS)),
+    Key('hier.period_unit', 'steps',
+        "What the levels' periods count: 'steps' (every learner takes the "
+        "same steps; the simulated clock waits for the slowest) or 'time' "
+        '(a period lasts its steps of a learner of speed 1, '
+        'faults.step_s each; each learner takes as many steps as its '
+        'faults.speed fits, the fastest sets the steps of a period, the '
+        'others wait out the rest; train.steps counts those).',
+        one_of(*membership.PERIOD_UNITS)),
     Key('hier.algorithm', 'hier',
         "'hier': Hier-AVG (K-AVG and sync SGD as special cases); 'asgd': "
         'simulated asynchronous SGD (hier_avg/algorithms/asgd.py), whose '

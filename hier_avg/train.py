@@ -220,7 +220,7 @@ class _Loop:
         feed.examples_per_step, self.final_loss,
         wall_s_before=rows[-1]['wall_s'] if rows else 0.0,
         up_at=None if membership is None else
-        lambda step: membership.up(step - 1, 1)[0])
+        lambda step: membership.takes(step - 1, 1)[0])
     cut_every = self.cadence.cut_every + tuple(
         engine.schedule.fit_cap(cap)
         for cap in (engine.max_round_length, feed.max_round_length))

@@ -51,6 +51,11 @@ CASES = (
     # so each weighs less in the averagings of its groups after.
     ('sample_weights', ((3, 2, 2), (6, 5, 6)), (), 'nearest', True,
      'samples'),
+    # Periods in time: learner 3 is a straggler that fits 1 of every 2
+    # steps (learner 6 fits 0 of them and only averages), weighed by its
+    # samples, with an outage on top.
+    ('a_straggler_with_time_periods', ((1, 9, 11),), (), 'nearest', True,
+     'samples', (2, (2, 2, 2, 1, 2, 2, 0, 2))),
 )
 
 
@@ -59,12 +64,12 @@ def setUpModule():
 
 
 def _engine_run(outages, min_members=(), heal='nearest', nesterov=False,
-                weighting='uniform'):
+                weighting='uniform', in_time=(0, ())):
   """(engine, data, learner, sampler, learners at the start, learners
   after `STEPS` steps) of the engine with `outages`."""
   data, learner, sampler = engines.bn_setup()
   membership = Membership(tuple(Outage(*o) for o in outages), 8, heal,
-                          tuple(min_members), weighting)
+                          tuple(min_members), weighting, *in_time)
   outer_tx = (optax.sgd(OUTER[0], momentum=OUTER[1], nesterov=True)
               if nesterov else None)
   engine = engines.make_levels_engine(
@@ -78,9 +83,10 @@ def _engine_run(outages, min_members=(), heal='nearest', nesterov=False,
   return engine, data, learner, sampler, start, got
 
 
-def _run(outages, min_members, heal, nesterov, weighting='uniform'):
+def _run(outages, min_members, heal, nesterov, weighting='uniform',
+         in_time=(0, ())):
   engine, data, learner, sampler, start, got = _engine_run(
-      outages, min_members, heal, nesterov, weighting)
+      outages, min_members, heal, nesterov, weighting, in_time)
   ref = copy.deepcopy(start)
   outer = (reference.RefOuterSGD(*OUTER, True, start[0]['params'])
            if nesterov else None)
@@ -88,7 +94,8 @@ def _run(outages, min_members, heal, nesterov, weighting='uniform'):
                 ('params', 'batch_stats'), data.train_images,
                 data.train_labels, sampler, STEPS, outer=outer,
                 outages=outages, min_members=min_members, heal=heal,
-                weighting=weighting)
+                weighting=weighting, per_period=in_time[0],
+                steps_fit=in_time[1])
   return engine, start, got, ref
 
 
@@ -96,9 +103,9 @@ class OracleTest(parameterized.TestCase):
 
   @parameterized.named_parameters(*CASES)
   def test_matches_the_oracle(self, outages, min_members, heal, nesterov,
-                              weighting='uniform'):
+                              weighting='uniform', in_time=(0, ())):
     _, start, got, ref = _run(outages, min_members, heal, nesterov,
-                              weighting)
+                              weighting, in_time)
     for i, (g, r) in enumerate(zip(got, ref)):
       with self.subTest(learner=i):
         for part in ('params', 'batch_stats'):
@@ -125,6 +132,21 @@ class MembershipTest(absltest.TestCase):
     stale = Membership((Outage(1, 2, 3),), 3, 'stale')
     self.assertFalse(stale.returning(0, 5).any())
 
+  def test_periods_in_time(self):
+    # A period of 4 steps of 1 s: step times 0.5, 1, 1.5 and 5 s fit 8,
+    # 4, 2 and 0 steps; the period has the fastest's 8, and the levels'
+    # periods (4, 16) become (8, 32) steps.
+    per_period, fit = membership_lib.time_periods(
+        np.array([0.5, 1.0, 1.5, 5.0]), 1.0, 4)
+    self.assertEqual((per_period, fit), (8, (8, 4, 2, 0)))
+    m = Membership((), 4, per_period=per_period, steps_fit=fit)
+    self.assertEqual(m.periods((4, 16)), (8, 32))
+    takes = m.takes(6, 4)  # Steps 7..10: the end of a period, the start.
+    np.testing.assert_array_equal(takes[:, 1], [0, 0, 1, 1])
+    np.testing.assert_array_equal(takes[:, 0], [1, 1, 1, 1])
+    self.assertFalse(takes[:, 3].any())
+    self.assertTrue(m.up(6, 4).all())  # All average.
+
   def test_bad_outages_are_one_line_each(self):
     for outages, says in (
         (((9, 1, 2),), 'names learner 9'),
@@ -148,9 +170,12 @@ class ConfigTest(absltest.TestCase):
          'every learner down'),
         ('hier.min_members', (5, 1), 'at most the group size'),
         ('hier.compress', ('none', 'int8'), 'not simulated with '
-         'hier.compress')):
+         'hier.compress'),
+        ('hier.period_schedule', 'step', 'not simulated with '
+         "hier.period_schedule='step'")):
       config = cifar10.get_config('cpu')
       config.faults.outages = ((3, 5, 9),)
+      config.hier.period_unit = 'time'
       section, name = key.split('.')
       setattr(config[section], name, value)
       with self.assertRaisesRegex(UserError, says) as e:

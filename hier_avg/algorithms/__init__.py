@@ -53,6 +53,9 @@ def from_config(hier_config, learner: Learner, topology: Topology,
   if hier_config.algorithm == 'asgd':
     return asgd.make(learner, topology, hier_config.staleness, learner_loop)
   hierarchy = Hierarchy.from_config(hier_config)
+  if membership is not None:  # Periods in time: in the run's steps.
+    hierarchy = dataclasses.replace(
+        hierarchy, periods=membership.periods(hierarchy.periods))
   outer_tx = outer.make_outer_optimizer(
       hier_config, outer_steps(hier_config, num_steps, steps_per_epoch))
   algorithm = hierarchical.make(
@@ -71,6 +74,10 @@ def from_config(hier_config, learner: Learner, topology: Topology,
   if membership is not None:
     streamed += (f'; {len(membership.outages)} simulated outage(s), heal '
                  f'{membership.heal!r}')
+    if membership.per_period:
+      streamed += (f'; periods in time: learners fit '
+                   f'{membership.steps_fit} of every '
+                   f'{membership.per_period} steps')
   return dataclasses.replace(
       algorithm,
       description=f'{hierarchy.describe()}{late}{streamed}{unused}')

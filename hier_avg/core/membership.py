@@ -1,4 +1,4 @@
-"""Who takes each step and who averages: simulated outages of learners.
+"""Who takes each step and who averages: simulated outages and speeds.
 
 An outage `(learner, first_step, last_step)` (`faults.outages`) takes the
 learner out for steps `first_step..last_step` inclusive (1-based, as the
@@ -16,6 +16,11 @@ the next level out where its whole group was down, with that group's
 mean of each part the averaging policy averages ('stale': it keeps what
 it had when it went down).
 
+With periods in time (`hier.period_unit='time'`, `time_periods`) each
+learner computes only the steps of each innermost period that its speed
+(`faults.speed`, `step_times`) fits, and waits out the rest: it takes no
+step then, but it is up, and averages.
+
 Everything here is a function of the step and the outages, known before
 the run: the compiled rounds take it as data (`round_arrays`), so a run
 with one outage and one with twenty compile the same programs, and the
@@ -23,17 +28,59 @@ plain-loop oracle reads the same outages.
 """
 
 import dataclasses
+import os
 from typing import Sequence
 
 import numpy as np
 
 from hier_avg.core import events
 from hier_avg.core.hierarchy import Hierarchy
+from hier_avg.errors import UserError
 
 HEALS = ('nearest', 'stale')
 # How a group weighs its members present: equally (torchft), or by the
 # samples each processed since the group's last averaging (hivemind).
 WEIGHTINGS = ('uniform', 'samples')
+# Each learner's compute time per step (`faults.speed`), or a file of them.
+SPEEDS = ('equal', 'lognormal')
+PERIOD_UNITS = ('steps', 'time')
+
+
+def step_times(faults_config, num_learners: int) -> np.ndarray:
+  """Each learner's compute seconds per step, [P]; raises UserError."""
+  speed, base = faults_config.speed, faults_config.step_s
+  if speed == 'equal':
+    return np.full(num_learners, base, float)
+  if speed == 'lognormal':
+    rng = np.random.default_rng([faults_config.seed, 1])
+    return base * np.exp(rng.normal(0, faults_config.speed_sigma,
+                                    num_learners))
+  if not os.path.isfile(speed):
+    raise UserError(f"faults.speed={speed!r} is neither 'equal', "
+                    "'lognormal' nor a file; give a file of one step time "
+                    '(seconds) per learner, one per line.')
+  try:
+    times = np.loadtxt(speed, dtype=float, ndmin=1)
+  except ValueError as e:
+    raise UserError(f'faults.speed file {speed} does not read as numbers '
+                    f'({str(e).splitlines()[0]}); give one step time '
+                    '(seconds) per learner, one per line.') from None
+  if times.shape != (num_learners,) or not np.all(times > 0):
+    raise UserError(f'faults.speed file {speed} has {times.size} value(s) '
+                    f'but there are {num_learners} learners; give one '
+                    'step time (seconds, > 0) per learner, one per line.')
+  return times
+
+
+def time_periods(step_s: np.ndarray, base_s: float,
+                 period: int) -> tuple[int, tuple[int, ...]]:
+  """Periods in time: (the steps of an innermost period, how many of them
+  each learner fits). The period lasts `period` steps of a learner of
+  speed 1 (`base_s` each); a learner of step time t fits floor(period
+  base_s / t) steps, and the period has as many as the fastest fits."""
+  fit = np.floor(period * base_s / np.asarray(step_s) * (1 + 1e-12))
+  fit = tuple(int(f) for f in fit)
+  return max(max(fit), 1), fit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,16 +135,28 @@ def check_outages(outages: Sequence[Outage], num_learners: int) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class Membership:
-  """Who is up at each step, from the outages; learners by grid id; and
-  the rules of averaging with members missing."""
+  """Who is up at each step, from the outages, and who takes it; learners
+  by grid id; and the rules of averaging with members missing."""
   outages: tuple[Outage, ...]
   num_learners: int
   heal: str = 'nearest'
   min_members: tuple[int, ...] = ()  # Per level, innermost first (1 each).
   weighting: str = 'uniform'         # `WEIGHTINGS`.
+  # Periods in time (`hier.period_unit='time'`): the steps of each
+  # innermost period (the fastest learner's), and how many of them each
+  # learner's speed fits in one (it waits out the rest). 0: in steps.
+  per_period: int = 0
+  steps_fit: tuple[int, ...] = ()
 
   def minimum(self, depth: int) -> int:
     return self.min_members[depth] if self.min_members else 1
+
+  def periods(self, periods: Sequence[int]) -> tuple[int, ...]:
+    """The levels' `periods` (steps of a learner of speed 1) in the run's
+    steps: with periods in time, each innermost one has `per_period`."""
+    if not self.per_period:
+      return tuple(periods)
+    return tuple(p // periods[0] * self.per_period for p in periods)
 
   def up(self, first: int, length: int) -> np.ndarray:
     """[length, P] bool: whether each learner takes steps first + 1 ..
@@ -108,6 +167,16 @@ class Membership:
       up[:, o.learner] &= ~((o.first <= steps[:, 0]) &
                             (steps[:, 0] <= o.last))
     return up
+
+  def takes(self, first: int, length: int) -> np.ndarray:
+    """[length, P] bool: whether each learner computes steps first + 1 ..
+    first + length: it is up and, with periods in time, the step is among
+    the first ones its speed fits in the innermost period."""
+    takes = self.up(first, length)
+    if self.per_period:
+      slot = (np.arange(first, first + length) % self.per_period)[:, None]
+      takes &= slot < np.asarray(self.steps_fit)[None, :]
+    return takes
 
   def returning(self, first: int, length: int) -> np.ndarray:
     """[length, P] bool: learners up at a step and down at the one before
@@ -144,9 +213,11 @@ def counters(membership: Membership, schedule, group_sizes: Sequence[int],
 
 def round_arrays(membership: Membership, first: int, length: int):
   """What a round of steps first + 1 .. first + length takes as data:
-  (up [length, P], returning [length, P], any returning [length])."""
+  (takes [length, P], up [length, P], returning [length, P], any
+  returning [length])."""
   returning = membership.returning(first, length)
-  return membership.up(first, length), returning, returning.any(axis=1)
+  return (membership.takes(first, length), membership.up(first, length),
+          returning, returning.any(axis=1))
 
 
 def check(faults_config, hier_config) -> list[str]:
@@ -173,9 +244,12 @@ def check(faults_config, hier_config) -> list[str]:
           f'its groups have ({sizes}); give at most the group size.')
   drawn = bool(faults_config.node_mtbf_steps and
                faults_config.node_downtime_steps)
-  if not outages and not drawn:
+  in_time = hier_config.period_unit == 'time'
+  if not outages and not drawn and not in_time:
     return problems
   problems += check_outages(outages, hier_config.num_learners)
+  what = ('faults.outages' if outages or drawn else
+          "hier.period_unit='time'")
   late = any(hier_config.delay)
   for refused, why in (
       (hier_config.algorithm != 'hier', f'hier.algorithm='
@@ -183,11 +257,14 @@ def check(faults_config, hier_config) -> list[str]:
       (any(k != 'none' for k in hier_config.compress), 'hier.compress'),
       (late, 'hier.delay'),
       (hier_config.sync_warmup_steps > 0, 'hier.sync_warmup_steps'),
-      (hier_config.period_schedule == 'adaptive',
-       "hier.period_schedule='adaptive'")):
+      (hier_config.period_schedule == 'adaptive' or
+       (in_time and hier_config.period_schedule != 'constant'),
+       f'hier.period_schedule={hier_config.period_schedule!r}'),
+      (in_time and hier_config.outer_lr_schedule != 'constant',
+       f'hier.outer_lr_schedule={hier_config.outer_lr_schedule!r}')):
     if refused:
-      problems.append(f'faults.outages are not simulated with {why} yet; '
-                      'leave one of the two out.')
+      problems.append(f'{what} are not simulated with {why} yet; leave '
+                      'one of the two out.')
   return problems
 
 
@@ -233,7 +310,13 @@ def from_config(faults_config, hier_config,
         nodes, faults_config.node_mtbf_steps,
         faults_config.node_downtime_steps, steps, faults_config.seed,
         outages)
-  if not outages:
+  per_period, fit = 0, ()
+  if hier_config.period_unit == 'time':
+    per_period, fit = time_periods(
+        step_times(faults_config, hier_config.num_learners),
+        faults_config.step_s, Hierarchy.from_config(hier_config).periods[0])
+  elif not outages:
     return None
   return Membership(outages, hier_config.num_learners, faults_config.heal,
-                    tuple(hier_config.min_members), hier_config.weighting)
+                    tuple(hier_config.min_members), hier_config.weighting,
+                    per_period, fit)

@@ -94,22 +94,23 @@ class Presence:
         averaged, new.outer.value, old.outer.value)))
 
   def step(self, local_step):
-    """`local_step` taken by the learners up, after the healing of those
-    coming back; batch: (images, labels, up, returning, any returning)."""
+    """`local_step` taken by the learners that take it, after the healing
+    of those coming back; batch: (images, labels, takes, up, returning,
+    any returning)."""
     def step(state: TrainState, batch):
-      images, labels, up, returning, any_back = batch
+      images, labels, takes, up, returning, any_back = batch
       if self.membership.heal == 'nearest':
         state = lax.cond(any_back, lambda s: self._healed(s, up, returning),
                          lambda s: s, state)
       new, loss = local_step(state, (images, labels))
-      kept = {part: select(up, getattr(new, part), getattr(state, part))
+      kept = {part: select(takes, getattr(new, part), getattr(state, part))
               for part in ('params', 'batch_stats', 'opt_state')}
       members = {**state.members, 'up': up}
       if self.by_samples:
-        members['since'] = {name: n + up for name, n in
+        members['since'] = {name: n + takes for name, n in
                             state.members['since'].items()}
       return (new.replace(members=members, **kept),
-              jnp.where(up, loss, jnp.zeros_like(loss)))
+              jnp.where(takes, loss, jnp.zeros_like(loss)))
     return step
 
   def _healed(self, state: TrainState, up, returning) -> TrainState:

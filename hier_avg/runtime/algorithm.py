@@ -65,7 +65,8 @@ class Algorithm:
   # jit).
   extra_state: tuple[str, ...] = ()
   extend_state: Callable[[TrainState], TrainState] = _unchanged
-  # Simulated outages (`core/membership.py`): each round then takes who is
-  # up at each of its steps as data, and `local_step`'s batch is (images,
-  # labels, up, returning, any returning). None: every learner, always.
+  # Simulated outages and speeds (`core/membership.py`): each round then
+  # takes who is up and who computes at each of its steps as data, and
+  # `local_step`'s batch is (images, labels, takes, up, returning, any
+  # returning). None: every learner, always.
   membership: Any = None

@@ -205,9 +205,9 @@ class Engine:
     grid = (round_.length,) + self.topology.grid_shape
     per_learner = [jax.make_array_from_callback(
         grid, self.topology.round_sharding(),
-        lambda index, a=a: a.reshape(grid)[index]) for a in arrays[:2]]
+        lambda index, a=a: a.reshape(grid)[index]) for a in arrays[:-1]]
     return (*per_learner, jax.device_put(
-        arrays[2], self.topology.replicated_sharding()))
+        arrays[-1], self.topology.replicated_sharding()))
 
   def _build_round(self, round_: Round, streamed: bool):
     """One round as a sharded, jitted function of the whole learner grid."""
@@ -228,7 +228,7 @@ class Engine:
       return state, jnp.stack(losses)
 
     members = () if algorithm.membership is None else (
-        (self.topology.round_spec,) * 2 + (PartitionSpec(),))
+        (self.topology.round_spec,) * 3 + (PartitionSpec(),))
 
     def block_round(state, *inputs):
       inputs, membership = inputs[:len(inputs) - len(members)], inputs[

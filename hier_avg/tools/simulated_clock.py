@@ -18,43 +18,13 @@ simulated seconds).
 """
 
 import dataclasses
-import os
 
 import numpy as np
 
 from hier_avg.core import events
-from hier_avg.core.membership import Membership
+from hier_avg.core.membership import SPEEDS, Membership, step_times
 from hier_avg.errors import UserError
 from hier_avg.tools import cost_model
-
-SPEEDS = ('equal', 'lognormal')
-
-
-def step_times(faults_config, num_learners: int) -> np.ndarray:
-  """Each learner's compute seconds per step, [P]; raises UserError."""
-  speed, base = faults_config.speed, faults_config.step_s
-  if speed == 'equal':
-    return np.full(num_learners, base, float)
-  if speed == 'lognormal':
-    rng = np.random.default_rng([faults_config.seed, 1])
-    return base * np.exp(rng.normal(0, faults_config.speed_sigma,
-                                    num_learners))
-  if not os.path.isfile(speed):
-    raise UserError(f"faults.speed={speed!r} is neither 'equal', "
-                    "'lognormal' nor a file; give a file of one step time "
-                    '(seconds) per learner, one per line.')
-  try:
-    times = np.loadtxt(speed, dtype=float, ndmin=1)
-  except ValueError as e:
-    raise UserError(f'faults.speed file {speed} does not read as numbers '
-                    f'({str(e).splitlines()[0]}); give one step time '
-                    '(seconds) per learner, one per line.') from None
-  if times.shape != (num_learners,) or not np.all(times > 0):
-    raise UserError(f'faults.speed file {speed} has {times.size} value(s) '
-                    f'but there are {num_learners} learners; give one '
-                    'step time (seconds, > 0) per learner, one per line.')
-  return times
-
 
 @dataclasses.dataclass(frozen=True)
 class SimulatedClock:
@@ -69,6 +39,8 @@ class SimulatedClock:
     p = len(self.step_s)
     up = (np.ones((steps, p), bool) if self.membership is None
           else self.membership.up(0, steps))
+    takes = (up if self.membership is None
+             else self.membership.takes(0, steps))
     depth = {level.name: i for i, level in enumerate(schedule.levels)}
     clock, taken, found = np.zeros(p), 0, []
     for step in range(1, steps + 1):
@@ -76,8 +48,8 @@ class SimulatedClock:
       before = up[step - 2] if step > 1 else np.ones(p, bool)
       for j in np.flatnonzero(now & ~before):
         clock[j] = self._join(clock, j, now & before)
-      clock = clock + np.where(now, self.step_s, 0.0)
-      taken += int(now.sum())
+      clock = clock + np.where(takes[step - 1], self.step_s, 0.0)
+      taken += int(takes[step - 1].sum())
       for event in events.applied_after(schedule, step):
         i = depth[event.level.name]
         minimum = 1 if self.membership is None else self.membership.minimum(i)

@@ -293,7 +293,9 @@ class RefExchange:
   (per level; default 1) of them, and only they take the result (the
   outer step is taken only if the group averaged). With `weighting`
   'samples' each member weighs as many as the steps it took since its
-  group (of that level) last averaged, or since the start.
+  group (of that level) last averaged, or since the start. With periods
+  in time (`per_period` > 0) learner j computes only the first
+  `steps_fit[j]` steps of each `per_period` (and still averages).
 
   The exchange carries anchors, residuals, outer states and events in
   flight from one `run_exchange` call to the next (a resumed run).
@@ -303,7 +305,7 @@ class RefExchange:
                error_feedback=(), delay=(), delay_mix=(), fragments=None,
                outers=None, outer=None, reset_opt_state=False,
                phases=None, outages=(), min_members=(), heal='nearest',
-               weighting='uniform'):
+               weighting='uniform', per_period=0, steps_fit=()):
     depth = len(levels)
     leaves = len(jax.tree.leaves(learners[0]['params']))
     self.levels, self.average, self.warmup = levels, average, sync_warmup
@@ -328,13 +330,21 @@ class RefExchange:
     self.outages, self.heal = tuple(outages), heal
     self.minimum = list(min_members or [1] * depth)
     self.weighting = weighting
+    self.per_period, self.steps_fit = per_period, steps_fit
     # Per level, the steps each learner took since its group averaged.
     self.since = [[0] * len(learners) for _ in levels]
+
+  def takes(self, j, done) -> bool:
+    """Whether learner j computes step `done`: up and, with periods in
+    time, among the first `steps_fit[j]` of each `per_period` steps."""
+    return self.up(j, done) and (
+        not self.per_period or (done - 1) % self.per_period <
+        self.steps_fit[j])
 
   def count_step(self, done):
     for per_level in self.since:
       for j in range(len(per_level)):
-        per_level[j] += self.up(j, done)
+        per_level[j] += self.takes(j, done)
 
   def weights(self, i):
     return self.since[i] if self.weighting == 'samples' else None
@@ -619,7 +629,7 @@ def run_exchange(learner: Learner, learners: list[dict],
       exchange.heal_returning(learners, done)
       row = []
       for p, l in enumerate(learners):
-        if not exchange.up(p, done):  # Down: no step, its loss reads 0.
+        if not exchange.takes(p, done):  # No step: its loss reads 0.
           row.append(0.0)
           continue
         l['params'], l['batch_stats'], l['opt_state'], loss = step_fn(
