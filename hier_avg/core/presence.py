@@ -33,6 +33,8 @@ def select(mask, yes, no):
 
 @dataclasses.dataclass(frozen=True)
 class Presence:
+  """A device block's steps and averagings with `membership`'s learners
+  missing, healing and waiting."""
   topology: Topology
   levels: tuple[Level, ...]      # Innermost first.
   membership: Membership         # The outages and the rules.
