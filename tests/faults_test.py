@@ -147,6 +147,23 @@ class MembershipTest(absltest.TestCase):
     self.assertFalse(takes[:, 3].any())
     self.assertTrue(m.up(6, 4).all())  # All average.
 
+  def test_tally(self):
+    # Nodes of 4 averaging every 4 steps, all 8 every 16; node 1 down for
+    # steps 10..30, learner 3 for 5..12; a node averages with 2 or more.
+    m = Membership(tuple(Outage(*o) for o in (
+        (3, 5, 12), (4, 10, 30), (5, 10, 30), (6, 10, 30), (7, 10, 30))),
+                   8, min_members=(2, 1))
+    tally = membership_lib.Tally(m, schedule_lib.hier_schedule(4, 4),
+                                 (4, 8))
+    want = {'lost_learner_steps': 92, 'local_skipped': 4,
+            'global_skipped': 0}
+    self.assertEqual(tally.at(48), want)
+    # Node 1 skipped the local averagings of steps 12, 20, 24 and 28.
+    self.assertEqual(tally.at(20), {'lost_learner_steps': 8 + 4 * 11,
+                                    'local_skipped': 2,
+                                    'global_skipped': 0})
+    self.assertEqual(tally.at(48), want)
+
   def test_bad_outages_are_one_line_each(self):
     for outages, says in (
         (((9, 1, 2),), 'names learner 9'),

@@ -191,24 +191,41 @@ class Membership:
     return int((~self.up(0, steps)).sum())
 
 
-def counters(membership: Membership, schedule, group_sizes: Sequence[int],
-             steps: int) -> dict[str, int]:
-  """What the outages cost in the first `steps` steps: learner-steps not
-  taken ('lost_learner_steps') and, per level, the group averagings
-  skipped ('<level>_skipped': events after which a group had fewer members
-  up than its minimum; learners by grid id, level i's groups runs of
-  `group_sizes[i]`)."""
-  up = membership.up(0, steps)
-  found = {'lost_learner_steps': int((~up).sum())}
-  found.update({f'{level.name}_skipped': 0 for level in schedule.levels})
-  depth = {level.name: i for i, level in enumerate(schedule.levels)}
-  for step in range(1, steps + 1):
-    for event in events.applied_after(schedule, step):
+class Tally:
+  """What the outages cost in a run's first steps: learner-steps not taken
+  ('lost_learner_steps') and, per level, the group averagings skipped
+  ('<level>_skipped': events after which a group had fewer members up
+  than its minimum; learners by grid id, level i's groups runs of
+  `group_sizes[i]`). Each step is counted once, as the run asks for
+  later steps (every row asks): per step, the totals so far."""
+
+  def __init__(self, membership: Membership, schedule,
+               group_sizes: Sequence[int]):
+    self.membership, self.schedule = membership, schedule
+    self.group_sizes = tuple(group_sizes)
+    self.names = ['lost_learner_steps'] + [
+        f'{level.name}_skipped' for level in schedule.levels]
+    self._totals = [np.zeros(len(self.names), np.int64)]  # After 0 steps.
+
+  def at(self, steps: int) -> dict[str, int]:
+    """The totals of the first `steps` steps."""
+    done = len(self._totals) - 1
+    if steps > done:
+      up = self.membership.up(done, steps - done)
+      for step in range(done + 1, steps + 1):
+        self._totals.append(self._totals[-1] + self._count(
+            step, up[step - done - 1]))
+    return {name: int(n) for name, n in zip(self.names, self._totals[steps])}
+
+  def _count(self, step: int, up) -> np.ndarray:
+    found = np.zeros(len(self.names), np.int64)
+    found[0] = (~up).sum()
+    depth = {level.name: i for i, level in enumerate(self.schedule.levels)}
+    for event in events.applied_after(self.schedule, step):
       i = depth[event.level.name]
-      present = up[step - 1].reshape(-1, group_sizes[i]).sum(axis=1)
-      found[f'{event.level.name}_skipped'] += int(
-          (present < membership.minimum(i)).sum())
-  return found
+      present = up.reshape(-1, self.group_sizes[i]).sum(axis=1)
+      found[1 + i] += (present < self.membership.minimum(i)).sum()
+    return found
 
 
 def round_arrays(membership: Membership, first: int, length: int):

@@ -48,6 +48,7 @@ class Engine:
         lambda spec: NamedSharding(topology.mesh, spec), self._state_specs)
     self._rounds = {}
     self._layout = SharedLayout(topology)
+    self._tally = None  # What simulated outages cost, counted once.
 
   @property
   def schedule(self) -> Schedule:
@@ -119,12 +120,14 @@ class Engine:
   def counters(self, channels: dict[str, Channel],
                steps: int) -> dict[str, int]:
     """The communication counters of the first `steps` steps (and what
-    simulated outages cost, `membership.counters`)."""
+    simulated outages cost, `membership.Tally`)."""
     found = counters(channels, self.algorithm.event_counts(steps))
     membership = self.algorithm.membership
     if membership is not None:
-      found.update(membership_lib.counters(
-          membership, self.schedule, self.level_group_sizes, steps))
+      if self._tally is None:
+        self._tally = membership_lib.Tally(membership, self.schedule,
+                                           self.level_group_sizes)
+      found.update(self._tally.at(steps))
     return found
 
   @property
