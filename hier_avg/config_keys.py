@@ -439,7 +439,7 @@ KEYS = (
         "Epochs at which 'step' multiplies the lr...", numbers_tuple,
         in_epochs=True),
     Key('opt.decay_factor', 0.1, '...by this factor.', number(0)),
-    # train
+    # faults
     Key('faults.outages', (),
         'Simulated outages, (learner, first_step, last_step) each: the '
         'learner (grid id, 0..P-1) takes no step from first_step to '
@@ -480,6 +480,7 @@ KEYS = (
         'innermost group with a learner up (or the next level out), with '
         "the parts hier.opt_state/batch_stats average; 'stale' keeps its "
         'old model.', one_of(*membership.HEALS)),
+    # train
     Key('train.epochs', 100.0, 'Length in epochs (when steps is 0).',
         number(0), resumable=True, in_epochs=True),
     Key('train.steps', 0, 'Local steps per learner; 0: use epochs.',
