@@ -462,7 +462,8 @@ KEYS = (
         "(faults.step_s each), 'lognormal' (faults.step_s times exp of a "
         'normal of sigma faults.speed_sigma, drawn with faults.seed) or a '
         'file of one step time (seconds) per learner, one per line. With '
-        'outages or unequal speeds, the metrics get the simulated clock '
+        'outages, unequal speeds or faults.link_gbps, the metrics get the '
+        'simulated clock '
         '(simulated_seconds, goodput; hier_avg/tools/simulated_clock.py).',
         text),
     Key('faults.speed_sigma', 0.5, "Sigma of 'lognormal' speeds.",

@@ -10,6 +10,7 @@ programs however many outages there are.
 import copy
 import dataclasses
 import functools
+import types
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -269,6 +270,28 @@ class ClockTest(absltest.TestCase):
     # up 9.5; learner 3 keeps its 6.5.
     self.assertEqual(found[3]['simulated_seconds'], 9.5)
     self.assertAlmostEqual(found[3]['goodput'], 14 / (4 * 9.5))
+
+  def test_a_link_alone_turns_the_clock_on(self):
+    # Without outages or unequal speeds the clock runs only where a link is
+    # given (the metrics stay today's otherwise).
+    config = cifar10.get_config('cpu')
+    engine = types.SimpleNamespace(
+        algorithm=types.SimpleNamespace(membership=None),
+        level_group_sizes=(4, 8), schedule=schedule_lib.hier_schedule(1, 2),
+        topology=types.SimpleNamespace(num_learners=8))
+    self.assertIsNone(simulated_clock.from_config(config.faults, engine, 4,
+                                                  1000))
+    config.faults.link_gbps = (0.0, 8e-6)  # 1 kB/s between the nodes.
+    config.faults.link_latency_us = 0.0
+    found = simulated_clock.from_config(config.faults, engine, 4, 1000)
+    # Steps of 1 s; a ring all-reduce of 1 kB among 8 over 1 kB/s after
+    # steps 2 and 4: 2 * 7/8 s each.
+    self.assertEqual([f['simulated_seconds'] for f in found],
+                     [1.0, 3.75, 4.75, 7.5])
+    config.hier.period_schedule = 'adaptive'
+    with self.assertRaisesRegex(UserError, 'faults.link_gbps=.* need the '
+                                'averagings known before the run'):
+      config_keys.validate(config)
 
   def test_a_speed_file_of_the_wrong_length_is_one_line(self):
     path = self.create_tempfile(content='1.0\n2.0\n').full_path

@@ -94,6 +94,15 @@ class PointsTest(absltest.TestCase):
                       'seed': 0})
     self.assertIn('--config.opt.lr=0.1', first.flags())
 
+  def test_a_linked_key_takes_its_grid_keys_value(self):
+    spec = sweep.SweepSpec('configs/cifar10.py:cpu', grid={'seed': [0, 3]},
+                           linked={'faults.seed': 'seed'})
+    self.assertEqual([dict(p.overrides)['faults.seed'] for p in
+                      spec.points()], [0, 3])
+    # The linked key is a setting of the point, not a part of its name.
+    self.assertEqual([p.name for p in spec.points()], ['seed=0', 'seed=3'])
+    self.assertIn(('faults.seed', '3'), spec.points()[1].settings)
+
   def test_bad_specs(self):
     config = 'configs/cifar10.py:cpu'
     with self.assertRaisesRegex(UserError, "point name 'a/b' is no folder "
@@ -106,6 +115,10 @@ class PointsTest(absltest.TestCase):
     with self.assertRaisesRegex(UserError, 'restrict'):
       sweep.SweepSpec(config, variants={'a': {}},
                       restrict={'b': {'seed': [0]}}).points()
+    with self.assertRaisesRegex(UserError, r"linked\['faults.seed'\] must "
+                                "name a grid key"):
+      sweep.SweepSpec(config, grid={'seed': [0]},
+                      linked={'faults.seed': 'opt.lr'}).points()
     with self.assertRaisesRegex(UserError, 'c.py.*not found'):
       sweep.SweepSpec('c.py').points()
     with self.assertRaisesRegex(UserError, "sweep config 'configs/cifar10.py:"

@@ -102,22 +102,26 @@ def check(faults_config, hier_config) -> list[str]:
         f'faults.link_gbps={gbps} has {len(gbps)} entries but the hierarchy '
         f'has {depth} levels; give one per level, innermost first, or leave '
         'it empty.')
-  if speed != 'equal' and (hier_config.algorithm != 'hier' or
-                           hier_config.period_schedule == 'adaptive'):
+  clocked = ([f'faults.speed={speed!r}'] if speed != 'equal' else []) + (
+      [f'faults.link_gbps={gbps}'] if gbps else [])
+  if clocked and (hier_config.algorithm != 'hier' or
+                  hier_config.period_schedule == 'adaptive'):
     problems.append(
-        f'faults.speed={speed!r} needs the averagings known before the run; '
-        "use hier.algorithm='hier' with a 'constant' or 'step' "
-        'hier.period_schedule, or faults.speed=\'equal\'.')
+        f'{" and ".join(clocked)} need the averagings known before the run '
+        "(the simulated clock); use hier.algorithm='hier' with a "
+        "'constant' or 'step' hier.period_schedule, or faults.speed='equal' "
+        'and no faults.link_gbps.')
   return problems
 
 
 def from_config(faults_config, engine, steps: int, model_bytes: int):
   """The clock after each of a run's `steps` steps (`SimulatedClock.run`)
   of `engine`, whose learners' models take `model_bytes` each; None where
-  nothing is simulated (no outage, equal speeds: the metrics stay
-  today's)."""
+  nothing is simulated (no outage, equal speeds, no link given: the
+  metrics stay today's)."""
   membership = engine.algorithm.membership
-  if membership is None and faults_config.speed == 'equal':
+  if (membership is None and faults_config.speed == 'equal' and
+      not faults_config.link_gbps):
     return None
   sizes = engine.level_group_sizes
   clock = SimulatedClock(

@@ -95,6 +95,9 @@ class SweepSpec:
       variant. A key named 'seed' is aggregated over in the report.
     restrict: variant name -> {grid key: the values it runs}, for variants
       that need only part of the grid (e.g. fewer seeds).
+    linked: config key -> grid key: the key takes that grid key's value at
+      every point (e.g. {'faults.seed': 'seed'}: each seed draws its own
+      simulated failures).
     clusters: name -> a `cost_model` cluster: the report adds, per
       cluster, each run's modeled wall clock (`modeled_seconds`, with the
       sweep's measured compute per step, `sweep_step_s`) to the table and
@@ -109,6 +112,7 @@ class SweepSpec:
   grid: Mapping[str, Sequence[Any]] = dataclasses.field(default_factory=dict)
   restrict: Mapping[str, Mapping[str, Sequence[Any]]] = dataclasses.field(
       default_factory=dict)
+  linked: Mapping[str, str] = dataclasses.field(default_factory=dict)
   clusters: Mapping[str, cost_model.AnyCluster] = dataclasses.field(
       default_factory=dict)
   accuracy_targets: Sequence[float] = ()
@@ -125,6 +129,10 @@ class SweepSpec:
       require(variant in self.variants and set(allowed) <= set(self.grid),
               f'sweep restrict[{variant!r}] must name a variant and grid '
               'keys.')
+    for key, grid_key in self.linked.items():
+      require(grid_key in self.grid and key not in self.grid,
+              f'sweep linked[{key!r}] must name a grid key ({grid_key!r} is '
+              'not one), for a key outside the grid.')
     variants = self.variants or {'': {}}
     base = self.base_config()
     names = set()
@@ -147,7 +155,9 @@ class SweepSpec:
                 'variants other names, or grid values that differ in more '
                 'than their path separators.')
         names.add(name)
-        overrides = {**self.overrides, **variant_overrides, **cell}
+        linked = {key: cell[g] for key, g in self.linked.items()}
+        overrides = {**self.overrides, **variant_overrides, **cell,
+                     **linked}
         points.append(Point(name, group or 'base', tuple(overrides.items()),
                             _settings(base, overrides)))
     return points
