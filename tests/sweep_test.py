@@ -37,8 +37,10 @@ CONFIG = {'hier': {'num_learners': 8, 'algorithm': 'hier'},
           'data': {'batch_size': 32}}
 
 
-def fake_run(root, point, accuracies, wall=10.0):
-  """A finished point's files, as train.py writes them."""
+def fake_run(root, point, accuracies, wall=10.0, clock=None):
+  """A finished point's files, as train.py writes them; with `clock`
+  (simulated seconds per step), a simulated run's (outages cost 3
+  learner-steps and skipped one local averaging)."""
   workdir = os.path.join(root, point.name)
   os.makedirs(workdir)
   rows = [dict(step=10 * (i + 1), epoch=0.5 * (i + 1), train_loss=1.0 / (i + 1),
@@ -46,6 +48,13 @@ def fake_run(root, point, accuracies, wall=10.0):
                images_per_s=320.0, local_averagings=2 * (i + 1),
                global_averagings=i + 1, global_drift=0.1 / (i + 1),
                wall_s=wall * (i + 1)) for i, a in enumerate(accuracies)]
+  simulated = {}
+  if clock is not None:
+    for row in rows:
+      row.update(simulated_seconds=clock * row['step'], goodput=0.9)
+    simulated = dict(simulated_seconds=rows[-1]['simulated_seconds'],
+                     goodput=0.9, lost_learner_steps=3, local_skipped=1,
+                     global_skipped=0)
   with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
     f.writelines(json.dumps(r) + '\n' for r in rows)
   # The point's whole config, as train.py records it.
@@ -59,7 +68,8 @@ def fake_run(root, point, accuracies, wall=10.0):
                    global_bytes_per_learner=2_000_000,
                    local_bytes_per_learner=1_000_000,
                    global_averagings=2, local_averagings=1, levels=LEVELS,
-                   images_per_s=100.0, wall_s=2 * wall, config=config), f)
+                   images_per_s=100.0, wall_s=2 * wall, config=config,
+                   **simulated), f)
 
 
 def _processes_of(root: str) -> list[str]:
@@ -318,6 +328,29 @@ class RunAndReportTest(absltest.TestCase):
                   '(learner 3); lower opt.lr.', markdown)
     self.assertIn(os.path.join(root, sweep.MODELED_PLOT.format('slow')),
                   result['plots'])
+    self.assertNotIn('Simulated clock', markdown)
+
+  def test_report_of_simulated_runs(self):
+    root = tempfile.mkdtemp()
+    spec = sweep.SweepSpec('configs/cifar10.py:cpu',
+                           variants={'x': {}, 'y': {}}, grid={'seed': [0, 1]},
+                           accuracy_targets=(0.3, 0.6))
+    clocks = {'x,seed=0': 1.0, 'x,seed=1': 2.0, 'y,seed=0': None,
+              'y,seed=1': None}
+    finals = {'x,seed=0': 0.5, 'x,seed=1': 0.7}
+    for point in spec.points():
+      fake_run(root, point, [0.1, finals.get(point.name, 0.5)],
+               clock=clocks[point.name])
+    result = sweep.report(spec, root)
+    with open(result['markdown']) as f:
+      markdown = f.read()
+    # Seconds to 0.3: half way between steps 10 and 20 (0.1 -> 0.5) at 1
+    # s per step, a quarter of the way (0.1 -> 0.7) at 2 s: 15 and 26.67;
+    # 0.6 only by seed 1, at 5/6 of the way: 36.67.
+    self.assertIn('| x | 30.0 ± 14.1 | 0.90 | 3 | 1.0 / 0.0 | 20.8 ± 8.2 '
+                  '(2/2) | 36.7 ± 0.0 (1/2) |', markdown)
+    self.assertNotIn('| y | ', markdown.split('Simulated clock')[1])
+    self.assertIn(os.path.join(root, sweep.SIMULATED_PLOT), result['plots'])
 
 
 # Nodes of 4 devices: free links inside, 1 ms and 1 MB/s between nodes.

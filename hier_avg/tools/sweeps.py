@@ -49,6 +49,9 @@ LOSS_PLOT = 'train_loss_vs_epoch.png'
 DRIFT_PLOT = 'drift_vs_step.png'
 # Per cluster of `SweepSpec.clusters`, test accuracy against modeled time.
 MODELED_PLOT = 'accuracy_vs_modeled_time_{}.png'
+# What runs with the simulated clock add to their summary (faults.*).
+SIMULATED = ('simulated_seconds', 'goodput', 'lost_learner_steps')
+SIMULATED_PLOT = 'accuracy_vs_simulated_time.png'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -464,6 +467,11 @@ def collect(spec: SweepSpec, root: str) -> list[dict]:
     row['level_bytes_per_learner'] = ' / '.join(
         str(summary[f'{name}_bytes_per_learner'])
         for name in level_sizes(summary))
+    for key in SIMULATED:
+      row[key] = summary.get(key, '')
+    row['skipped_per_level'] = ' / '.join(
+        str(summary[f'{name}_skipped']) for name in level_sizes(summary)
+        if f'{name}_skipped' in summary)
     if spec.clusters:
       metrics = read_rows(os.path.join(root, point.name, METRICS_FILE))
       for name, cluster in spec.clusters.items():
@@ -502,6 +510,13 @@ def aggregate(rows: list[dict], clusters: Sequence[str] = ()) -> list[dict]:
     entry = {'group': group, 'runs': len(members)}
     for key in ('test_accuracy', 'final_train_loss', 'wall_s'):
       entry[key] = _mean_std([m[key] for m in members])
+    for key in SIMULATED:
+      values = [m.get(key, '') for m in members]
+      entry[key] = _mean_std(values) if '' not in values else None
+    skipped = [m.get('skipped_per_level') for m in members]
+    entry['skipped_per_level'] = (
+        np.mean([[int(n) for n in s.split(' / ')] for s in skipped], 0)
+        if all(skipped) else None)
     for name in clusters:
       values = [m[f'modeled_s:{name}'] for m in members]
       entry[f'modeled_s:{name}'] = (_mean_std(values) if '' not in values
@@ -598,8 +613,9 @@ def _draw(ax, curves, x_key: str, y_key: str, marker: str | None) -> None:
 
 
 def plot(spec: SweepSpec, root: str) -> list[str]:
-  """Test accuracy vs epoch, bytes, wall time and each cluster's modeled
-  time; train loss vs epoch; each level's drift vs step."""
+  """Test accuracy vs epoch, bytes, wall time, each cluster's modeled
+  time and the simulated clock (where runs have one); train loss vs
+  epoch; each level's drift vs step."""
   # A bare Figure, not pyplot: no global backend switch (see metrics.plot).
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   written = []
@@ -608,6 +624,11 @@ def plot(spec: SweepSpec, root: str) -> list[str]:
   figures += [(MODELED_PLOT.format(name), f'modeled_s:{name}',
                f'modeled wall clock on {name} (s)', 'linear',
                'test_accuracy', 'test accuracy') for name in spec.clusters]
+  if any('simulated_seconds' in run[0] for runs in
+         _curves(spec, root, 'test_accuracy').values() for run in runs):
+    figures.append((SIMULATED_PLOT, 'simulated_seconds',
+                    'simulated wall clock (s)', 'linear', 'test_accuracy',
+                    'test accuracy'))
   figures.append((LOSS_PLOT, 'epoch', 'epoch', 'linear', 'train_loss',
                   'train loss (mean of learners)'))
   for filename, x_key, x_label, x_scale, y_key, y_label in figures:
@@ -704,6 +725,43 @@ def time_to_accuracy_table(spec: SweepSpec, root: str) -> str:
   return '\n'.join(lines) + '\n'
 
 
+def simulated_table(spec: SweepSpec, root: str, table: list[dict]) -> str:
+  """Markdown: per group with a simulated clock (`faults.*`), its
+  simulated seconds, goodput, learner-steps lost to outages, averagings
+  skipped per level (means over seeds) and the simulated seconds each
+  seed took to reach each of `spec.accuracy_targets` (mean ± std of the
+  seeds that did, and how many did); '' without such runs."""
+  clocked = [e for e in table if e['simulated_seconds'] is not None]
+  if not clocked:
+    return ''
+  curves = _curves(spec, root, 'test_accuracy')
+  header = ''.join(f' simulated s to {t:g} |' for t in spec.accuracy_targets)
+  lines = ['Simulated clock (hier_avg/tools/simulated_clock.py; — : none):',
+           '', '| point | simulated s | goodput | learner-steps lost | '
+           f'averagings skipped per level |{header}',
+           '|---|---|---|---|---|' + '---|' * len(spec.accuracy_targets)]
+  for e in clocked:
+    cells = []
+    for target in spec.accuracy_targets:
+      reached = [time_to_accuracy(
+          [r['simulated_seconds'] for r in run],
+          [r['test_accuracy'] for r in run], target)
+          for run in curves.get(e['group'], [])]
+      reached = [t for t in reached if t is not None]
+      cells.append(' — |' if not reached else ' {:.1f} ± {:.1f} ({}/{}) |'
+                   .format(*_mean_std(reached), len(reached), e['runs']))
+    lost = e['lost_learner_steps']
+    skipped = e['skipped_per_level']
+    lines.append(
+        f"| {e['group']} | {e['simulated_seconds'][0]:.1f} ± "
+        f"{e['simulated_seconds'][1]:.1f} | {e['goodput'][0]:.2f} | "
+        + ('— |' if lost is None else f'{lost[0]:.0f} |')
+        + (' — |' if skipped is None else
+           ' ' + ' / '.join(f'{n:.1f}' for n in skipped) + ' |')
+        + ''.join(cells))
+  return '\n'.join(lines) + '\n'
+
+
 def report(spec: SweepSpec, root: str) -> dict[str, Any]:
   """Writes results.csv, results.md and the plots; returns what it wrote."""
   rows = collect(spec, root)
@@ -723,6 +781,9 @@ def report(spec: SweepSpec, root: str) -> dict[str, Any]:
                            unfinished(spec, root)))
     if spec.clusters and spec.accuracy_targets:
       f.write('\n' + time_to_accuracy_table(spec, root))
+    simulated = simulated_table(spec, root, table)
+    if simulated:
+      f.write('\n' + simulated)
   return {'rows': rows, 'table': table, 'csv': csv_path,
           'markdown': md_path, 'plots': plot(spec, root),
           'missing': len(spec.points()) - len(rows)}
