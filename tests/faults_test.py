@@ -320,6 +320,29 @@ class ResumeTest(absltest.TestCase):
                    getattr(straight, name))
 
 
+class EvaluatedModelTest(absltest.TestCase):
+
+  def test_the_mean_of_the_learners_up(self):
+    # Learner 3 is down at step 6: the model evaluated and exported is the
+    # mean of the 7 others (the live run's), not of its stale one too.
+    data, learner, sampler = engines.bn_setup()
+    engine = engines.make_levels_engine(
+        learner, engines.levels_hierarchy(LEVELS), (2, 2, 2),
+        membership=Membership((Outage(3, 3, 9),), 8))
+    state = engines.run_engine(engine, data, sampler, 6)
+    learners = engines.learner_states(state, grid_ndim=3)
+    params, batch_stats = engine.kernels.global_average(state)
+    up = [l for i, l in enumerate(learners) if i != 3]
+    for got, part in ((params, 'params'), (batch_stats, 'batch_stats')):
+      want = jax.tree.map(lambda *x: np.mean(np.stack(x), 0),
+                          *[l[part] for l in up])
+      trees.assert_trees_close(got, want, atol=1e-6)
+    everyone = jax.tree.map(lambda *x: np.mean(np.stack(x), 0),
+                            *[l['params'] for l in learners])
+    self.assertFalse(np.allclose(jax.tree.leaves(params)[0],
+                                 jax.tree.leaves(everyone)[0], atol=1e-6))
+
+
 class ProgramsTest(absltest.TestCase):
 
   def test_twenty_outages_compile_what_one_does(self):

@@ -1,9 +1,10 @@
 """Compiled kernels that look at the averaged model; no learner changes.
 
-`global_average` takes the mean model over all learners; `eval_sums` scores
-a batch split over every device; `batch_statistics` computes BatchNorm
-statistics for recomputing them (`hier.batch_stats='recompute'`). The host
-loops that feed them live in `evaluation.py`.
+`global_average` takes the mean model over all learners (over those up,
+with simulated outages); `eval_sums` scores a batch split over every
+device; `batch_statistics` computes BatchNorm statistics for recomputing
+them (`hier.batch_stats='recompute'`). The host loops that feed them live
+in `evaluation.py`.
 """
 
 import functools
@@ -28,25 +29,33 @@ class EvalKernels:
 
   @functools.cached_property
   def global_average(self):
-    """`state -> (params, batch_stats)` of the mean over all learners.
+    """`state -> (params, batch_stats)` of the mean over all learners; with
+    simulated outages, over the learners up (the model the live run has:
+    a learner down holds a stale one).
 
     A pure function of the state: no learner is changed.
     """
     topology = self.topology
     first = (0,) * len(topology.grid_shape)
 
-    def block_mean(params, batch_stats):
-      mean = averaging.average_block((params, batch_stats),
-                                     topology.axis_names, topology)
+    def block_mean(params, batch_stats, up=None):
+      tree, axes = (params, batch_stats), topology.axis_names
+      mean = (averaging.average_block(tree, axes, topology) if up is None
+              else averaging.average_present(tree, up, axes, topology)[0])
       return jax.tree.map(lambda x: x[first], mean)
 
-    # The mean is replicated by construction; on size-1 mesh axes no pmean
-    # runs, so the varying-axes check cannot see that and is switched off.
-    mapped = jax.shard_map(
-        block_mean, mesh=topology.mesh,
-        in_specs=(topology.learner_spec, topology.learner_spec),
-        out_specs=PartitionSpec(), check_vma=False)
-    return jax.jit(lambda s: mapped(s.params, s.batch_stats))
+    def average(state):
+      parts = (state.params, state.batch_stats) + (
+          () if state.members is None else (state.members['up'],))
+      # The mean is replicated by construction; on size-1 mesh axes no
+      # pmean runs, so the varying-axes check cannot see that and is
+      # switched off.
+      return jax.shard_map(
+          block_mean, mesh=topology.mesh,
+          in_specs=(topology.learner_spec,) * len(parts),
+          out_specs=PartitionSpec(), check_vma=False)(*parts)
+
+    return jax.jit(average)
 
   @functools.cached_property
   def eval_sums(self):
