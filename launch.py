@@ -9,9 +9,10 @@ several hosts") --coordinator_address=HOST0:PORT --num_processes=N
 
 A problem with the input (a config value, the data, the devices, the workdir)
 ends the run with one line on stderr and exit code 2; a loss that diverges,
-with one line and exit code 3. Rerunning the same
-command on the same workdir resumes from the newest checkpoint; SIGTERM or
-SIGINT saves one and exits with code 0.
+with one line and exit code 3; a multi-process run that lost a process,
+with one line and exit code 4 (`--supervise` restarts it). Rerunning the
+same command on the same workdir resumes from the newest checkpoint;
+SIGTERM or SIGINT saves one and exits with code 0.
 """
 
 import os
@@ -30,6 +31,7 @@ from hier_avg.errors import UserError
 from hier_avg.run import cpu_devices
 from hier_avg.run import distributed
 from hier_avg.run import logs
+from hier_avg.run import supervisor
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'A configs/*.py file, optionally with :preset.',
@@ -54,6 +56,14 @@ _VERBOSE_LOGS = flags.DEFINE_bool(
 _DISTRIBUTED_AUTO = flags.DEFINE_bool(
     'distributed_auto', False,
     'Multi-process runs: let JAX detect the cluster (TPU pod, SLURM).')
+_SUPERVISE = flags.DEFINE_bool(
+    'supervise', False,
+    'Run the training as a child process and start it again when a process '
+    'of the run is lost (killed, or exit code 4): it resumes from the last '
+    'checkpoint. Give it on every host.')
+_MAX_RESTARTS = flags.DEFINE_integer(
+    'max_restarts', 3, 'With --supervise: restarts before giving up.',
+    lower_bound=0)
 
 
 def _parse_flags(argv):
@@ -102,6 +112,11 @@ def _exit_with(error: Exception, code: int = errors.EXIT_BAD_INPUT) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if _SUPERVISE.value:
+    # The same command without the supervisor (absl: the last flag wins).
+    sys.exit(supervisor.supervise(
+        [sys.executable, os.path.abspath(sys.argv[0]), *sys.argv[1:],
+         '--nosupervise'], _MAX_RESTARTS.value))
   logs.quiet_third_party(not _VERBOSE_LOGS.value)
   cpu_devices.configure(_CPU_DEVICES.value)  # Before the backend starts.
   try:
@@ -140,8 +155,9 @@ def _exit_on_failure(e: Exception) -> None:
   logging.flush()
   print('error: lost contact with another process '
         f'({_first_line(e)}); restart every process with the same command '
-        'to resume from the last checkpoint.', file=sys.stderr, flush=True)
-  os._exit(2)  # pylint: disable=protected-access
+        '(launch.py --supervise does) to resume from the last checkpoint.',
+        file=sys.stderr, flush=True)
+  os._exit(errors.EXIT_PEER_LOST)  # pylint: disable=protected-access
 
 
 def _first_line(error: Exception) -> str:

@@ -207,6 +207,7 @@ SECTIONS = {
               'how the hierarchy averages and heals without them.',
     'runtime': 'How rounds are compiled: the same results (to float32 '
                'rounding), other speed.',
+    'run': 'Multi-process runs: what ends a run that lost a process.',
 }
 
 KEYS = (
@@ -526,6 +527,19 @@ KEYS = (
         "and sweep points load the programs they compiled before: 'auto' "
         '($JAX_COMPILATION_CACHE_DIR, else ~/.cache/hier_avg/jax), a path, '
         "or 'off'.", text, resumable=True, keeps_results=True),
+    Key('run.watchdog_factor', 10.0,
+        'Multi-process runs: a round that takes more than this many times '
+        'the longest of its kind so far (and at least run.watchdog_min_s) '
+        'ends the process with exit code 4, as a peer that died inside a '
+        'collective leaves the others waiting (hier_avg/run/watchdog.py); '
+        '0: off.', number(0), resumable=True, keeps_results=True),
+    Key('run.watchdog_min_s', 60.0,
+        'The least bound of a round (seconds).', number(0, strict=True),
+        resumable=True, keeps_results=True),
+    Key('run.watchdog_first_s', 900.0,
+        'The bound of the first round of each kind, which compiles its '
+        'program (seconds).', number(0, strict=True), resumable=True,
+        keeps_results=True),
 )
 
 BY_NAME = {key.name: key for key in KEYS}

@@ -9,9 +9,12 @@ non-zero without a traceback; everything else is a bug and keeps its traceback.
 
 import errno
 
-# launch.py's exit codes: input it refused, a run whose loss diverged.
+# launch.py's exit codes: input it refused, a run whose loss diverged, a
+# multi-process run that lost a process (restart them all to resume:
+# `launch.py --supervise` does).
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
+EXIT_PEER_LOST = 4
 
 
 class UserError(ValueError):

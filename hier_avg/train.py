@@ -10,6 +10,7 @@ model.
 Everything that can refuse the run happens before the workdir is touched.
 """
 
+import contextlib
 import math
 import os
 
@@ -24,7 +25,8 @@ from hier_avg.core.hierarchy import Hierarchy
 from hier_avg.core.policies import AveragingPolicy
 from hier_avg.data import feeds
 from hier_avg.errors import require
-from hier_avg.run import checkpoint, export, preemption, workdirs
+from hier_avg.run import checkpoint, export, fault_injection, preemption
+from hier_avg.run import watchdog, workdirs
 from hier_avg.run.cadence import Cadence
 from hier_avg.run.metrics import METRICS_FILE, SUMMARY_FILE
 from hier_avg.run.metrics import MetricsWriter, read_summary
@@ -224,19 +226,15 @@ class _Loop:
     cut_every = self.cadence.cut_every + tuple(
         engine.schedule.fit_cap(cap)
         for cap in (engine.max_round_length, feed.max_round_length))
+    guards = (watchdog.from_config(self.config.run),
+              fault_injection.from_environment())
     with preemption.stop_on_signals() as stop:
       for round_ in engine.schedule.rounds(first_step, num_steps, cut_every):
-        # The calls a run makes (`--verbosity=1`): a resumed run makes the
-        # uninterrupted run's from its checkpoint on (README, resuming).
-        logging.debug('hier_avg: round of steps %d+%d', round_.first,
-                      round_.length)
-        state, outputs = engine.run_round(
-            state, round_, feed.round_inputs(round_.first, round_.length),
-            feed.streamed)
+        state, outputs, stopping = self._take_round(state, round_, stop,
+                                                    *guards)
         progress.add(round_.first, outputs, round_.level)
         self._tell_periods(round_, outputs)
         done = round_.end
-        stopping = stop.agreed()
         due = self.cadence.due(done, stopping=stopping)
         if not (due.log or due.evaluate):
           continue
@@ -279,6 +277,28 @@ class _Loop:
     logging.info('hier_avg: done; summary.json, metrics.jsonl, plots and '
                  'the final model are in %s', self.workdir)
     return summary
+
+  def _take_round(self, state, round_, stop, watch, fault):
+    """`round_` from `state`: (the state, its outputs, whether to stop),
+    timed by the multi-process watchdog and with a test's fault."""
+    # The calls a run makes (`--verbosity=1`): a resumed run makes the
+    # uninterrupted run's from its checkpoint on (README, resuming).
+    logging.debug('hier_avg: round of steps %d+%d', round_.first,
+                  round_.length)
+    if fault:
+      fault.before(round_)
+    with (contextlib.nullcontext() if watch is None else watch.watching(
+        (round_.length, round_.level and round_.level.name),
+        f'the round of steps {round_.first + 1}..{round_.end}')):
+      state, outputs = self.engine.run_round(
+          state, round_, self.feed.round_inputs(round_.first, round_.length),
+          self.feed.streamed)
+      # The stop request's all-gather (several processes) waits for the
+      # round to finish.
+      stopping = stop.agreed()
+    if fault:
+      fault.after(round_)
+    return state, outputs, stopping
 
   def _write_row(self, state, done: int, evaluate: bool, progress,
                  channels, first_step: int) -> None:

@@ -11,6 +11,7 @@ stalling the suite.
 import atexit
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -67,7 +68,8 @@ class Run(subprocess.Popen):
 
   def kill_and_wait(self) -> None:
     if self.poll() is None:
-      self.kill()
+      # The run's whole session: a supervised run's child too.
+      os.killpg(self.pid, signal.SIGKILL)
     self.wait_for_end(None)
 
   def output(self) -> str:
@@ -123,10 +125,11 @@ def start(workdir, *flags, devices=NUM_CPU_DEVICES, config=CPU_CONFIG,
             *args]
   if log is None:
     return Run(args, None, env=environment, cwd=REPO,
-               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+               start_new_session=True)
   with open(log, 'w') as f:  # The process holds its own copy.
     return Run(args, log, env=environment, cwd=REPO, stdout=f,
-               stderr=subprocess.STDOUT)
+               stderr=subprocess.STDOUT, start_new_session=True)
 
 
 # argv: the byte limit, then the command. Files end at the limit; a write
