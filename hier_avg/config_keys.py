@@ -529,7 +529,7 @@ KEYS = (
         "or 'off'.", text, resumable=True, keeps_results=True),
     Key('run.watchdog_factor', 10.0,
         'Multi-process runs: a round that takes more than this many times '
-        'the longest of its kind so far (and at least run.watchdog_min_s) '
+        'the shortest of its kind so far (and at least run.watchdog_min_s) '
         'ends the process with exit code 4, as a peer that died inside a '
         'collective leaves the others waiting (hier_avg/run/watchdog.py); '
         '0: off.', number(0), resumable=True, keeps_results=True),

@@ -7,7 +7,7 @@ cannot cancel a collective (JAX cancels them on GPU only), and the
 survivors wait in gloo's all-reduce for good (seen: more than 9 minutes).
 So in a multi-process run a thread times each round (its program and the
 stop request's all-gather after it, which waits for it) and, when one
-takes far longer than the longest of its kind so far, ends the process
+takes far longer than the shortest of its kind so far, ends the process
 with `EXIT_PEER_LOST`: every survivor does, within its bound, and a
 supervisor (`launch.py --supervise`) restarts them all from the last
 checkpoint.
@@ -15,8 +15,9 @@ checkpoint.
 A round's kind is its length and the level it ends with (rounds of one
 kind run one program). The first round of a kind compiles its program,
 so its bound is `run.watchdog_first_s`; later ones get
-`run.watchdog_factor` times the longest of the kind so far, and at least
-`run.watchdog_min_s` (a loaded machine's noise is no hang).
+`run.watchdog_factor` times the shortest of the kind so far (the round's
+work, without the compile), and at least `run.watchdog_min_s` (a loaded
+machine's noise is no hang).
 """
 
 import contextlib
@@ -48,16 +49,16 @@ class Watchdog:
                on_hang: Callable[[str], None] = _exit_peer_lost):
     self.factor, self.min_s, self.first_s = factor, min_s, first_s
     self._clock, self._on_hang = clock, on_hang
-    self._longest: dict[Hashable, float] = {}
+    self._shortest: dict[Hashable, float] = {}
     self._current = None  # (kind, what, start) of the round being timed.
     self._lock = threading.Lock()
     self._thread = None
 
   def bound(self, kind: Hashable) -> float:
     """The seconds a round of `kind` may take."""
-    if kind not in self._longest:
+    if kind not in self._shortest:
       return self.first_s
-    return max(self.min_s, self.factor * self._longest[kind])
+    return max(self.min_s, self.factor * self._shortest[kind])
 
   @contextlib.contextmanager
   def watching(self, kind: Hashable, what: str):
@@ -76,7 +77,7 @@ class Watchdog:
         _, _, start = self._current
         self._current = None
         took = self._clock() - start
-        self._longest[kind] = max(took, self._longest.get(kind, 0.0))
+        self._shortest[kind] = min(took, self._shortest.get(kind, took))
 
   def check(self) -> None:
     """Calls `on_hang` if the round being timed is past its bound."""
@@ -85,14 +86,14 @@ class Watchdog:
         return
       kind, what, start = self._current
       took, bound = self._clock() - start, self.bound(kind)
-      longest = self._longest.get(kind)
+      shortest = self._shortest.get(kind)
     if took > bound:
-      before = ('its first, which compiles' if longest is None else
-                f'the longest of its kind before: {longest:.1f} s')
+      before = ('its first, which compiles' if shortest is None else
+                f'the shortest of its kind before: {shortest:.1f} s')
       self._on_hang(
           f'{what} has taken {took:.0f} s, past the watchdog\'s bound of '
-          f'{bound:.0f} s ({before}): a peer process died inside a '
-          'collective. Restart every process with the same command '
+          f'{bound:.0f} s ({before}): a peer process is gone or stuck '
+          'inside a collective. Restart every process with the same command '
           '(launch.py --supervise does) to resume from the last checkpoint.')
 
   def _watch(self) -> None:
