@@ -54,7 +54,9 @@ class Run(subprocess.Popen):
   """A running `launch.py`; `log` is the file its output goes to, or None."""
 
   def __init__(self, args, log, **kwargs):
-    super().__init__(args, **kwargs)
+    # Its own session, so that `kill_and_wait` ends a supervised run's
+    # child with it.
+    super().__init__(args, start_new_session=True, **kwargs)
     self.log = log
     self._stderr = None
 
@@ -68,8 +70,10 @@ class Run(subprocess.Popen):
 
   def kill_and_wait(self) -> None:
     if self.poll() is None:
-      # The run's whole session: a supervised run's child too.
-      os.killpg(self.pid, signal.SIGKILL)
+      try:
+        os.killpg(self.pid, signal.SIGKILL)
+      except ProcessLookupError:  # It ended meanwhile.
+        pass
     self.wait_for_end(None)
 
   def output(self) -> str:
@@ -125,11 +129,10 @@ def start(workdir, *flags, devices=NUM_CPU_DEVICES, config=CPU_CONFIG,
             *args]
   if log is None:
     return Run(args, None, env=environment, cwd=REPO,
-               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-               start_new_session=True)
+               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   with open(log, 'w') as f:  # The process holds its own copy.
     return Run(args, log, env=environment, cwd=REPO, stdout=f,
-               stderr=subprocess.STDOUT, start_new_session=True)
+               stderr=subprocess.STDOUT)
 
 
 # argv: the byte limit, then the command. Files end at the limit; a write
