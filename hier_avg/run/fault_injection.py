@@ -32,13 +32,16 @@ import jax
 from hier_avg.errors import UserError, require
 
 VARIABLE = 'HIER_AVG_INJECT_FAULT'
+WHEN = ('between', 'during', 'hang')
+FORMAT = (f'process=N,step=N,when={"|".join(WHEN)}'
+          '[,once=PATH][,hold_s=S]')
 
 
 @dataclasses.dataclass(frozen=True)
 class Fault:
   process: int
   step: int
-  when: str           # 'between' or 'during'.
+  when: str           # One of WHEN.
   once: str = ''      # A marker file: fire only while it does not exist.
   hold_s: float = 2.0
 
@@ -82,11 +85,8 @@ def from_environment() -> Fault | None:
                   fields.pop('when'), fields.pop('once', ''),
                   float(fields.pop('hold_s', 2.0)))
   except (KeyError, ValueError) as e:
-    raise UserError(f'{VARIABLE}={text!r} is not process=N,step=N,'
-                    'when=between|during|hang[,once=PATH][,hold_s=S]: '
-                    f'{e}') from None
-  require(not fields and fault.when in ('between', 'during', 'hang'),
+    raise UserError(f'{VARIABLE}={text!r} is not {FORMAT}: {e}') from None
+  require(not fields and fault.when in WHEN,
           f'{VARIABLE}={text!r}: unknown fields {sorted(fields)} or when '
-          f'{fault.when!r}; give process=N,step=N,when=between|during|hang'
-          '[,once=PATH][,hold_s=S].')
+          f'{fault.when!r}; give {FORMAT}.')
   return fault

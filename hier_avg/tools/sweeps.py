@@ -624,15 +624,17 @@ def plot(spec: SweepSpec, root: str) -> list[str]:
   figures += [(MODELED_PLOT.format(name), f'modeled_s:{name}',
                f'modeled wall clock on {name} (s)', 'linear',
                'test_accuracy', 'test accuracy') for name in spec.clusters]
-  if any('simulated_seconds' in run[0] for runs in
-         _curves(spec, root, 'test_accuracy').values() for run in runs):
-    figures.append((SIMULATED_PLOT, 'simulated_seconds',
-                    'simulated wall clock (s)', 'linear', 'test_accuracy',
-                    'test accuracy'))
+  figures.append((SIMULATED_PLOT, 'simulated_seconds',
+                  'simulated wall clock (s)', 'linear', 'test_accuracy',
+                  'test accuracy'))
   figures.append((LOSS_PLOT, 'epoch', 'epoch', 'linear', 'train_loss',
                   'train loss (mean of learners)'))
   for filename, x_key, x_label, x_scale, y_key, y_label in figures:
     curves = _curves(spec, root, y_key)
+    # Only runs with a simulated clock have its axis.
+    if x_key == 'simulated_seconds' and not any(
+        x_key in run[0] for runs in curves.values() for run in runs):
+      continue
     if not curves:
       continue
     fig = Figure(figsize=(7, 4.5))
