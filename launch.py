@@ -30,6 +30,7 @@ from hier_avg import train
 from hier_avg.errors import UserError
 from hier_avg.run import cpu_devices
 from hier_avg.run import distributed
+from hier_avg.run import elastic
 from hier_avg.run import logs
 from hier_avg.run import supervisor
 
@@ -120,13 +121,20 @@ def main(argv):
   logs.quiet_third_party(not _VERBOSE_LOGS.value)
   cpu_devices.configure(_CPU_DEVICES.value)  # Before the backend starts.
   try:
+    config = _load_config()
+    config_keys.validate(config)  # Its `run` keys start the runtime.
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
-                           _PROCESS_ID.value, _DISTRIBUTED_AUTO.value)
-    train.train_and_evaluate(_load_config(), _WORKDIR.value)
+                           _PROCESS_ID.value, _DISTRIBUTED_AUTO.value,
+                           config.run.heartbeat_s, config.run.elastic)
+    train.train_and_evaluate(config, _WORKDIR.value)
+    if config.run.elastic:
+      elastic.leave()
   except train.TrainingDiverged as e:
     _exit_with(e, errors.EXIT_DIVERGED)
   except UserError as e:
     _exit_with(e)
+  except errors.PeerLost as e:
+    _exit_peer_lost(str(e))
   except train.Preempted as e:
     logging.flush()
     print(f'preempted: {e}', file=sys.stderr)
@@ -150,13 +158,17 @@ def _exit_on_failure(e: Exception) -> None:
   if jax.process_count() == 1:
     raise e
   # A collective, or a checkpoint's commit barrier, failed because a peer
-  # process died. The runtime's shutdown barrier at exit would wait for
-  # the dead peer's heartbeat timeout and then abort, so leave at once.
+  # process died.
+  _exit_peer_lost(_first_line(e))
+
+
+def _exit_peer_lost(reason: str) -> None:
+  """Exit code 4, at once: the runtime's shutdown barrier at exit would
+  wait for the dead peer's heartbeat timeout and then abort."""
   logging.flush()
-  print('error: lost contact with another process '
-        f'({_first_line(e)}); restart every process with the same command '
-        '(launch.py --supervise does) to resume from the last checkpoint.',
-        file=sys.stderr, flush=True)
+  print(f'error: lost contact with another process ({reason}); restart '
+        'every process with the same command (launch.py --supervise does) '
+        'to resume from the last checkpoint.', file=sys.stderr, flush=True)
   os._exit(errors.EXIT_PEER_LOST)  # pylint: disable=protected-access
 
 

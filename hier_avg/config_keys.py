@@ -43,6 +43,7 @@ from hier_avg.data import feeds
 from hier_avg.data import sampling
 from hier_avg.data import streaming
 from hier_avg.errors import UserError, require
+from hier_avg.run import elastic
 from hier_avg.runtime import execution
 from hier_avg.tools import simulated_clock
 
@@ -207,7 +208,7 @@ SECTIONS = {
               'how the hierarchy averages and heals without them.',
     'runtime': 'How rounds are compiled: the same results (to float32 '
                'rounding), other speed.',
-    'run': 'Multi-process runs: what ends a run that lost a process.',
+    'run': 'Multi-process runs: what a run does when it loses a process.',
 }
 
 KEYS = (
@@ -536,6 +537,15 @@ KEYS = (
     Key('run.watchdog_min_s', 60.0,
         'The least bound of a round (seconds).', number(0, strict=True),
         resumable=True, keeps_results=True),
+    Key('run.elastic', False,
+        'Multi-process runs: when a process dies, the others leave its '
+        'learners out and train on (hier_avg/run/elastic.py; README, "When '
+        'a host fails"); False: the others exit with code 4 for a restart.',
+        boolean, resumable=True, keeps_results=True),
+    Key('run.heartbeat_s', 60,
+        'Multi-process runs: seconds of silence after which a process is '
+        'taken for dead (the time an elastic run takes to notice a loss).',
+        integer(1, 3600), resumable=True, keeps_results=True),
     Key('run.watchdog_first_s', 900.0,
         'The bound of the first round of each kind, which compiles its '
         'program (seconds).', number(0, strict=True), resumable=True,
@@ -627,7 +637,8 @@ def _relations(config) -> None:
   if hier.algorithm == 'asgd':
     _asgd_relations(hier)
   problems = (membership.check(config.faults, hier) +
-              simulated_clock.check(config.faults, hier))
+              simulated_clock.check(config.faults, hier) +
+              elastic.check(config))
   require(not problems, problems[0] if problems else '')
   model = config.model
   require(model.stem == 'cifar' or model.name in models.STEM_MODELS,

@@ -17,6 +17,11 @@ EXIT_DIVERGED = 3
 EXIT_PEER_LOST = 4
 
 
+class PeerLost(Exception):
+  """A multi-process run cannot go on with the processes it has left:
+  launch.py exits with `EXIT_PEER_LOST` (a restart resumes it)."""
+
+
 class UserError(ValueError):
   """A problem with the user's input, reported as one line."""
 

@@ -25,7 +25,8 @@ from hier_avg.core.hierarchy import Hierarchy
 from hier_avg.core.policies import AveragingPolicy
 from hier_avg.data import feeds
 from hier_avg.errors import require
-from hier_avg.run import checkpoint, export, fault_injection, preemption
+from hier_avg.run import checkpoint, elastic, export, fault_injection
+from hier_avg.run import preemption
 from hier_avg.run import watchdog, workdirs
 from hier_avg.run.cadence import Cadence
 from hier_avg.run.metrics import METRICS_FILE, SUMMARY_FILE
@@ -102,6 +103,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
       logging.info('hier_avg: resuming at step %d from %s', first_step,
                    checkpoints.directory)
     feed.start(engine, first_step)
+    survivors = (elastic.Elastic(config, engine, feed, num_steps,
+                                 feed.steps_per_epoch, first_step)
+                 if config.run.elastic and jax.process_count() > 1 else None)
 
     # ---- Train, log, evaluate and checkpoint; then the summary ----------
     cadence = Cadence.from_config(config.train, num_steps,
@@ -116,7 +120,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
           min(math.ceil(feed.steps_per_epoch), FINAL_LOSS_STEPS),
           (record or {}).get('final_loss', ()))
       loop = _Loop(config, workdir, engine, feed, checkpoints, writer,
-                   lr_schedule, cadence, agreed, periods, final_loss)
+                   lr_schedule, cadence, agreed, periods, final_loss,
+                   survivors)
       return loop.run(state)
 
 
@@ -188,7 +193,7 @@ class _Loop:
   def __init__(self, config, workdir, engine, feed, checkpoints, writer,
                lr_schedule, cadence: Cadence, agreed: dict,
                periods: periods_lib.PeriodController | None,
-               final_loss: LossWindow):
+               final_loss: LossWindow, survivors: elastic.Elastic | None):
     self.config, self.workdir = config, workdir
     self.engine, self.feed = engine, feed
     self.checkpoints, self.writer = checkpoints, writer
@@ -202,6 +207,7 @@ class _Loop:
     # The rounds' losses since the last outermost averaging, for `periods`.
     self._period_losses = []
     self._clock = None  # The simulated clock of every step, from `run`.
+    self.survivors = survivors  # An elastic run's live processes.
 
   def epoch(self, step: int) -> float:
     """Examples seen / N: a pass over the shards may leave some out."""
@@ -227,7 +233,9 @@ class _Loop:
         engine.schedule.fit_cap(cap)
         for cap in (engine.max_round_length, feed.max_round_length))
     guards = (watchdog.from_config(self.config.run),
-              fault_injection.from_environment())
+              fault_injection.from_environment(), progress)
+    if self.survivors is not None and guards[0] is not None:
+      self.survivors.on_change = guards[0].again
     with preemption.stop_on_signals() as stop:
       for round_ in engine.schedule.rounds(first_step, num_steps, cut_every):
         state, outputs, stopping = self._take_round(state, round_, stop,
@@ -238,6 +246,9 @@ class _Loop:
         due = self.cadence.due(done, stopping=stopping)
         if not (due.log or due.evaluate):
           continue
+        if self.survivors is not None:  # The row gathers from everyone.
+          state = self.survivors.check(state, progress.held, done)
+          self.engine = self.survivors.engine
         self._write_row(state, done, due.evaluate, progress, channels,
                         first_step)
         # A checkpoint never claims steps whose outputs are not written
@@ -269,6 +280,9 @@ class _Loop:
         **self._clock_at(num_steps),
         **({} if membership is None else {'outages': [
             [o.learner, o.first, o.last] for o in membership.outages]}),
+        **self._membership_at(num_steps),
+        **({} if self.survivors is None else {'membership_changes': [
+            c.as_dict() for c in self.survivors.changes]}),
         'topology': engine.topology.describe(),
         'config': self.config.to_dict(),
     }
@@ -278,24 +292,31 @@ class _Loop:
                  'the final model are in %s', self.workdir)
     return summary
 
-  def _take_round(self, state, round_, stop, watch, fault):
+  def _take_round(self, state, round_, stop, watch, fault, progress):
     """`round_` from `state`: (the state, its outputs, whether to stop),
-    timed by the multi-process watchdog and with a test's fault."""
+    timed by the multi-process watchdog and with a test's fault; an
+    elastic run's over its live processes."""
     # The calls a run makes (`--verbosity=1`): a resumed run makes the
     # uninterrupted run's from its checkpoint on (README, resuming).
     logging.debug('hier_avg: round of steps %d+%d', round_.first,
                   round_.length)
     if fault:
       fault.before(round_)
+    kind = (round_.length, round_.level and round_.level.name,
+            self.engine.topology.num_learners)
     with (contextlib.nullcontext() if watch is None else watch.watching(
-        (round_.length, round_.level and round_.level.name),
-        f'the round of steps {round_.first + 1}..{round_.end}')):
-      state, outputs = self.engine.run_round(
-          state, round_, self.feed.round_inputs(round_.first, round_.length),
-          self.feed.streamed)
-      # The stop request's all-gather (several processes) waits for the
-      # round to finish.
-      stopping = stop.agreed()
+        kind, f'the round of steps {round_.first + 1}..{round_.end}')):
+      inputs = self.feed.round_inputs(round_.first, round_.length)
+      if self.survivors is None:
+        state, outputs = self.engine.run_round(state, round_, inputs,
+                                               self.feed.streamed)
+        # The stop request's all-gather (several processes) waits for the
+        # round to finish.
+        stopping = stop.agreed()
+      else:
+        state, outputs, stopping = self.survivors.run_round(
+            state, round_, inputs, progress.held, stop)
+        self.engine = self.survivors.engine
     if fault:
       fault.after(round_)
     return state, outputs, stopping
@@ -308,7 +329,7 @@ class _Loop:
                learning_rate=float(self.lr_schedule(done - 1)),
                images_per_s=rate, **measures,
                **self.engine.counters(channels, done),
-               **self._clock_at(done))
+               **self._clock_at(done), **self._membership_at(done))
     eta = (self.num_steps - done) * progress.train_s / (done - first_step)
     logging.info('step %d/%d  epoch %.2f  loss %.4f  %.0f images/s  '
                  'ETA %.0fs', done, self.num_steps, self.epoch(done),
@@ -326,6 +347,14 @@ class _Loop:
                    self.last_eval['test_accuracy'],
                    self.last_eval['test_loss'])
     self.writer.write(**row, wall_s=progress.wall_s)
+
+  def _membership_at(self, step: int) -> dict:
+    """An elastic run's learners live after `step` and the learner-steps
+    its lost processes did not take; {} for any other run."""
+    if self.survivors is None:
+      return {}
+    return {'live_learners': self.survivors.live_learners,
+            'lost_learner_steps': self.survivors.lost_steps(step)}
 
   def _clock_at(self, step: int) -> dict:
     """The simulated clock after `step` (`tools/simulated_clock.py`); {}
@@ -361,6 +390,12 @@ class _Loop:
       self._period_losses.clear()
 
   def _save(self, state, step: int) -> None:
+    if self.survivors is not None and self.survivors.changes:
+      # A checkpoint holds every learner, and the lost ones are gone with
+      # their processes (README, "When a host fails").
+      logging.log_first_n(logging.WARNING, 'hier_avg: no more checkpoints '
+                          'in this run: learners are lost.', 1)
+      return
     # Never keep a diverged state: the last good checkpoint must stay good.
     if not bool(_all_finite(state.params)):
       raise TrainingDiverged(

@@ -72,6 +72,26 @@ class WatchdogTest(absltest.TestCase):
     self.dog.check()  # Nothing is timed between rounds.
     self.assertLen(self.hangs, 1)
 
+  def test_an_elastic_run_waits_a_heartbeat_more_and_recompiles(self):
+    dog = watchdog.Watchdog(factor=3, min_s=5, first_s=100,
+                            clock=lambda: self.now,
+                            on_hang=self.hangs.append, margin_s=60)
+    dog._thread = 'not started'
+    self.assertEqual(dog.bound('a'), 160)
+    with dog.watching('a', 'round a'):
+      self.now += 2
+    self.assertEqual(dog.bound('a'), 66)  # A check may wait a heartbeat.
+    with dog.watching('a', 'the round of steps 5..6'):
+      self.now += 65
+      dog.again()  # A process was lost: the survivors compile anew.
+      self.now += 150
+      dog.check()
+      self.assertEqual(self.hangs, [])  # Within 100 + 60 s of `again`.
+      self.now += 11
+      dog.check()
+    self.assertLen(self.hangs, 1)
+    self.assertIn('its first, which compiles', self.hangs[0])
+
 
 class SupervisorTest(absltest.TestCase):
 

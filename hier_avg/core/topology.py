@@ -33,6 +33,10 @@ class Topology:
   axis_names: tuple[str, ...]
   grid_shape: tuple[int, ...]
   mesh: Mesh
+  # The learners' ids in grid order (they choose each learner's data);
+  # None: 0 .. P - 1. An elastic run's survivors hold some of a larger
+  # grid's learners (`run/elastic.py`).
+  ids: tuple[int, ...] | None = None
 
   @property
   def mesh_shape(self) -> tuple[int, ...]:
@@ -80,7 +84,9 @@ class Topology:
   @functools.cached_property
   def learner_ids(self) -> np.ndarray:
     """Every learner's id, laid out as the grid (row-major ids)."""
-    return np.arange(self.num_learners).reshape(self.grid_shape)
+    ids = np.arange(self.num_learners) if self.ids is None else np.asarray(
+        self.ids)
+    return ids.reshape(self.grid_shape)
 
   @functools.cached_property
   def _process_rows(self) -> dict[int, int]:

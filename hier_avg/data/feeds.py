@@ -153,8 +153,13 @@ class ResidentFeed:
 
   def start(self, engine: Engine, first_step: int) -> None:
     del first_step  # Indices are a pure function of the step.
-    self._engine = engine
     self.placement = self._choose_placement(engine)
+    self.move_to(engine)
+
+  def move_to(self, engine: Engine) -> None:
+    """The same placement on `engine`'s devices (an elastic run's
+    survivors, `run/elastic.py`)."""
+    self._engine = engine
     if self.placement == 'device':
       self._images, self._labels = engine.topology.put_replicated(
           self.data.train_images, self.data.train_labels)

@@ -66,5 +66,8 @@ class Sampler:
   def round_indices(self, first: int, length: int,
                     learners=None) -> np.ndarray:
     """int32 [length, P, B]: the indices of steps `first .. first+length-1`."""
+    if not length:  # A round of its averaging alone.
+      count = self.num_learners if learners is None else len(learners)
+      return np.zeros((0, count, self.batch_size), np.int32)
     return np.stack([self.indices(t, learners)
                      for t in range(first, first + length)])

@@ -10,14 +10,13 @@ from jax.experimental import multihost_utils
 
 from hier_avg.errors import UserError, require
 
-# How long a process waits for the others to join, and how long a silent
-# peer is tolerated before the survivors are told it is gone.
+# How long a process waits for the others to join.
 INITIALIZATION_TIMEOUT_S = 120
-HEARTBEAT_TIMEOUT_S = 60
 
 
 def initialize(coordinator_address: str | None, num_processes: int | None,
-               process_id: int | None, auto: bool = False) -> None:
+               process_id: int | None, auto: bool = False,
+               heartbeat_s: int = 60, elastic: bool = False) -> None:
   """Connects this process to the others; no-op for a single process.
 
   Args:
@@ -25,6 +24,10 @@ def initialize(coordinator_address: str | None, num_processes: int | None,
     num_processes: how many processes take part.
     process_id: this process's rank, 0 .. num_processes - 1.
     auto: let JAX detect the cluster (TPU pods, SLURM, Open MPI) instead.
+    heartbeat_s: silence after which a peer is taken for dead
+      (`run.heartbeat_s`).
+    elastic: the others survive a process's death (`run.elastic`):
+      JAX's recoverability, so that `live_devices` can tell them.
   """
   explicit = (coordinator_address, num_processes, process_id)
   if auto:
@@ -47,11 +50,13 @@ def initialize(coordinator_address: str | None, num_processes: int | None,
   # Only the CPU client reads this; accelerators keep their own collectives
   # (NCCL, ICI). It must be set before the first backend is created.
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  if elastic:
+    jax.config.update('jax_enable_recoverability', True)
   try:
     jax.distributed.initialize(
         coordinator_address, num_processes, process_id,
         initialization_timeout=INITIALIZATION_TIMEOUT_S,
-        heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S)
+        heartbeat_timeout_seconds=heartbeat_s)
   except (RuntimeError, ValueError) as e:
     first_line = (str(e).strip().splitlines() or [''])[0].rstrip('.')
     if auto:

@@ -29,14 +29,17 @@ class StopRequest:
   def __bool__(self) -> bool:
     return self.signal_name is not None
 
-  def agreed(self) -> bool:
+  def agreed(self, gather=None) -> bool:
     """Whether any process was asked to stop; every process gets the same.
 
     A process that was not signalled takes the request as its own.
+    `gather(flag)`: every process's flag (default: over all devices; an
+    elastic run's, over the live ones).
     """
     if jax.process_count() == 1:
       return bool(self)
-    asked = multihost_utils.process_allgather(np.int32(bool(self)))
+    gather = gather or multihost_utils.process_allgather
+    asked = gather(np.int32(bool(self)))
     if np.any(asked) and not self:
       self.signal_name = 'a signal to process ' + ', '.join(
           str(i) for i in np.flatnonzero(np.ravel(asked)))

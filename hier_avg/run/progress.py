@@ -98,7 +98,8 @@ class Progress:
     self.up_at = up_at
     # A resumed run's clock goes on from its checkpoint's row.
     self._start = time.perf_counter() - wall_s_before
-    self._pending = []  # (first step, [length, grid...] losses) per round.
+    # (first step, {'loss': [length, grid...]}) per round.
+    self._pending = []
     # (level name, {measure: [1, grid...]}) per averaging.
     self._measures = []
     self.train_s = 0.0
@@ -107,10 +108,17 @@ class Progress:
 
   def add(self, first_step: int, outputs: dict, level=None) -> None:
     """A round's outputs (`Engine.train_round`); `level`: its averaging."""
-    self._pending.append((first_step, outputs['loss']))
+    self._pending.append((first_step, {'loss': outputs['loss']}))
     measures = {k: v for k, v in outputs.items() if k != 'loss'}
     if level is not None and measures:
       self._measures.append((level.name, measures))
+
+  @property
+  def held(self) -> list[dict]:
+    """The device arrays of the rounds not collected yet, `{name:
+    array}` each (an elastic run moves them onto its survivors' mesh)."""
+    return ([outputs for _, outputs in self._pending] +
+            [measures for _, measures in self._measures])
 
   def collect(self) -> tuple[float, float, dict[str, float]]:
     """(mean loss, images/s, measures) of the steps since the last call.
@@ -121,7 +129,8 @@ class Progress:
     over that level's averagings since the last call.
     """
     segment_s = time.perf_counter() - self._segment_start
-    losses = gather_losses(self._pending)
+    losses = gather_losses([(first, outputs['loss'])
+                            for first, outputs in self._pending])
     self._pending.clear()
     for step, loss in losses:
       bad = np.flatnonzero(~np.isfinite(loss))

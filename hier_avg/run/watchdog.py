@@ -46,8 +46,12 @@ class Watchdog:
 
   def __init__(self, factor: float, min_s: float, first_s: float,
                clock: Callable[[], float] = time.monotonic,
-               on_hang: Callable[[str], None] = _exit_peer_lost):
+               on_hang: Callable[[str], None] = _exit_peer_lost,
+               margin_s: float = 0.0):
     self.factor, self.min_s, self.first_s = factor, min_s, first_s
+    # Added to every bound: an elastic run's membership check may wait a
+    # heartbeat timeout for a dying peer to be declared dead.
+    self.margin_s = margin_s
     self._clock, self._on_hang = clock, on_hang
     self._shortest: dict[Hashable, float] = {}
     self._current = None  # (kind, what, start) of the round being timed.
@@ -57,8 +61,17 @@ class Watchdog:
   def bound(self, kind: Hashable) -> float:
     """The seconds a round of `kind` may take."""
     if kind not in self._shortest:
-      return self.first_s
-    return max(self.min_s, self.factor * self._shortest[kind])
+      return self.first_s + self.margin_s
+    return max(self.min_s,
+               self.factor * self._shortest[kind]) + self.margin_s
+
+  def again(self) -> None:
+    """The round being timed starts over as the first of its kind: an
+    elastic run's survivors compile their programs anew."""
+    with self._lock:
+      if self._current is not None:
+        kind, what, _ = self._current
+        self._current = (('again', kind), what, self._clock())
 
   @contextlib.contextmanager
   def watching(self, kind: Hashable, what: str):
@@ -108,4 +121,6 @@ def from_config(run_config) -> Watchdog | None:
   if jax.process_count() == 1 or not run_config.watchdog_factor:
     return None
   return Watchdog(run_config.watchdog_factor, run_config.watchdog_min_s,
-                  run_config.watchdog_first_s)
+                  run_config.watchdog_first_s,
+                  margin_s=run_config.heartbeat_s if run_config.elastic
+                  else 0.0)

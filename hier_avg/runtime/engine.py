@@ -279,6 +279,8 @@ def _steps_and_starts(algorithm: Algorithm, round_: Round, state, batches,
   if done < round_.length:
     state, part = steps(state, jax.tree.map(lambda x: x[done:], batches))
     losses.append(part)
+  if not losses:  # A round of no steps: its averaging alone.
+    losses.append(jnp.zeros((0,) + state.rng.shape, jnp.float32))
   return state, jnp.concatenate(losses), started
 
 
