@@ -138,6 +138,8 @@ def main(argv):
   except train.Preempted as e:
     logging.flush()
     print(f'preempted: {e}', file=sys.stderr)
+    if config.run.elastic:
+      elastic.leave()
     sys.exit(0)
   except Exception as e:  # pylint: disable=broad-except
     _exit_on_failure(e)

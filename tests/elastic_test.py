@@ -12,6 +12,7 @@ last averaging they took part in).
 
 import dataclasses
 import os
+import tempfile
 
 from absl.testing import absltest
 import jax
@@ -129,14 +130,15 @@ ELASTIC = ('--config.run.elastic=True', '--config.run.heartbeat_s=5',
 DEADLINE_S = 400
 
 
-def _run_three(workdir, fault=None):
+def _run_three(workdir, fault=None, *flags):
   """The 3 processes' exit codes and logs, `fault` injected (once)."""
   port = launcher.free_port()
   env = None if fault is None else {fault_injection.VARIABLE: (
       f'{fault},once={workdir}.fired')}
   logs = [f'{workdir}.log{i}' for i in range(3)]
   runs = [launcher.start(
-      workdir, *FLAGS, *ELASTIC, f'--coordinator_address=127.0.0.1:{port}',
+      workdir, *FLAGS, *ELASTIC, *flags,
+      f'--coordinator_address=127.0.0.1:{port}',
       '--num_processes=3', f'--process_id={i}', devices=2, env=env,
       log=logs[i]) for i in range(3)]
   texts = launcher.finish_all(runs, DEADLINE_S)
@@ -162,6 +164,13 @@ def _assert_close(model, other):
 
 @pytest.mark.slow
 class RealLossTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.tmp = tempfile.mkdtemp()
+    cls.uninterrupted = os.path.join(cls.tmp, 'uninterrupted')
+    cls.codes, cls.texts = _run_three(cls.uninterrupted)
 
   def _lost(self, fault, survivors, lost, noticed):
     """Runs with `fault`; checks the survivors end well, notice the loss
@@ -206,15 +215,30 @@ class RealLossTest(absltest.TestCase):
     self.assertIn('process(es) [2] lost (noticed after step 8)', texts[0])
 
   def test_without_failures_nothing_changes(self):
-    tmp = self.create_tempdir().full_path
-    workdir = os.path.join(tmp, 'run')
-    codes, texts = _run_three(workdir)
-    self.assertEqual(codes, [0, 0, 0], texts)
+    workdir = self.uninterrupted
+    self.assertEqual(self.codes, [0, 0, 0], self.texts)
     self.assertEqual(outputs.summary(workdir)['membership_changes'], [])
     self.assertTrue(os.path.isdir(os.path.join(workdir, 'checkpoints',
                                                str(STEPS))))
-    model, _ = _simulated(os.path.join(tmp, 'simulated'))
+    model, _ = _simulated(os.path.join(self.tmp, 'simulated'))
     _assert_close(outputs.final_model(workdir), model)
+
+  def test_process_0_killed_costs_a_restart(self):
+    # Process 0 runs the coordination service: JAX aborts the others.
+    # Each host's supervisor starts its process again; they resume from
+    # the checkpoint of step 8 and end as the run never interrupted.
+    workdir = os.path.join(self.create_tempdir().full_path, 'run')
+    codes, texts = _run_three(workdir, 'process=0,step=11,when=between',
+                              '--supervise')
+    self.assertEqual(codes, [0, 0, 0], texts)
+    self.assertIn('supervisor: the run ended with SIGKILL', texts[0])
+    for text in texts[1:]:
+      self.assertRegex(text, 'supervisor: the run ended with (SIGABRT|exit '
+                       'code 4)')
+    self.assertRegex(texts[0], r'resuming at step 8\b')
+    self.assertEqual(outputs.summary(workdir)['membership_changes'], [])
+    jax.tree.map(np.testing.assert_array_equal, outputs.final_model(workdir),
+                 outputs.final_model(self.uninterrupted))
 
 
 if __name__ == '__main__':

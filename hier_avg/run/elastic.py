@@ -193,8 +193,9 @@ class Elastic:
     change = Change(self._settled + 1, tuple(live), lost)
     self.changes.append(change)
     logging.warning(
-        'hier_avg: process(es) %s lost (noticed after step %d): their %d learner(s) are left out from step %d; %d '
-        'learner(s) on processes %s train on.', sorted(dead), step,
+        'hier_avg: process(es) %s lost (noticed after step %d): their %d '
+        'learner(s) are left out from step %d; %d learner(s) on processes '
+        '%s train on.', sorted(dead), step,
         len(lost), change.first, count, live)
     return move(state, old, topology)
 
