@@ -126,6 +126,8 @@ def main(argv):
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
                            _PROCESS_ID.value, _DISTRIBUTED_AUTO.value,
                            config.run.heartbeat_s, config.run.elastic)
+    if config.run.elastic:
+      elastic.refuse_rejoin()
     train.train_and_evaluate(config, _WORKDIR.value)
     if config.run.elastic:
       elastic.leave()

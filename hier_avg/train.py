@@ -262,7 +262,19 @@ class _Loop:
               f'checkpoint saved in {self.checkpoints.directory}. Rerun '
               'the same command to resume.')
         progress.resume_timing()
-    summary = {
+    summary = self._summary(progress, first_step, cut_every, channels)
+    self.writer.write_summary(summary)
+    self._save(state, num_steps)
+    logging.info('hier_avg: done; summary.json, metrics.jsonl, plots and '
+                 'the final model are in %s', self.workdir)
+    return summary
+
+  def _summary(self, progress, first_step: int, cut_every,
+               channels) -> dict:
+    """What `summary.json` says of the finished run."""
+    engine, num_steps = self.engine, self.num_steps
+    membership = engine.algorithm.membership
+    return {
         **self.last_eval,
         'final_train_loss': self.final_loss.mean,
         'final_train_loss_steps': self.final_loss.steps,
@@ -273,7 +285,7 @@ class _Loop:
         # The whole run's, resumed or not (this process compiled only
         # those of the rounds it ran).
         'compiled_round_programs': len(engine.programs_of(
-            engine.schedule.rounds(0, num_steps, cut_every), feed.streamed)),
+            engine.schedule.rounds(0, num_steps, cut_every), self.feed.streamed)),
         **_levels(self.config.hier, engine.schedule, num_steps),
         'wall_s': progress.wall_s,
         **engine.counters(channels, num_steps),
@@ -286,11 +298,6 @@ class _Loop:
         'topology': engine.topology.describe(),
         'config': self.config.to_dict(),
     }
-    self.writer.write_summary(summary)
-    self._save(state, num_steps)
-    logging.info('hier_avg: done; summary.json, metrics.jsonl, plots and '
-                 'the final model are in %s', self.workdir)
-    return summary
 
   def _take_round(self, state, round_, stop, watch, fault, progress):
     """`round_` from `state`: (the state, its outputs, whether to stop),

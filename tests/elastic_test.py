@@ -13,6 +13,7 @@ last averaging they took part in).
 import dataclasses
 import os
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 import jax
@@ -115,6 +116,30 @@ class CheckTest(absltest.TestCase):
     config.run.elastic = False
     config.hier.compress = ('none', 'int8')
     self.assertEqual(elastic.check(config), [])
+
+
+class RefuseRejoinTest(absltest.TestCase):
+
+  def test_a_process_started_in_a_run_in_progress_is_refused(self):
+    class Client:
+      def __init__(self, keys):
+        self.keys = keys
+
+      def key_value_try_get(self, key):
+        if key not in self.keys:
+          raise jax.errors.JaxRuntimeError(f'NOT_FOUND: {key}')
+        return self.keys[key]
+
+    with mock.patch.object(jax, 'process_count', return_value=3), \
+         mock.patch.object(jax, 'process_index', return_value=1):
+      with mock.patch.object(elastic, '_client', return_value=Client({})):
+        elastic.refuse_rejoin()  # The run is starting: every process is.
+      with mock.patch.object(elastic, '_client', return_value=Client(
+          {elastic.RUNNING_KEY: '1'})):
+        with self.assertRaisesRegex(
+            UserError, 'process 1 started while this elastic run is in '
+            'progress'):
+          elastic.refuse_rejoin()
 
 
 # 12 steps on 3 processes of 2 devices (a node of 2 learners each), global
@@ -226,9 +251,11 @@ class RealLossTest(absltest.TestCase):
   def test_process_0_killed_costs_a_restart(self):
     # Process 0 runs the coordination service: JAX aborts the others.
     # Each host's supervisor starts its process again; they resume from
-    # the checkpoint of step 8 and end as the run never interrupted.
+    # the checkpoint of step 8 (2 s before process 0 dies in place of the
+    # last round: it is written in the background) and end as the run
+    # never interrupted.
     workdir = os.path.join(self.create_tempdir().full_path, 'run')
-    codes, texts = _run_three(workdir, 'process=0,step=11,when=between',
+    codes, texts = _run_three(workdir, 'process=0,step=12,when=during',
                               '--supervise')
     self.assertEqual(codes, [0, 0, 0], texts)
     self.assertIn('supervisor: the run ended with SIGKILL', texts[0])

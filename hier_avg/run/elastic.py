@@ -46,6 +46,7 @@ from hier_avg import builder, errors
 from hier_avg.core.schedule import Round
 from hier_avg.core.topology import NODE, Topology
 from hier_avg.data import streaming
+from hier_avg.errors import UserError
 
 
 def check(config) -> list[str]:
@@ -107,6 +108,11 @@ class Elastic:
     self._settled = first_step
     # Called at each change (the watchdog times the round over).
     self.on_change = lambda: None
+    # Every process has started (and passed `refuse_rejoin`): from now
+    # on, one that starts is a lost one started again.
+    with multihost_utils.live_devices(self._devices):
+      if jax.process_index() == 0:
+        _client().key_value_set(RUNNING_KEY, '1', allow_overwrite=True)
 
   @property
   def live_learners(self) -> int:
@@ -198,6 +204,34 @@ class Elastic:
         '%s train on.', sorted(dead), step,
         len(lost), change.first, count, live)
     return move(state, old, topology)
+
+
+# Set in JAX's coordination service by process 0 once every process has
+# started: a process that starts later (one lost, started again) finds it.
+RUNNING_KEY = 'hier_avg/elastic/running'
+
+
+def _client():
+  # JAX's distributed client: `live_devices` uses it too; no public API
+  # gives its key-value store yet.
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  return distributed.global_state.client
+
+
+def refuse_rejoin() -> None:
+  """Raises UserError in a process that an elastic run in progress has
+  lost (started again, e.g. by `--supervise`): it cannot rejoin yet."""
+  if jax.process_count() == 1:
+    return
+  try:
+    _client().key_value_try_get(RUNNING_KEY)
+  except jax.errors.JaxRuntimeError:  # NOT_FOUND: the run is starting.
+    return
+  raise UserError(
+      f'process {jax.process_index()} started while this elastic run is in '
+      'progress (its other processes train on without its learners); a '
+      'process cannot rejoin a run in progress yet: let the run finish '
+      '(README, "When a host fails").')
 
 
 def _with_learners(config, count: int):
