@@ -12,6 +12,7 @@ last averaging they took part in).
 
 import dataclasses
 import os
+import re
 import tempfile
 from unittest import mock
 
@@ -247,6 +248,27 @@ class RealLossTest(absltest.TestCase):
                                                str(STEPS))))
     model, _ = _simulated(os.path.join(self.tmp, 'simulated'))
     _assert_close(outputs.final_model(workdir), model)
+
+  def test_a_process_stuck_in_an_averaging_costs_a_restart(self):
+    # Process 1 never takes part in the round of steps 7..8 and stays up
+    # (as one killed inside the averaging's collective leaves the others
+    # on CPU): the others wait in their check until the watchdog ends
+    # them (its bound, 10 s here, plus run.heartbeat_s), and all resume
+    # from the checkpoint of step 4.
+    workdir = os.path.join(self.create_tempdir().full_path, 'run')
+    codes, texts = _run_three(workdir, 'process=1,step=8,when=hang',
+                              '--supervise', '--config.run.watchdog_min_s=10')
+    self.assertEqual(codes, [0, 0, 0], texts)
+    found = re.search(r"has taken (\d+) s, past the watchdog's bound of "
+                      r'(\d+) s', texts[0])
+    self.assertIsNotNone(found, texts[0][-3000:])
+    took, bound = map(int, found.groups())
+    self.assertLessEqual(took, bound + 1)  # Polled every 0.5 s.
+    self.assertGreaterEqual(bound, 15)  # The heartbeat's 5 s on top.
+    self.assertRegex(texts[0], r'resuming at step 4\b')
+    self.assertEqual(outputs.summary(workdir)['membership_changes'], [])
+    jax.tree.map(np.testing.assert_array_equal, outputs.final_model(workdir),
+                 outputs.final_model(self.uninterrupted))
 
   def test_process_0_killed_costs_a_restart(self):
     # Process 0 runs the coordination service: JAX aborts the others.
