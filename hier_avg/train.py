@@ -233,13 +233,13 @@ class _Loop:
         engine.schedule.fit_cap(cap)
         for cap in (engine.max_round_length, feed.max_round_length))
     guards = (watchdog.from_config(self.config.run),
-              fault_injection.from_environment(), progress)
+              fault_injection.from_environment())
     if self.survivors is not None and guards[0] is not None:
       self.survivors.on_change = guards[0].again
     with preemption.stop_on_signals() as stop:
       for round_ in engine.schedule.rounds(first_step, num_steps, cut_every):
         state, outputs, stopping = self._take_round(state, round_, stop,
-                                                    *guards)
+                                                    progress, *guards)
         progress.add(round_.first, outputs, round_.level)
         self._tell_periods(round_, outputs)
         done = round_.end
@@ -299,7 +299,7 @@ class _Loop:
         'config': self.config.to_dict(),
     }
 
-  def _take_round(self, state, round_, stop, watch, fault, progress):
+  def _take_round(self, state, round_, stop, progress, watch, fault):
     """`round_` from `state`: (the state, its outputs, whether to stop),
     timed by the multi-process watchdog and with a test's fault; an
     elastic run's over its live processes."""

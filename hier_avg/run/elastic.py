@@ -15,6 +15,9 @@ processes in three parts (`Elastic.run_round`):
 3. its averaging (from a copy of the state, so that an averaging that
    fails with a peer is taken again without it), in a second block.
 
+A metrics row, which gathers every process's losses, is checked first
+the same way (`Elastic.check`).
+
 When a process is gone, the survivors lay the learners they hold out on
 a mesh over their own devices (a grid of the live outermost groups;
 every learner keeps its id, so its data, and its state) and take the
@@ -27,7 +30,10 @@ What is not survived in place (README, "When a host fails"): a process
 that dies inside the averaging's collective after the check (XLA:CPU
 cannot cancel a gloo collective: the watchdog ends the survivors with
 exit code 4 and `--supervise` restarts them), process 0 (the coordination
-service), and a death during an evaluation or a checkpoint.
+service), and a death during an evaluation or a checkpoint. Not yet: a
+lost process started again cannot rejoin (`refuse_rejoin` ends it), and
+no checkpoint is written once a learner is lost (a checkpoint holds every
+learner; the lost ones' state went with their process).
 """
 
 import dataclasses
