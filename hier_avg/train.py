@@ -285,7 +285,8 @@ class _Loop:
         # The whole run's, resumed or not (this process compiled only
         # those of the rounds it ran).
         'compiled_round_programs': len(engine.programs_of(
-            engine.schedule.rounds(0, num_steps, cut_every), self.feed.streamed)),
+            engine.schedule.rounds(0, num_steps, cut_every),
+            self.feed.streamed)),
         **_levels(self.config.hier, engine.schedule, num_steps),
         'wall_s': progress.wall_s,
         **engine.counters(channels, num_steps),

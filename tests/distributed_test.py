@@ -59,6 +59,9 @@ class InitializeTest(parameterized.TestCase):
   def test_explicit_flags_passed_on(self):
     distributed.initialize('10.0.0.1:1234', 2, 1)
     self.assertEqual(self.join.call_args.args, ('10.0.0.1:1234', 2, 1))
+    # `run.heartbeat_s`'s default, where no config gives one.
+    self.assertEqual(self.join.call_args.kwargs['heartbeat_timeout_seconds'],
+                     60)
 
   def test_no_cluster_found_is_one_user_error(self):
     # What jax raises when --distributed_auto finds no cluster.

@@ -8,6 +8,7 @@ spans all hosts. On CPU the collectives between processes go through gloo.
 import jax
 from jax.experimental import multihost_utils
 
+from hier_avg import config_keys
 from hier_avg.errors import UserError, require
 
 # How long a process waits for the others to join.
@@ -16,7 +17,9 @@ INITIALIZATION_TIMEOUT_S = 120
 
 def initialize(coordinator_address: str | None, num_processes: int | None,
                process_id: int | None, auto: bool = False,
-               heartbeat_s: int = 60, elastic: bool = False) -> None:
+               heartbeat_s: int = config_keys.BY_NAME[
+                   'run.heartbeat_s'].default,
+               elastic: bool = False) -> None:
   """Connects this process to the others; no-op for a single process.
 
   Args:
